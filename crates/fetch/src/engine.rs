@@ -1,0 +1,378 @@
+//! [`FetchEngine`]: single flight, coalescing, bounded concurrency, retries, verification.
+//!
+//! A `fetch` call registers each chunk it needs in the in-flight table. Chunks already there
+//! are simply awaited (single flight); the others are planned into coalesced requests, each
+//! run by its own spawned task. Running requests in tasks rather than in the caller's future
+//! matters: a caller that is cancelled or gives up at its deadline must not cancel a request
+//! other callers share. Each task publishes one result per chunk and removes the chunk from
+//! the table; a guard publishes `Aborted` if the task dies first, so no waiter hangs.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrate_format::{decode_chunk, BlobId, ChunkId};
+use hydrate_store::{keys, BlobStore, ErrorKind, StoreError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::error::FetchError;
+use crate::permits::Permits;
+use crate::plan::plan;
+use crate::{ChunkLoc, FetchConfig, Priority, MAX_GAP_LIMIT};
+
+/// Longest delay between two retries, whatever the attempt number.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+type ChunkResult = Result<Bytes, FetchError>;
+type Slot = watch::Receiver<Option<ChunkResult>>;
+
+/// Counters of a [`FetchEngine`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Store range requests issued (including retries and verification refetches).
+    pub requests: u64,
+    /// Bytes received from the store.
+    pub bytes_fetched: u64,
+    /// Chunks fetched and verified.
+    pub chunks_fetched: u64,
+    /// Chunks that shared a request with an earlier chunk instead of needing their own.
+    pub coalesced_chunks: u64,
+    /// Chunk requests served by a fetch already in flight.
+    pub single_flight_hits: u64,
+    /// Requests repeated after a temporary failure or a verification failure.
+    pub retries: u64,
+    /// Chunks whose stored bytes failed decoding or digest verification.
+    pub verify_failures: u64,
+    /// Chunks delivered as errors by the fetching task.
+    pub errors: u64,
+}
+
+impl FetchStats {
+    /// (name, value) pairs for metrics export, in declaration order.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![("requests", self.requests), ("bytes_fetched", self.bytes_fetched), ("chunks_fetched", self.chunks_fetched), ("coalesced_chunks", self.coalesced_chunks), ("single_flight_hits", self.single_flight_hits), ("retries", self.retries), ("verify_failures", self.verify_failures), ("errors", self.errors)]
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    bytes_fetched: AtomicU64,
+    chunks_fetched: AtomicU64,
+    coalesced_chunks: AtomicU64,
+    single_flight_hits: AtomicU64,
+    retries: AtomicU64,
+    verify_failures: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The fetch engine; see the crate documentation.
+#[derive(Debug)]
+pub struct FetchEngine {
+    store: Arc<dyn BlobStore>,
+    config: FetchConfig,
+    permits: Arc<Permits>,
+    inflight: Mutex<HashMap<ChunkId, Slot>>,
+    counters: Counters,
+    this: Weak<FetchEngine>,
+}
+
+impl FetchEngine {
+    /// An engine reading from `store`. `max_gap` is clamped to [`MAX_GAP_LIMIT`] and
+    /// `max_in_flight` raised to at least 1.
+    pub fn new(store: Arc<dyn BlobStore>, mut config: FetchConfig) -> Arc<FetchEngine> {
+        config.max_gap = config.max_gap.min(MAX_GAP_LIMIT);
+        config.max_in_flight = config.max_in_flight.max(1);
+        Arc::new_cyclic(|this| FetchEngine {
+            store,
+            permits: Permits::new(config.max_in_flight),
+            config,
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            this: this.clone(),
+        })
+    }
+
+    /// The store this engine reads from.
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    /// Fetches, verifies and returns the plain bytes of each chunk, in order, each as a
+    /// result of its own. Must be called within a tokio runtime.
+    pub async fn fetch(&self, chunks: &[ChunkLoc], priority: Priority) -> Vec<ChunkResult> {
+        let deadline = Instant::now() + self.config.deadline;
+        let mut slots = Vec::with_capacity(chunks.len());
+        let mut lead = Vec::new();
+        {
+            let mut inflight = self.inflight();
+            for chunk in chunks {
+                if let Some(slot) = inflight.get(&chunk.id) {
+                    bump(&self.counters.single_flight_hits, 1);
+                    slots.push(slot.clone());
+                    continue;
+                }
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(chunk.id, rx.clone());
+                slots.push(rx);
+                lead.push((*chunk, tx));
+            }
+        }
+        if !lead.is_empty() {
+            self.start_requests(lead, priority);
+        }
+        let mut results = Vec::with_capacity(chunks.len());
+        for (chunk, mut slot) in chunks.iter().zip(slots) {
+            let waited = tokio::time::timeout_at(deadline, slot.wait_for(Option::is_some)).await;
+            results.push(match waited {
+                Ok(Ok(value)) => value.clone().expect("waited for a value"),
+                Ok(Err(_closed)) => Err(FetchError::Aborted { chunk: chunk.id }),
+                Err(_elapsed) => Err(FetchError::Deadline {
+                    blob: chunk.blob,
+                    offset: chunk.blob_offset,
+                    chunk: chunk.id,
+                    after: self.config.deadline,
+                }),
+            });
+        }
+        results
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> FetchStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FetchStats {
+            requests: load(&c.requests),
+            bytes_fetched: load(&c.bytes_fetched),
+            chunks_fetched: load(&c.chunks_fetched),
+            coalesced_chunks: load(&c.coalesced_chunks),
+            single_flight_hits: load(&c.single_flight_hits),
+            retries: load(&c.retries),
+            verify_failures: load(&c.verify_failures),
+            errors: load(&c.errors),
+        }
+    }
+
+    fn inflight(&self) -> MutexGuard<'_, HashMap<ChunkId, Slot>> {
+        // Entries are inserted and removed whole; a panic cannot leave one half-made.
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans the chunks this call leads into requests and spawns one task per request.
+    fn start_requests(
+        &self,
+        lead: Vec<(ChunkLoc, watch::Sender<Option<ChunkResult>>)>,
+        priority: Priority,
+    ) {
+        let engine = self
+            .this
+            .upgrade()
+            .expect("a FetchEngine is only used through the Arc made by new()");
+        let locs: Vec<ChunkLoc> = lead.iter().map(|(c, _)| *c).collect();
+        let mut senders: Vec<Option<_>> = lead.into_iter().map(|(_, tx)| Some(tx)).collect();
+        for request in plan(&locs, self.config.max_gap, self.config.max_request_bytes) {
+            let members = request
+                .members
+                .iter()
+                .map(|&i| (locs[i], senders[i].take().expect("each chunk planned once")))
+                .collect();
+            let flight = Flight {
+                engine: engine.clone(),
+                members,
+            };
+            tokio::spawn(
+                engine
+                    .clone()
+                    .run(request.blob, request.range, flight, priority),
+            );
+        }
+    }
+
+    /// Runs one coalesced request and publishes a result for each of its chunks.
+    async fn run(
+        self: Arc<Self>,
+        blob: BlobId,
+        range: Range<u64>,
+        mut flight: Flight,
+        priority: Priority,
+    ) {
+        let key = keys::blob(&blob);
+        let count = flight.members.len() as u64;
+        bump(&self.counters.coalesced_chunks, count - 1);
+        debug!(store = %self.store.describe(), %key, start = range.start, end = range.end, chunks = count, "fetching");
+        let data = match self.get_range(&key, range.clone(), priority).await {
+            Ok(data) => data,
+            Err(e) => {
+                bump(&self.counters.errors, count);
+                for i in 0..flight.members.len() {
+                    flight.publish(i, Err(FetchError::Store(e.clone())));
+                }
+                return;
+            }
+        };
+        let locs: Vec<ChunkLoc> = flight.members.iter().map(|(c, _)| *c).collect();
+        let decoded = decode_all(locs.clone(), data, range.start).await;
+        for (i, (loc, outcome)) in locs.iter().zip(decoded).enumerate() {
+            let result = match outcome {
+                Ok(plain) => Ok(plain),
+                Err(detail) => self.refetch(&key, loc, detail, priority).await,
+            };
+            match &result {
+                Ok(_) => bump(&self.counters.chunks_fetched, 1),
+                Err(_) => bump(&self.counters.errors, 1),
+            }
+            flight.publish(i, result);
+        }
+    }
+
+    /// A chunk failed verification: fetch it alone once more, in case the bytes were
+    /// damaged in transit, then give up and report the chunk as corrupt.
+    async fn refetch(
+        &self,
+        key: &str,
+        loc: &ChunkLoc,
+        detail: String,
+        priority: Priority,
+    ) -> ChunkResult {
+        bump(&self.counters.verify_failures, 1);
+        warn!(store = %self.store.describe(), %key, offset = loc.blob_offset, chunk = %loc.id, %detail, "chunk failed verification; fetching it again");
+        bump(&self.counters.retries, 1);
+        let data = self.get_range(key, loc.stored_range(), priority).await?;
+        let detail = match decode_all(vec![*loc], data, loc.blob_offset).await.pop() {
+            Some(Ok(plain)) => return Ok(plain),
+            Some(Err(detail)) => detail,
+            None => "no result from decoder".to_owned(),
+        };
+        bump(&self.counters.verify_failures, 1);
+        warn!(store = %self.store.describe(), %key, offset = loc.blob_offset, chunk = %loc.id, %detail, "chunk corrupt in the store");
+        Err(FetchError::Corrupt {
+            blob: loc.blob,
+            offset: loc.blob_offset,
+            chunk: loc.id,
+            detail,
+        })
+    }
+
+    /// One ranged read with a permit, a time limit, and retries of temporary failures.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        priority: Priority,
+    ) -> Result<Bytes, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let result = {
+                let _permit = self.permits.acquire(priority).await;
+                bump(&self.counters.requests, 1);
+                match tokio::time::timeout(
+                    self.config.request_timeout,
+                    self.store.get_range(key, range.clone()),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_elapsed) => Err(StoreError::new(
+                        ErrorKind::Temporary,
+                        self.store.describe(),
+                        key,
+                        format!(
+                            "read range {}..{} timed out after {:?}",
+                            range.start, range.end, self.config.request_timeout
+                        ),
+                    )),
+                }
+            };
+            match result {
+                Ok(data) => {
+                    bump(&self.counters.bytes_fetched, data.len() as u64);
+                    return Ok(data);
+                }
+                Err(e) if e.is_temporary() && attempt < self.config.retries => {
+                    let delay = backoff(self.config.backoff_base, attempt);
+                    attempt += 1;
+                    bump(&self.counters.retries, 1);
+                    warn!(error = %e, attempt, retries = self.config.retries, ?delay, "store read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, attempts = attempt + 1, "store read failed; giving up");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": a delay drawn from [d/2, d] where
+/// d = base · 2^attempt (capped), so that many clients failing together do not retry in
+/// lockstep.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base
+        .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
+        .min(MAX_BACKOFF);
+    let half = full / 2;
+    half + full.mul_f64(rand::random::<f64>() * 0.5).min(half)
+}
+
+/// Splits `data` (blob bytes from `start`) into the chunks `locs` and decodes and verifies
+/// each, off the async threads (zstd and BLAKE3 over megabytes take milliseconds).
+async fn decode_all(locs: Vec<ChunkLoc>, data: Bytes, start: u64) -> Vec<Result<Bytes, String>> {
+    let n = locs.len();
+    let work = move || {
+        locs.iter()
+            .map(|loc| {
+                let from = (loc.blob_offset - start) as usize;
+                let stored = data
+                    .get(from..from + loc.stored_len as usize)
+                    .ok_or_else(|| "stored bytes outside the fetched range".to_owned())?;
+                decode_chunk(&loc.record(), stored)
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(results) => results,
+        Err(e) => vec![Err(format!("decoder task failed: {e}")); n],
+    }
+}
+
+/// The chunks one task is responsible for. Publishing removes a chunk from the in-flight
+/// table and hands its result to every waiter; chunks left unpublished when the flight is
+/// dropped (the task panicked or was cancelled by runtime shutdown) are published as
+/// `Aborted`, so waiters never hang and later callers start afresh.
+struct Flight {
+    engine: Arc<FetchEngine>,
+    members: Vec<(ChunkLoc, watch::Sender<Option<ChunkResult>>)>,
+}
+
+impl Flight {
+    fn publish(&mut self, i: usize, result: ChunkResult) {
+        let (loc, tx) = &self.members[i];
+        self.engine.inflight().remove(&loc.id);
+        tx.send_replace(Some(result));
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut inflight = self.engine.inflight();
+        for (loc, tx) in &self.members {
+            if tx.borrow().is_none() {
+                inflight.remove(&loc.id);
+                tx.send_replace(Some(Err(FetchError::Aborted { chunk: loc.id })));
+            }
+        }
+    }
+}

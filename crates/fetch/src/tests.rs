@@ -1,0 +1,350 @@
+//! Engine tests over a real local store wrapped in fault injection and request counting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hydrate_format::{encode_chunk, BlobId, Digest};
+use hydrate_store::{keys, BlobStore, CountingStore, ErrorKind, FaultyStore, LocalStore};
+
+use crate::{ChunkLoc, FetchConfig, FetchEngine, FetchError, Priority};
+
+type TestStore = CountingStore<FaultyStore<LocalStore>>;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<TestStore>,
+    blob: BlobId,
+    chunks: Vec<ChunkLoc>,
+    plain: Vec<Vec<u8>>,
+}
+
+impl Fixture {
+    fn faults(&self) -> &FaultyStore<LocalStore> {
+        self.store.inner()
+    }
+
+    fn engine(&self, config: FetchConfig) -> Arc<FetchEngine> {
+        FetchEngine::new(self.store.clone(), config)
+    }
+
+    fn key(&self) -> String {
+        keys::blob(&self.blob)
+    }
+}
+
+fn config() -> FetchConfig {
+    FetchConfig {
+        max_in_flight: 4,
+        max_request_bytes: 1 << 20,
+        max_gap: 0,
+        request_timeout: Duration::from_secs(5),
+        retries: 3,
+        backoff_base: Duration::from_millis(1),
+        deadline: Duration::from_secs(10),
+    }
+}
+
+/// A blob of `n` chunks (alternately compressible and not) with `gap` junk bytes between
+/// consecutive chunks, stored under its digest.
+async fn fixture(n: usize, gap: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::new(FaultyStore::new(
+        LocalStore::open(dir.path()).unwrap(),
+    )));
+    let mut blob_bytes = Vec::new();
+    let mut placed = Vec::new();
+    let mut plain = Vec::new();
+    for i in 0..n {
+        let data: Vec<u8> = if i % 2 == 0 {
+            format!("chunk {i} ").repeat(500).into_bytes()
+        } else {
+            (0..3000u32)
+                .map(|x| (x.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 13) as u8)
+                .collect()
+        };
+        let (id, compression, stored) = encode_chunk(&data, 3);
+        let offset = blob_bytes.len() as u64;
+        blob_bytes.extend_from_slice(&stored);
+        blob_bytes.extend(std::iter::repeat_n(0xEE, gap));
+        placed.push((
+            id,
+            compression,
+            offset,
+            stored.len() as u32,
+            data.len() as u32,
+        ));
+        plain.push(data);
+    }
+    let blob = BlobId(Digest::of(&blob_bytes));
+    store
+        .put(&keys::blob(&blob), Bytes::from(blob_bytes))
+        .await
+        .unwrap();
+    store.reset();
+    let chunks = placed
+        .into_iter()
+        .map(
+            |(id, compression, blob_offset, stored_len, plain_len)| ChunkLoc {
+                id,
+                blob,
+                blob_offset,
+                stored_len,
+                plain_len,
+                compression,
+            },
+        )
+        .collect();
+    Fixture {
+        _dir: dir,
+        store,
+        blob,
+        chunks,
+        plain,
+    }
+}
+
+fn assert_all_ok(results: Vec<Result<Bytes, FetchError>>, plain: &[Vec<u8>]) {
+    assert_eq!(results.len(), plain.len());
+    for (i, (r, p)) in results.into_iter().zip(plain).enumerate() {
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("chunk {i}: {e}")),
+            p[..],
+            "chunk {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn neighbours_are_coalesced_into_one_request() {
+    let f = fixture(6, 100).await;
+    // Gap 100 > max_gap 0: one request per chunk.
+    let engine = f.engine(config());
+    assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
+    assert_eq!(f.store.stats().range_requests, 6);
+
+    // Gap within max_gap: one request for all, results still in the caller's order.
+    f.store.reset();
+    let engine = f.engine(FetchConfig {
+        max_gap: 100,
+        ..config()
+    });
+    let mut reversed = f.chunks.clone();
+    reversed.reverse();
+    let mut plain = f.plain.clone();
+    plain.reverse();
+    assert_all_ok(engine.fetch(&reversed, Priority::OnDemand).await, &plain);
+    assert_eq!(f.store.stats().range_requests, 1);
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.requests, stats.coalesced_chunks, stats.chunks_fetched),
+        (1, 5, 6)
+    );
+
+    // The request size bound splits the run.
+    f.store.reset();
+    let two_chunks = f.chunks[1].stored_range().end - f.chunks[0].blob_offset;
+    let engine = f.engine(FetchConfig {
+        max_gap: 100,
+        max_request_bytes: two_chunks,
+        ..config()
+    });
+    assert_all_ok(engine.fetch(&f.chunks, Priority::Prefetch).await, &f.plain);
+    assert_eq!(f.store.stats().range_requests, 3);
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_request() {
+    let f = fixture(4, 0).await;
+    f.faults().set_read_delay(Duration::from_millis(200));
+    let engine = f.engine(config());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, chunks) = (engine.clone(), f.chunks.clone());
+            tokio::spawn(async move { engine.fetch(&chunks, Priority::OnDemand).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_all_ok(t.await.unwrap(), &f.plain);
+    }
+    assert_eq!(f.store.stats().range_requests, 1);
+    assert_eq!(engine.stats().single_flight_hits, 7 * 4);
+    // Once delivered, a chunk is no longer in flight: a new call fetches again.
+    f.faults().set_read_delay(Duration::ZERO);
+    engine.fetch(&f.chunks[..1], Priority::OnDemand).await;
+    assert_eq!(f.store.stats().range_requests, 2);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_an_error_never_wrong_bytes() {
+    let f = fixture(3, 0).await;
+    let engine = f.engine(config());
+    let bad = f.chunks[1];
+    // Corrupt for good: first fetch and the refetch both fail verification.
+    f.faults()
+        .corrupt_byte(&f.key(), bad.blob_offset + 7, u32::MAX);
+    let results = engine.fetch(&f.chunks, Priority::OnDemand).await;
+    assert_eq!(results[0].as_ref().unwrap(), &f.plain[0][..]);
+    assert_eq!(results[2].as_ref().unwrap(), &f.plain[2][..]);
+    let err = results[1].as_ref().unwrap_err();
+    match err {
+        FetchError::Corrupt {
+            blob,
+            offset,
+            chunk,
+            ..
+        } => assert_eq!(
+            (*blob, *offset, *chunk),
+            (bad.blob, bad.blob_offset, bad.id)
+        ),
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    let message = err.to_string();
+    for part in [
+        bad.id.to_string(),
+        bad.blob.to_string(),
+        bad.blob_offset.to_string(),
+    ] {
+        assert!(message.contains(&part), "{message} lacks {part}");
+    }
+    assert!(!err.is_temporary());
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.verify_failures, stats.requests, stats.errors),
+        (2, 2, 1)
+    );
+}
+
+#[tokio::test]
+async fn damage_in_transit_is_healed_by_one_refetch() {
+    let f = fixture(3, 0).await;
+    let engine = f.engine(config());
+    f.faults()
+        .corrupt_byte(&f.key(), f.chunks[2].blob_offset, 1);
+    assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.verify_failures, stats.requests, stats.errors),
+        (1, 2, 0)
+    );
+}
+
+#[tokio::test]
+async fn temporary_failures_are_retried() {
+    let f = fixture(2, 0).await;
+    let engine = f.engine(config());
+    f.faults().fail_next_reads(2, ErrorKind::Temporary);
+    assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
+    assert_eq!(engine.stats().retries, 2);
+    assert_eq!(f.store.stats().range_requests, 3);
+
+    // More failures than retries: a temporary error, after exactly `retries` retries.
+    f.store.reset();
+    f.faults().fail_next_reads(10, ErrorKind::Temporary);
+    let results = engine.fetch(&f.chunks, Priority::OnDemand).await;
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert!(err.is_temporary(), "{err}");
+        assert!(matches!(err, FetchError::Store(_)));
+    }
+    assert_eq!(f.store.stats().range_requests, 4);
+}
+
+#[tokio::test]
+async fn permanent_failures_and_missing_blobs_are_not_retried() {
+    let f = fixture(2, 0).await;
+    let engine = f.engine(config());
+    f.faults().fail_next_reads(1, ErrorKind::Permanent);
+    let results = engine.fetch(&f.chunks, Priority::OnDemand).await;
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert!(!err.is_temporary());
+        assert!(err.to_string().contains(&f.key()), "{err}");
+    }
+    assert_eq!(f.store.stats().range_requests, 1);
+    assert_eq!(engine.stats().retries, 0);
+
+    let mut missing = f.chunks[0];
+    missing.blob = BlobId(Digest::of(b"no such blob"));
+    f.store.reset();
+    let err = engine
+        .fetch(&[missing], Priority::OnDemand)
+        .await
+        .remove(0)
+        .unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Store(e) if e.is_not_found()),
+        "{err}"
+    );
+    assert_eq!(f.store.stats().range_requests, 1);
+}
+
+#[tokio::test]
+async fn a_call_gives_up_at_its_deadline() {
+    let f = fixture(1, 0).await;
+    f.faults().set_read_delay(Duration::from_secs(3));
+    let engine = f.engine(FetchConfig {
+        deadline: Duration::from_millis(100),
+        ..config()
+    });
+    let start = std::time::Instant::now();
+    let err = engine
+        .fetch(&f.chunks, Priority::OnDemand)
+        .await
+        .remove(0)
+        .unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(err, FetchError::Deadline { .. }), "{err}");
+    assert!(err.is_temporary());
+    assert!(
+        err.to_string().contains(&f.chunks[0].id.to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_count_as_temporary() {
+    let f = fixture(1, 0).await;
+    f.faults().set_read_delay(Duration::from_millis(500));
+    let engine = f.engine(FetchConfig {
+        request_timeout: Duration::from_millis(50),
+        retries: 1,
+        ..config()
+    });
+    let err = engine
+        .fetch(&f.chunks, Priority::OnDemand)
+        .await
+        .remove(0)
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(engine.stats().requests, 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_caller_does_not_cancel_the_shared_request() {
+    let f = fixture(2, 0).await;
+    f.faults().set_read_delay(Duration::from_millis(200));
+    let engine = f.engine(config());
+    let first = {
+        let (engine, chunks) = (engine.clone(), f.chunks.clone());
+        tokio::spawn(async move { engine.fetch(&chunks, Priority::OnDemand).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.abort();
+    assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
+    assert_eq!(f.store.stats().range_requests, 1);
+}
+
+#[test]
+fn backoff_grows_with_jitter_and_is_capped() {
+    let base = Duration::from_millis(100);
+    for attempt in 0..4 {
+        let full = base * (1 << attempt);
+        for _ in 0..20 {
+            let d = crate::engine::backoff(base, attempt);
+            assert!(d >= full / 2 && d <= full, "{attempt}: {d:?}");
+        }
+    }
+    assert!(crate::engine::backoff(base, 40) <= Duration::from_secs(10));
+}
