@@ -1,0 +1,220 @@
+//! hydrate-builder: turns a directory into an image in a store.
+//!
+//! [`build_dir`] walks the tree with lstat (see `walk`), chunks every regular file with the format's
+//! FastCDC parameters, names chunks by BLAKE3, dedups them within the image and against every chunk already
+//! in the store (see `index`), compresses new chunks with zstd on `threads` threads, packs them into blobs
+//! of about `blob_target_size` (see `pack`), and uploads in crash-safe order: every blob, then the manifest
+//! (`manifests/<id>`), then the tag. A crash at any point leaves at worst unreferenced objects, never a tag
+//! or manifest that points at missing data.
+//!
+//! Determinism: inode numbers and every manifest byte depend only on the tree content (names sorted by
+//! bytes, never readdir order) and on the store's existing chunks. Building the same tree twice — into a
+//! fresh store, or again into the same store — gives the same ImageId. But cross-image dedup makes a manifest
+//! reference blobs of earlier images, so an image built into a store that already holds overlapping images
+//! may differ (same tree, other chunk locations, other ImageId) from one built into an empty store.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod index;
+mod pack;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hydrate_format::{BlobId, Digest, ImageId};
+use hydrate_store::{keys, put_tag, BlobStore};
+use tokio::sync::mpsc;
+
+pub use error::BuildError;
+
+use index::StoreIndex;
+use pack::{Event, PackOptions};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOptions {
+    pub zstd_level: i32,
+    /// Blobs are sealed once they reach this many bytes (the last one may be smaller).
+    pub blob_target_size: u64,
+    /// Threads for hashing and compressing chunks (at least 1 is used).
+    pub threads: usize,
+    /// Tag to point at the image once everything is stored.
+    pub tag: Option<String>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            zstd_level: 3,
+            blob_target_size: 32 * 1024 * 1024,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tag: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    pub image: ImageId,
+    /// Regular-file inodes (hard links counted once).
+    pub files: u64,
+    /// Directories, including the root.
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Devices, fifos and sockets.
+    pub other: u64,
+    /// Sum of regular file sizes (hard links counted once).
+    pub logical_bytes: u64,
+    /// Chunk references of all files.
+    pub chunks: u64,
+    /// Entries in the image's chunk table.
+    pub unique_chunks: u64,
+    /// Chunks already in the store from earlier images.
+    pub reused_chunks: u64,
+    pub new_blobs: u64,
+    /// New bytes written to the store (blobs and manifest).
+    pub stored_bytes: u64,
+    pub manifest_bytes: u64,
+}
+
+/// Progress sink; the CLI puts an indicatif bar behind it. `total`/`advance` count logical file bytes.
+pub trait Progress: Send + Sync {
+    fn total(&self, bytes: u64);
+    fn advance(&self, bytes: u64);
+    fn message(&self, msg: &str);
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn total(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
+
+/// Builds an image of the directory `src` into `store`. See the crate documentation for the guarantees.
+pub async fn build_dir(
+    src: &Path,
+    store: &dyn BlobStore,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
+    if let Some(tag) = &opts.tag {
+        // Refuse a bad tag before spending the build on it.
+        keys::validate_tag(tag).map_err(|source| BuildError::BadTag {
+            name: tag.clone(),
+            source,
+        })?;
+    }
+    progress.message(&format!("indexing chunks in {}", store.describe()));
+    let index = Arc::new(StoreIndex::load(store).await?);
+    tracing::debug!(chunks = index.len(), "dedup index loaded");
+
+    // Capacity 1: at most one sealed blob waits while another uploads.
+    let (tx, mut rx) = mpsc::channel(1);
+    let popts = PackOptions {
+        zstd_level: opts.zstd_level,
+        blob_target_size: opts.blob_target_size.max(1),
+        threads: opts.threads,
+    };
+    let src_owned = src.to_path_buf();
+    let worker = tokio::task::spawn_blocking(move || pack::run(&src_owned, index, popts, tx));
+
+    let mut new_blobs = 0u64;
+    let mut stored_bytes = 0u64;
+    let mut upload_error = None;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Total(n) => progress.total(n),
+            Event::Advance(n) => progress.advance(n),
+            Event::Message(m) => progress.message(&m),
+            Event::Blob { id, data } => match upload_blob(store, id, data).await {
+                Ok(Some(n)) => {
+                    new_blobs += 1;
+                    stored_bytes += n;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    upload_error = Some(e);
+                    break;
+                }
+            },
+        }
+    }
+    // Dropping the receiver makes the worker stop at its next send.
+    drop(rx);
+    let packed = worker
+        .await
+        .map_err(|e| BuildError::Worker(format!("build thread failed: {e}")));
+    if let Some(e) = upload_error {
+        return Err(e);
+    }
+    let packed = packed??;
+
+    let bytes = packed.writer.finish().map_err(BuildError::Manifest)?;
+    let image = ImageId(Digest::of(&bytes));
+    let manifest_bytes = bytes.len() as u64;
+    let key = keys::manifest(&image);
+    let exists = store
+        .head(&key)
+        .await
+        .map_err(|e| BuildError::store(format!("checking manifest {key}"), e))?;
+    if exists != Some(manifest_bytes) {
+        store
+            .put(&key, Bytes::from(bytes))
+            .await
+            .map_err(|e| BuildError::store(format!("uploading manifest {key}"), e))?;
+        stored_bytes += manifest_bytes;
+    }
+    if let Some(tag) = &opts.tag {
+        put_tag(store, tag, &image)
+            .await
+            .map_err(|e| BuildError::store(format!("setting tag {tag}"), e))?;
+    }
+    progress.message(&format!("built image {image}"));
+    let c = packed.counts;
+    Ok(BuildReport {
+        image,
+        files: c.files,
+        dirs: c.dirs,
+        symlinks: c.symlinks,
+        other: c.other,
+        logical_bytes: c.logical_bytes,
+        chunks: packed.chunk_refs,
+        unique_chunks: packed.unique_chunks,
+        reused_chunks: packed.reused_chunks,
+        new_blobs,
+        stored_bytes,
+        manifest_bytes,
+    })
+}
+
+/// Uploads a blob unless an identical one (same digest and size) is already stored. Returns the bytes
+/// written, or `None` if nothing was.
+async fn upload_blob(
+    store: &dyn BlobStore,
+    id: BlobId,
+    data: Bytes,
+) -> Result<Option<u64>, BuildError> {
+    let key = keys::blob(&id);
+    let len = data.len() as u64;
+    let existing = store
+        .head(&key)
+        .await
+        .map_err(|e| BuildError::store(format!("checking blob {key}"), e))?;
+    if existing == Some(len) {
+        return Ok(None);
+    }
+    store
+        .put(&key, data)
+        .await
+        .map_err(|e| BuildError::store(format!("uploading blob {key}"), e))?;
+    Ok(Some(len))
+}

@@ -1,0 +1,37 @@
+//! hydrate-format: the on-disk formats of hydrate images, with no I/O.
+//!
+//! - [`ids`]: BLAKE3 digests and their role newtypes, inode numbers, kinds, attributes;
+//! - [`chunk`]: content-defined chunking parameters, chunk encoding and verified decoding;
+//! - [`records`]: the fixed little-endian record layouts of the manifest;
+//! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
+//! - [`writer`]: the tree model that produces deterministic manifest bytes.
+//!
+//! Manifest layout (version 1): a 152-byte header (magic `HYDRATEM`, version, flags, total length, and
+//! offset/length of eight sections), then the sections in order — blobs, chunks, file-chunks, inodes,
+//! dirents, strings, xattrs, prefetch — each starting on an 8-byte boundary, with zero padding.
+
+#![forbid(unsafe_code)]
+
+pub mod chunk;
+pub mod error;
+pub mod ids;
+pub mod manifest;
+pub mod records;
+pub mod validate;
+pub mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use chunk::{
+    compress_chunk, decode_chunk, encode_chunk, Chunker, PlainChunk, CHUNK_AVG, CHUNK_MAX,
+    CHUNK_MIN,
+};
+pub use error::FormatError;
+pub use ids::{BlobId, ChunkId, ContentId, Digest, FileKind, ImageId, Ino, InodeAttr, S_IFMT};
+pub use manifest::Manifest;
+pub use records::{
+    BlobRecord, ChunkRecord, FileChunk, PrefetchEntry, Section, COMPRESSION_NONE, COMPRESSION_ZSTD,
+    VERSION,
+};
+pub use writer::{ManifestWriter, NodeId, NodeMeta};
