@@ -1,0 +1,109 @@
+//! Loading an image's manifest: the only thing a mount reads up front.
+//!
+//! The manifest is fetched once from the store, checked against its digest (the image identity), validated, and
+//! kept as a local file named by that digest next to the cache. Later mounts map that file instead of asking the
+//! store. The manifest is memory-mapped, never materialized, so a million-file image costs page cache, not heap.
+
+use crate::error::{CoreError, Result};
+use hydrate_format::{ImageId, Manifest};
+use hydrate_store::{keys, BlobStore};
+use memmap2::Mmap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A validated manifest backed by a private, immutable local file.
+pub type MappedManifest = Manifest<Mmap>;
+
+/// Returns the validated manifest of `image`, from `local_dir` if a verified copy is there, else from the store.
+pub async fn load_manifest(
+    store: &dyn BlobStore,
+    image: &ImageId,
+    local_dir: &Path,
+) -> Result<MappedManifest> {
+    let path = local_dir.join(format!("{image}.manifest"));
+    if path.exists() {
+        match map_verified(&path, image) {
+            Ok(manifest) => return Ok(manifest),
+            Err(err) => {
+                // A damaged local copy is not fatal: it is only a copy. Drop it and fetch again.
+                tracing::warn!(path = %path.display(), error = %err, "local manifest copy unusable; fetching again");
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    let key = keys::manifest(image);
+    let bytes = store.get(&key).await.map_err(|source| CoreError::Store {
+        image: image.to_string(),
+        source: Box::new(source),
+    })?;
+    let actual = ImageId(hydrate_format::Digest::of(&bytes));
+    if actual != *image {
+        return Err(CoreError::Image {
+            image: image.to_string(),
+            what: format!(
+                "manifest {key} from {} does not match its digest (got {actual}): refusing it",
+                store.describe()
+            ),
+        });
+    }
+    // Validate before anything is written locally, so a hostile manifest never lands in the cache.
+    Manifest::parse(bytes.as_ref()).map_err(|source| CoreError::Manifest {
+        image: *image,
+        source: Box::new(source),
+    })?;
+    write_durably(&path, &bytes)?;
+    map_verified(&path, image)
+}
+
+/// Maps `path` and checks digest and structure. The digest is re-checked on every map: the file may have been
+/// damaged on disk since it was written, and the check costs about a millisecond per MB.
+fn map_verified(path: &Path, image: &ImageId) -> Result<MappedManifest> {
+    let file = File::open(path).map_err(|source| CoreError::LocalIo {
+        what: "opening manifest copy",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let map = map_file(&file, path)?;
+    let actual = ImageId(hydrate_format::Digest::of(&map));
+    if actual != *image {
+        return Err(CoreError::Image {
+            image: image.to_string(),
+            what: format!("local manifest {} has digest {actual}", path.display()),
+        });
+    }
+    Manifest::parse(map).map_err(|source| CoreError::Manifest {
+        image: *image,
+        source: Box::new(source),
+    })
+}
+
+#[allow(unsafe_code)]
+fn map_file(file: &File, path: &Path) -> Result<Mmap> {
+    // SAFETY: the file lives in hydrate's private cache directory, is named by its digest, and is never modified
+    // after the atomic rename that created it (a new copy is always written to a new temp file). A concurrent
+    // truncation by another root process could still raise SIGBUS; that is outside what a mapping can guard against.
+    unsafe { Mmap::map(file) }.map_err(|source| CoreError::LocalIo {
+        what: "mapping manifest copy",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// temp file + fsync + rename + fsync of the directory: after a crash, the copy is either whole or absent.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io_err =
+        |what: &'static str, path: PathBuf| move |source| CoreError::LocalIo { what, path, source };
+    fs::create_dir_all(dir).map_err(io_err("creating directory", dir.to_path_buf()))?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = File::create(&tmp).map_err(io_err("creating", tmp.clone()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("writing", tmp.clone()))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into place", path.to_path_buf()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir.to_path_buf()))?;
+    Ok(())
+}

@@ -1,0 +1,542 @@
+//! A mounted image: metadata answers from the manifest, file data from the cache, missing data from the fetch
+//! engine. No FUSE types here: front-ends call these methods and map `CoreError::errno`.
+
+use crate::error::{CoreError, Result};
+use crate::image::MappedManifest;
+use crate::stats::VolumeStats;
+use hydrate_cache::{CacheFile, DiskCache};
+use hydrate_fetch::{ChunkLoc, FetchEngine, Priority};
+use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+/// Readahead tuning. A read that continues where the previous read of the same handle ended is part of a
+/// sequential stream: the window of data fetched ahead of it in the background starts at `readahead_min` and
+/// doubles with each further sequential read up to `readahead_max`; a seek resets it to zero. A random read
+/// fetches only the chunks covering it, so its amplification is bounded by the chunk size (at most CHUNK_MAX).
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    pub readahead_min: u64,
+    pub readahead_max: u64,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            readahead_min: 1 << 20,
+            readahead_max: 16 << 20,
+        }
+    }
+}
+
+/// What `Volume::open` tells a front-end: the handle, and whether the content is complete locally (then the
+/// front-end may let the kernel read the cache file directly: FUSE passthrough).
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    pub complete: bool,
+}
+
+/// One directory entry as `Volume::read_dir` yields it; `next_offset` is the cookie that resumes after it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirEntry<'a> {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub name: &'a [u8],
+    pub next_offset: u64,
+}
+
+/// Filesystem-wide figures for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct FsTotals {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+struct OpenFile {
+    ino: Ino,
+    size: u64,
+    file: Arc<CacheFile>,
+    stream: Mutex<StreamState>,
+}
+
+/// Per-handle sequential detection (see `VolumeConfig`).
+#[derive(Default)]
+struct StreamState {
+    next_offset: u64,
+    window: u64,
+    prefetched_until: u64,
+}
+
+pub struct Volume {
+    image: ImageId,
+    manifest: MappedManifest,
+    cache: Arc<DiskCache>,
+    engine: Arc<FetchEngine>,
+    rt: tokio::runtime::Handle,
+    config: VolumeConfig,
+    handles: RwLock<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    totals: OnceLock<FsTotals>,
+    stats: Arc<VolumeStats>,
+}
+
+impl Volume {
+    pub fn new(
+        image: ImageId,
+        manifest: MappedManifest,
+        cache: Arc<DiskCache>,
+        engine: Arc<FetchEngine>,
+        rt: tokio::runtime::Handle,
+        config: VolumeConfig,
+    ) -> Self {
+        Volume {
+            image,
+            manifest,
+            cache,
+            engine,
+            rt,
+            config,
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            totals: OnceLock::new(),
+            stats: Arc::new(VolumeStats::default()),
+        }
+    }
+
+    pub fn image(&self) -> &ImageId {
+        &self.image
+    }
+
+    pub fn manifest(&self) -> &MappedManifest {
+        &self.manifest
+    }
+
+    pub fn stats(&self) -> &Arc<VolumeStats> {
+        &self.stats
+    }
+
+    pub fn cache(&self) -> &Arc<DiskCache> {
+        &self.cache
+    }
+
+    pub fn engine(&self) -> &Arc<FetchEngine> {
+        &self.engine
+    }
+
+    pub fn attr(&self, ino: Ino) -> Result<InodeAttr> {
+        self.manifest.attr(ino).ok_or(CoreError::NoInode(ino))
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<InodeAttr> {
+        self.dir_attr(parent)?;
+        let ino = self
+            .manifest
+            .lookup(parent, name)
+            .ok_or_else(|| CoreError::NotFound {
+                dir: parent,
+                name: String::from_utf8_lossy(name).into_owned(),
+            })?;
+        self.attr(ino)
+    }
+
+    fn dir_attr(&self, ino: Ino) -> Result<InodeAttr> {
+        let attr = self.attr(ino)?;
+        match attr.kind {
+            FileKind::Directory => Ok(attr),
+            _ => Err(CoreError::NotDir(ino)),
+        }
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.manifest
+            .symlink_target(ino)
+            .map(<[u8]>::to_vec)
+            .ok_or(CoreError::NotSymlink(ino))
+    }
+
+    /// Calls `emit` for the entries of `dir` from cookie `offset` on ("." is 0, ".." is 1, then the entries in
+    /// name order) until it returns false (the front-end's buffer is full).
+    pub fn read_dir(
+        &self,
+        dir: Ino,
+        offset: u64,
+        mut emit: impl FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<()> {
+        self.dir_attr(dir)?;
+        let mut cookie = offset;
+        if cookie == 0 {
+            if !emit(DirEntry {
+                ino: dir,
+                kind: FileKind::Directory,
+                name: b".",
+                next_offset: 1,
+            }) {
+                return Ok(());
+            }
+            cookie = 1;
+        }
+        if cookie == 1 {
+            let parent = self.manifest.parent(dir).unwrap_or(dir);
+            if !emit(DirEntry {
+                ino: parent,
+                kind: FileKind::Directory,
+                name: b"..",
+                next_offset: 2,
+            }) {
+                return Ok(());
+            }
+            cookie = 2;
+        }
+        let len = self.manifest.dir_len(dir);
+        let mut index = usize::try_from(cookie - 2).unwrap_or(usize::MAX);
+        while index < len {
+            let Some((name, ino)) = self.manifest.dir_entry(dir, index) else {
+                break;
+            };
+            let kind = self.attr(ino)?.kind;
+            let next_offset = index as u64 + 3;
+            if !emit(DirEntry {
+                ino,
+                kind,
+                name,
+                next_offset,
+            }) {
+                break;
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.attr(ino)?;
+        self.manifest
+            .xattr(ino, name)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| CoreError::NoXattr {
+                ino,
+                name: String::from_utf8_lossy(name).into_owned(),
+            })
+    }
+
+    /// All xattr names of `ino`, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.attr(ino)?;
+        let mut out = Vec::new();
+        for (name, _) in self.manifest.xattrs(ino) {
+            out.extend_from_slice(name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn totals(&self) -> FsTotals {
+        *self.totals.get_or_init(|| {
+            let inodes = self.manifest.inode_count();
+            let bytes = (1..=inodes)
+                .filter_map(|i| self.manifest.attr(Ino(i)))
+                .filter(|a| a.kind == FileKind::Regular)
+                .map(|a| a.size)
+                .sum();
+            FsTotals { bytes, inodes }
+        })
+    }
+
+    pub fn open(&self, ino: Ino) -> Result<Opened> {
+        let attr = self.attr(ino)?;
+        match attr.kind {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(CoreError::IsDir(ino)),
+            _ => return Err(CoreError::NotRegular(ino)),
+        }
+        let file = self
+            .cache
+            .file(&attr.content, attr.size)
+            .map_err(|source| CoreError::Cache {
+                content: attr.content,
+                source: Box::new(source),
+            })?;
+        file.touch();
+        let complete = file.is_complete();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let open = Arc::new(OpenFile {
+            ino,
+            size: attr.size,
+            file,
+            stream: Mutex::new(StreamState::default()),
+        });
+        self.handles
+            .write()
+            .expect("handle table poisoned")
+            .insert(fh, open);
+        self.stats.opens.fetch_add(1, Ordering::Relaxed);
+        Ok(Opened { fh, complete })
+    }
+
+    /// A read-only descriptor of the complete cache file behind `fh`, for FUSE passthrough.
+    pub fn backing_file(&self, fh: u64) -> Result<File> {
+        let open = self.handle(fh)?;
+        if !open.file.is_complete() {
+            return Err(CoreError::Image {
+                image: self.image.to_string(),
+                what: format!(
+                    "content of inode {} is not complete: no backing file",
+                    open.ino
+                ),
+            });
+        }
+        open.file
+            .open_readonly()
+            .map_err(|source| CoreError::LocalIo {
+                what: "opening cache file for passthrough",
+                path: open.file.path().to_path_buf(),
+                source,
+            })
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles
+            .write()
+            .expect("handle table poisoned")
+            .remove(&fh);
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        self.handles
+            .read()
+            .expect("handle table poisoned")
+            .get(&fh)
+            .cloned()
+            .ok_or(CoreError::BadHandle(fh))
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` of the file behind `fh`. Returns exactly the bytes of the image
+    /// (short only at end of file) or an error: never zeros or unverified bytes for data that could not be had.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let open = self.handle(fh)?;
+        if offset >= open.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = open.size.min(offset.saturating_add(buf.len() as u64));
+        let buf = &mut buf[..(end - offset) as usize];
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .read_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let missing = open.file.missing(offset..end);
+        let readahead = self.advance_stream(&open, offset, end);
+        if !readahead.is_empty() {
+            self.spawn_readahead(&open, readahead);
+        }
+        if missing.is_empty() {
+            self.stats.cache_hit_reads.fetch_add(1, Ordering::Relaxed);
+            read_cached(&open.file, buf, offset)?;
+            return Ok(buf.len());
+        }
+        let fetched = self.fetch_missing(&open, offset..end, &missing)?;
+        self.assemble(&open, offset, buf, &fetched)?;
+        Ok(buf.len())
+    }
+
+    /// Fetches, on demand, every chunk of [range] that overlaps a missing sub-range; stores each in the cache and
+    /// returns them by index into the file's chunk map (the read is served from these even if the cache write
+    /// failed, e.g. on a full disk).
+    fn fetch_missing(
+        &self,
+        open: &OpenFile,
+        range: Range<u64>,
+        missing: &[Range<u64>],
+    ) -> Result<HashMap<usize, bytes::Bytes>> {
+        let chunks = self.manifest.file_chunks(open.ino);
+        let indices: Vec<usize> = self
+            .manifest
+            .chunk_range(open.ino, range.start, range.end - range.start)
+            .filter(|&i| {
+                let span = self.chunk_span(open.ino, i);
+                missing
+                    .iter()
+                    .any(|m| m.start < span.end && span.start < m.end)
+            })
+            .collect();
+        let locs: Vec<ChunkLoc> = indices
+            .iter()
+            .map(|&i| self.chunk_loc(chunks[i].chunk_index()))
+            .collect();
+        self.stats
+            .ondemand_chunks
+            .fetch_add(locs.len() as u64, Ordering::Relaxed);
+        let results = self
+            .rt
+            .block_on(self.engine.fetch(&locs, Priority::OnDemand));
+        let mut fetched = HashMap::with_capacity(indices.len());
+        for (&index, result) in indices.iter().zip(results) {
+            let file_offset = chunks[index].file_offset();
+            match result {
+                Ok(bytes) => {
+                    if let Err(err) = open.file.write_at(&bytes, file_offset) {
+                        self.stats
+                            .cache_write_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(ino = %open.ino, file_offset, error = %err,
+                            "could not store fetched chunk in the cache; serving it from memory");
+                    }
+                    fetched.insert(index, bytes);
+                }
+                Err(source) => {
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let err = CoreError::Fetch {
+                        ino: open.ino,
+                        chunk_index: index,
+                        file_offset,
+                        source: Box::new(source),
+                    };
+                    tracing::error!(image = %self.image, error = %err, "read failed");
+                    return Err(err);
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Copies [offset, offset+buf.len()) into `buf`: chunks fetched by this read from memory, the rest from the
+    /// cache file (present, and held against eviction by the open handle).
+    fn assemble(
+        &self,
+        open: &OpenFile,
+        offset: u64,
+        buf: &mut [u8],
+        fetched: &HashMap<usize, bytes::Bytes>,
+    ) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        for index in self
+            .manifest
+            .chunk_range(open.ino, offset, buf.len() as u64)
+        {
+            let span = self.chunk_span(open.ino, index);
+            let from = span.start.max(offset);
+            let to = span.end.min(end);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match fetched.get(&index) {
+                Some(bytes) => {
+                    let at = (from - span.start) as usize;
+                    dst.copy_from_slice(&bytes[at..at + dst.len()]);
+                }
+                None => read_cached(&open.file, dst, from)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Byte span of chunk `index` of the file's chunk map.
+    fn chunk_span(&self, ino: Ino, index: usize) -> Range<u64> {
+        let entry = &self.manifest.file_chunks(ino)[index];
+        let start = entry.file_offset();
+        start..start + u64::from(self.manifest.chunk(entry.chunk_index()).plain_len())
+    }
+
+    fn chunk_loc(&self, chunk_index: u32) -> ChunkLoc {
+        let rec = self.manifest.chunk(chunk_index);
+        let blob = self.manifest.blob(rec.blob_index());
+        ChunkLoc::new(rec, blob.id())
+    }
+
+    /// Updates the handle's stream state for a read of [offset, end) and returns the range to fetch ahead in the
+    /// background (empty for random reads and for ranges already scheduled).
+    fn advance_stream(&self, open: &OpenFile, offset: u64, end: u64) -> Range<u64> {
+        let mut st = open.stream.lock().expect("stream state poisoned");
+        let sequential = offset == st.next_offset;
+        st.next_offset = end;
+        if !sequential {
+            st.window = 0;
+            st.prefetched_until = end;
+            return end..end;
+        }
+        st.window = if st.window == 0 {
+            self.config.readahead_min
+        } else {
+            (st.window * 2).min(self.config.readahead_max)
+        };
+        let want_end = end.saturating_add(st.window).min(open.size);
+        let from = st.prefetched_until.max(end);
+        if want_end <= from {
+            return end..end;
+        }
+        st.prefetched_until = want_end;
+        from..want_end
+    }
+
+    /// Fetches the missing chunks of `range` at prefetch priority without blocking the caller.
+    fn spawn_readahead(&self, open: &Arc<OpenFile>, range: Range<u64>) {
+        let missing = open.file.missing(range.clone());
+        if missing.is_empty() {
+            return;
+        }
+        let chunks = self.manifest.file_chunks(open.ino);
+        let mut work: Vec<(u64, ChunkLoc)> = Vec::new();
+        for index in self
+            .manifest
+            .chunk_range(open.ino, range.start, range.end - range.start)
+        {
+            let span = self.chunk_span(open.ino, index);
+            if missing
+                .iter()
+                .any(|m| m.start < span.end && span.start < m.end)
+            {
+                work.push((span.start, self.chunk_loc(chunks[index].chunk_index())));
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        self.stats
+            .readahead_chunks
+            .fetch_add(work.len() as u64, Ordering::Relaxed);
+        let engine = Arc::clone(&self.engine);
+        let file = Arc::clone(&open.file);
+        let ino = open.ino;
+        self.rt.spawn(async move {
+            let locs: Vec<ChunkLoc> = work.iter().map(|(_, loc)| *loc).collect();
+            let results = engine.fetch(&locs, Priority::Prefetch).await;
+            for ((file_offset, _), result) in work.iter().zip(results) {
+                // Readahead is best effort: a failure here only means the on-demand read fetches (and reports) it.
+                let outcome = result.map_err(|e| e.to_string()).and_then(|bytes| {
+                    file.write_at(&bytes, *file_offset)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(error) = outcome {
+                    tracing::debug!(%ino, file_offset, %error, "readahead of a chunk failed");
+                }
+            }
+        });
+    }
+}
+
+fn read_cached(file: &CacheFile, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        match file.read_at(&mut buf[done..], at) {
+            Ok(0) => {
+                return Err(CoreError::CacheRead {
+                    content: *file.content(),
+                    offset: at,
+                    source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                })
+            }
+            Ok(n) => done += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(CoreError::CacheRead {
+                    content: *file.content(),
+                    offset: at,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}

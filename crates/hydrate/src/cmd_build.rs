@@ -1,0 +1,103 @@
+//! `hydrate build`: directory → image in a store, with a progress bar on a terminal and a one-line summary.
+
+use crate::cli::BuildArgs;
+use crate::units::{human, parse_size};
+use anyhow::{bail, Context, Result};
+use hydrate_builder::{build_dir, BuildOptions, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::time::Instant;
+
+/// indicatif draws only when stderr is a terminal, so scripts and CI logs get just the summary.
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn message(&self, msg: &str) {
+        self.0.set_message(msg.to_owned());
+    }
+}
+
+pub fn run(args: BuildArgs) -> Result<()> {
+    let meta = std::fs::symlink_metadata(&args.source)
+        .with_context(|| format!("source {}", args.source.display()))?;
+    if !meta.is_dir() {
+        bail!("source {} is not a directory", args.source.display());
+    }
+    if let Some(tag) = &args.tag {
+        hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
+    }
+    let blob_target_size = parse_size(&args.blob_size).context("--blob-size")?;
+    if !(1 << 20..=4 << 30).contains(&blob_target_size) {
+        bail!("--blob-size {} must be between 1M and 4G", args.blob_size);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let store =
+        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
+    let opts = BuildOptions {
+        zstd_level: args.zstd_level,
+        blob_target_size,
+        threads,
+        tag: args.tag.clone(),
+    };
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .expect("static progress template"),
+    );
+    let progress = Bar(bar);
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt
+        .block_on(build_dir(&args.source, store.as_ref(), &opts, &progress))
+        .with_context(|| {
+            format!(
+                "building {} into {}",
+                args.source.display(),
+                store.describe()
+            )
+        })?;
+    progress.0.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let name = args.tag.as_deref().unwrap_or("image");
+    let dedup = if report.stored_bytes > 0 {
+        format!(
+            "{:.2}x",
+            report.logical_bytes as f64 / report.stored_bytes as f64
+        )
+    } else {
+        "all reused".to_owned()
+    };
+    println!("{name} {}", report.image);
+    println!(
+        "{} files, {} dirs, {} symlinks, {} other; {} logical in {} chunks ({} unique, {} reused from the store); \
+         {} new stored in {} blobs; logical/stored {dedup}; manifest {}; {:.1}s ({}/s)",
+        report.files,
+        report.dirs,
+        report.symlinks,
+        report.other,
+        human(report.logical_bytes),
+        report.chunks,
+        report.unique_chunks,
+        report.reused_chunks,
+        human(report.stored_bytes),
+        report.new_blobs,
+        human(report.manifest_bytes),
+        secs,
+        human((report.logical_bytes as f64 / secs.max(1e-9)) as u64),
+    );
+    Ok(())
+}

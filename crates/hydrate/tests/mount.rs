@@ -1,0 +1,422 @@
+//! End-to-end tests of `hydrate build` + `hydrate mount` with real FUSE mounts (root and /dev/fuse required).
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("hydrate-test")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        Env { _tmp: tmp, root }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    fn s(&self, rel: &str) -> String {
+        self.p(rel).to_str().unwrap().to_owned()
+    }
+}
+
+fn build(src: &Path, store: &Path, tag: &str) -> String {
+    hydrate_ok(&[
+        "build",
+        src.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--tag",
+        tag,
+    ])
+}
+
+/// Chunk map rows of a file from `hydrate inspect`: (file offset, plain len, stored len, blob prefix, blob offset).
+fn chunk_map(store: &Path, image: &str, path: &str) -> Vec<(u64, u64, u64, String, u64)> {
+    let out = hydrate_ok(&["inspect", "--store", store.to_str().unwrap(), image, path]);
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 6 || f[0].parse::<u64>().is_err() {
+                return None;
+            }
+            Some((
+                f[0].parse().ok()?,
+                f[1].parse().ok()?,
+                f[2].parse().ok()?,
+                f[4].to_owned(),
+                f[5].parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn whole_tree_is_exact_lazy_cached_and_passed_through() {
+    let env = Env::new();
+    let (src, store) = (env.p("src"), env.p("store"));
+    let big_len = (1u64 << 30) + 12_345;
+    make_tree(
+        &src,
+        &TreeSpec {
+            small_files: 3000,
+            big_file: Some(big_len),
+            depth: 40,
+        },
+    );
+    build(&src, &store, "tree:1");
+
+    // Mounting reads only the manifest.
+    let m = Mount::new(&store, "tree:1", &env.p("mnt"), &env.p("cache"), &[]);
+    let start = m.metrics();
+    assert_eq!(start["store_range_requests"], 0, "mount fetched file data");
+
+    // A 4 KiB read in the middle of the 1 GiB file moves at most a few chunks.
+    let offset = big_len / 2 + 777;
+    let got = pread(&m.path("b/big.bin"), offset, 4096).unwrap();
+    assert_eq!(got, pread(&src.join("b/big.bin"), offset, 4096).unwrap());
+    let after = m.metrics();
+    let requests = after["store_range_requests"] - start["store_range_requests"];
+    let bytes = after["store_bytes_read"] - start["store_bytes_read"];
+    assert!(
+        (1..=2).contains(&requests),
+        "{requests} store requests for one 4 KiB read"
+    );
+    assert!(
+        bytes <= 3 * 256 * 1024,
+        "{bytes} bytes fetched for one 4 KiB read"
+    );
+
+    // Every path, attribute, xattr and byte equals the source.
+    let compared = compare_trees(&src, &m.mountpoint);
+    assert!(compared > 3000, "compared only {compared} paths");
+    let first = m.metrics();
+    assert!(first["fuse_requests_read"] > 0);
+    m.unmount();
+
+    // Remount on the same cache: no store reads, and complete files are read by the kernel (passthrough).
+    let m = Mount::new(&store, "tree:1", &env.p("mnt"), &env.p("cache"), &[]);
+    let base = m.metrics();
+    compare_trees(&src, &m.mountpoint);
+    let end = m.metrics();
+    assert_eq!(
+        end["store_range_requests"], base["store_range_requests"],
+        "cached data was fetched again"
+    );
+    assert_eq!(
+        end["fuse_requests_read"], base["fuse_requests_read"],
+        "complete files still caused READ upcalls"
+    );
+    assert!(
+        end["fuse_passthrough_opens"] > 3000,
+        "passthrough was not used"
+    );
+}
+
+#[test]
+fn corrupt_blob_fails_only_the_affected_chunk() {
+    let env = Env::new();
+    let (src, store) = (env.p("src"), env.p("store"));
+    fs::create_dir_all(&src).unwrap();
+    write_random(&src.join("data"), 3 << 20, 99);
+    fs::write(src.join("other"), b"untouched file").unwrap();
+    build(&src, &store, "c:1");
+    let chunks = chunk_map(&store, "c:1", "data");
+    assert!(
+        chunks.len() >= 4,
+        "expected several chunks, got {}",
+        chunks.len()
+    );
+    let (bad_off, bad_len, stored, blob_prefix, blob_off) = chunks[2].clone();
+    let blob = fs::read_dir(store.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&blob_prefix)
+        })
+        .expect("blob file");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&blob)
+        .unwrap();
+    let at = blob_off + stored / 2;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    drop(f);
+
+    let m = Mount::new(&store, "c:1", &env.p("mnt"), &env.p("cache"), &[]);
+    let expected = fs::read(src.join("data")).unwrap();
+    let bad = bad_off..bad_off + bad_len;
+    for round in 0..2 {
+        let mut page = 0;
+        while page < expected.len() as u64 {
+            let got = pread(&m.path("data"), page, 4096);
+            let in_bad = bad.start < page + 4096 && page < bad.end;
+            match got {
+                Ok(bytes) => {
+                    assert!(
+                        !in_bad,
+                        "round {round}: read of corrupt chunk at {page} succeeded"
+                    );
+                    let end = (page as usize + 4096).min(expected.len());
+                    assert_eq!(
+                        bytes,
+                        &expected[page as usize..end],
+                        "round {round}: wrong bytes at {page}"
+                    );
+                }
+                Err(err) => {
+                    assert!(
+                        in_bad,
+                        "round {round}: read at {page} outside the bad chunk failed: {err}"
+                    );
+                    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+                }
+            }
+            page += 4096;
+        }
+    }
+    assert_eq!(fs::read(m.path("other")).unwrap(), b"untouched file");
+    assert!(m.metric("volume_read_errors") > 0);
+    m.unmount();
+    let log = fs::read_to_string(env.p("cache/daemon.log")).unwrap();
+    assert!(
+        log.contains(&blob_prefix),
+        "log does not name the blob:\n{log}"
+    );
+}
+
+#[test]
+fn damaged_manifests_are_refused_at_mount() {
+    let env = Env::new();
+    let (src, store) = (env.p("src"), env.p("store"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"content").unwrap();
+    let out = build(&src, &store, "m:1");
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    let manifest = store.join("manifests").join(&id);
+    let bytes = fs::read(&manifest).unwrap();
+
+    // Truncated: the digest no longer matches.
+    fs::write(&manifest, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Mount::try_new(&store, "m:1", &env.p("mnt"), &env.p("cache"), &[])
+        .err()
+        .expect("mount succeeded");
+    assert!(
+        err.contains("manifest") && err.contains("digest"),
+        "unclear error: {err}"
+    );
+    assert!(!is_mounted(&fs::canonicalize(env.p("mnt")).unwrap()));
+
+    // Garbage whose digest is right (a hostile store): the parser refuses it.
+    let garbage = b"HYDRATE? this is not a manifest at all".repeat(10);
+    let gid = blake3::hash(&garbage).to_hex().to_string();
+    fs::write(store.join("manifests").join(&gid), &garbage).unwrap();
+    let err = Mount::try_new(&store, &gid, &env.p("mnt"), &env.p("cache2"), &[])
+        .err()
+        .expect("mount succeeded");
+    assert!(err.contains("manifest"), "unclear error: {err}");
+    assert!(!is_mounted(&fs::canonicalize(env.p("mnt")).unwrap()));
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let env = Env::new();
+    fs::create_dir_all(env.p("src")).unwrap();
+    fs::write(env.p("src/f"), b"x").unwrap();
+    fs::write(env.p("file"), b"x").unwrap();
+    let err = hydrate_err(&["build", &env.s("nope"), "--store", &env.s("store")]);
+    assert!(err.contains("nope"), "{err}");
+    let err = hydrate_err(&["build", &env.s("file"), "--store", &env.s("store")]);
+    assert!(err.contains("not a directory"), "{err}");
+    let err = hydrate_err(&[
+        "build",
+        &env.s("src"),
+        "--store",
+        &env.s("store"),
+        "--blob-size",
+        "12Q",
+    ]);
+    assert!(err.contains("12Q"), "{err}");
+    let err = hydrate_err(&[
+        "build",
+        &env.s("src"),
+        "--store",
+        &env.s("store"),
+        "--tag",
+        "../evil",
+    ]);
+    assert!(err.contains("evil"), "{err}");
+    let err = hydrate_err(&["build", &env.s("src"), "--store", "ftp://x/y"]);
+    assert!(err.contains("ftp://x/y"), "{err}");
+    build(&env.p("src"), &env.p("store"), "ok:1");
+    let err = hydrate_err(&[
+        "mount",
+        "--store",
+        &env.s("store"),
+        "missing:1",
+        &env.s("src"),
+    ]);
+    assert!(err.contains("missing:1"), "{err}");
+    let err = hydrate_err(&["mount", "--store", &env.s("store"), "ok:1", &env.s("file")]);
+    assert!(err.contains("not a directory"), "{err}");
+    let err = hydrate_err(&[
+        "inspect",
+        "--store",
+        &env.s("store"),
+        "ok:1",
+        "no/such/path",
+    ]);
+    assert!(err.contains("no/such/path"), "{err}");
+    let err = hydrate_err(&["umount", &env.s("src")]);
+    assert!(err.contains("src"), "{err}");
+}
+
+#[test]
+fn cache_stays_within_quota() {
+    let env = Env::new();
+    let (src, store) = (env.p("src"), env.p("store"));
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        write_random(&src.join(format!("f{i}")), 1 << 20, i);
+    }
+    build(&src, &store, "q:1");
+    let m = Mount::new(
+        &store,
+        "q:1",
+        &env.p("mnt"),
+        &env.p("cache"),
+        &["--cache-size", "4M"],
+    );
+    for i in 0..12 {
+        let name = format!("f{i}");
+        assert_eq!(
+            fs::read(m.path(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap()
+        );
+    }
+    let metrics = m.metrics();
+    assert!(
+        metrics["cache_used_bytes"] <= 4 << 20,
+        "cache holds {} bytes",
+        metrics["cache_used_bytes"]
+    );
+    assert!(metrics["cache_evictions"] > 0);
+    // Evicted content is fetched again, correctly.
+    assert_eq!(
+        fs::read(m.path("f0")).unwrap(),
+        fs::read(src.join("f0")).unwrap()
+    );
+}
+
+#[test]
+fn killed_daemon_leaves_a_consistent_cache() {
+    let env = Env::new();
+    let (src, store) = (env.p("src"), env.p("store"));
+    fs::create_dir_all(&src).unwrap();
+    write_random(&src.join("big"), 64 << 20, 5);
+    build(&src, &store, "k:1");
+    let m = Mount::new(&store, "k:1", &env.p("mnt"), &env.p("cache"), &[]);
+    let pid = m.pid.expect("daemon pid");
+    let path = m.path("big");
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        if let Ok(mut f) = fs::File::open(&path) {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    reader.join().unwrap();
+    drop(m); // detaches the dead mount
+    let m = Mount::new(&store, "k:1", &env.p("mnt"), &env.p("cache"), &[]);
+    assert!(
+        fs::read(m.path("big")).unwrap() == fs::read(src.join("big")).unwrap(),
+        "content differs after crash"
+    );
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let env = Env::new();
+    fs::create_dir_all(env.p("src")).unwrap();
+    fs::write(env.p("src/f"), b"x").unwrap();
+    build(&env.p("src"), &env.p("store"), "t:1");
+    let mut m = Mount::new(&env.p("store"), "t:1", &env.p("mnt"), &env.p("cache"), &[]);
+    let pid = nix::unistd::Pid::from_raw(m.pid.take().unwrap());
+    assert!(is_mounted(&m.mountpoint));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        nix::sys::signal::kill(pid, None).is_err(),
+        "daemon still running after SIGTERM"
+    );
+    assert!(!is_mounted(&m.mountpoint), "still mounted after SIGTERM");
+}
+
+#[test]
+fn builds_are_reproducible_and_dedup_across_images() {
+    let env = Env::new();
+    // Two copies of one tree created in different orders build to the same image digest in separate stores.
+    for (dir, order) in [("one", [0, 1, 2, 3]), ("two", [3, 1, 0, 2])] {
+        let root = env.p(dir);
+        fs::create_dir_all(root.join("sub")).unwrap();
+        for i in order {
+            write_random(&root.join(format!("sub/f{i}")), 300_000 + i * 1000, i);
+            fs::write(root.join(format!("n{i}")), format!("file {i}")).unwrap();
+        }
+        for p in [
+            "sub", "n0", "n1", "n2", "n3", "sub/f0", "sub/f1", "sub/f2", "sub/f3",
+        ] {
+            let t = filetime::FileTime::from_unix_time(1_700_000_000, 5);
+            filetime::set_file_times(root.join(p), t, t).unwrap();
+        }
+        let t = filetime::FileTime::from_unix_time(1_700_000_000, 5);
+        filetime::set_file_times(&root, t, t).unwrap();
+    }
+    let a = build(&env.p("one"), &env.p("store-a"), "r:1");
+    let b = build(&env.p("two"), &env.p("store-b"), "r:1");
+    let id = |out: &str| out.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(id(&a), id(&b), "same tree, different image digest");
+
+    // A second image sharing most content stores only the new chunks.
+    write_random(&env.p("one/sub/extra"), 200_000, 77);
+    let c = build(&env.p("one"), &env.p("store-a"), "r:2");
+    let stored = |out: &str| -> String { out.lines().nth(1).unwrap().to_owned() };
+    assert!(stored(&c).contains("reused from the store"), "{c}");
+    let new_bytes: u64 = fs::read_dir(env.p("store-a/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        new_bytes < 1_500_000 + 300_000,
+        "second image stored {new_bytes} bytes in all; no cross-image dedup"
+    );
+}
