@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::error::FetchError;
+use crate::error::{DeadlineExpired, FetchError};
+use crate::latency::{LatencyHistogram, LatencyRecorder};
 use crate::permits::Permits;
-use crate::plan::plan;
+use crate::plan::{plan, widen};
 use crate::{ChunkLoc, FetchConfig, Priority, MAX_GAP_LIMIT};
 
 /// Longest delay between two retries, whatever the attempt number.
@@ -30,6 +31,63 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 type ChunkResult = Result<Bytes, FetchError>;
 type Slot = watch::Receiver<Option<ChunkResult>>;
+
+/// What a request has been through so far, shared by the task running it and the callers waiting for its
+/// chunks, so that a caller giving up at its deadline can say why (the last failure, or how long the
+/// request has gone unanswered).
+#[derive(Debug)]
+struct Progress {
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Debug)]
+struct ProgressState {
+    key: String,
+    range: Range<u64>,
+    started: Instant,
+    attempts: u32,
+    last_error: Option<String>,
+}
+
+impl Progress {
+    fn new(key: String, range: Range<u64>) -> Arc<Progress> {
+        Arc::new(Progress {
+            state: Mutex::new(ProgressState {
+                key,
+                range,
+                started: Instant::now(),
+                attempts: 0,
+                last_error: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProgressState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attempt(&self) {
+        self.lock().attempts += 1;
+    }
+
+    fn failed(&self, error: &StoreError) {
+        self.lock().last_error = Some(error.to_string());
+    }
+
+    /// (key, request range, cause) for a deadline report.
+    fn report(&self) -> (String, Range<u64>, String) {
+        let st = self.lock();
+        let cause = match &st.last_error {
+            Some(e) => format!("last failure (attempt {}): {e}", st.attempts),
+            None => format!(
+                "no answer from the store after {:?} (attempt {})",
+                st.started.elapsed(),
+                st.attempts.max(1)
+            ),
+        };
+        (st.key.clone(), st.range.clone(), cause)
+    }
+}
 
 /// Counters of a [`FetchEngine`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,12 +108,26 @@ pub struct FetchStats {
     pub verify_failures: u64,
     /// Chunks delivered as errors by the fetching task.
     pub errors: u64,
+    /// Chunks a caller gave up on at its deadline (the read failed with EIO).
+    pub deadline_expired: u64,
+    /// Latency of every store request attempt, successful or not.
+    pub latency: LatencyHistogram,
 }
 
 impl FetchStats {
     /// (name, value) pairs for metrics export, in declaration order.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        vec![("requests", self.requests), ("bytes_fetched", self.bytes_fetched), ("chunks_fetched", self.chunks_fetched), ("coalesced_chunks", self.coalesced_chunks), ("single_flight_hits", self.single_flight_hits), ("retries", self.retries), ("verify_failures", self.verify_failures), ("errors", self.errors)]
+        vec![
+            ("requests", self.requests),
+            ("bytes_fetched", self.bytes_fetched),
+            ("chunks_fetched", self.chunks_fetched),
+            ("coalesced_chunks", self.coalesced_chunks),
+            ("single_flight_hits", self.single_flight_hits),
+            ("retries", self.retries),
+            ("verify_failures", self.verify_failures),
+            ("errors", self.errors),
+            ("deadline_expired", self.deadline_expired),
+        ]
     }
 }
 
@@ -69,6 +141,8 @@ struct Counters {
     retries: AtomicU64,
     verify_failures: AtomicU64,
     errors: AtomicU64,
+    deadline_expired: AtomicU64,
+    latency: LatencyRecorder,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -81,7 +155,7 @@ pub struct FetchEngine {
     store: Arc<dyn BlobStore>,
     config: FetchConfig,
     permits: Arc<Permits>,
-    inflight: Mutex<HashMap<ChunkId, Slot>>,
+    inflight: Mutex<HashMap<ChunkId, (Slot, Arc<Progress>)>>,
     counters: Counters,
     this: Weak<FetchEngine>,
 }
@@ -113,38 +187,68 @@ impl FetchEngine {
         let deadline = Instant::now() + self.config.deadline;
         let mut slots = Vec::with_capacity(chunks.len());
         let mut lead = Vec::new();
+        let mut requests = Vec::new();
         {
             let mut inflight = self.inflight();
             for chunk in chunks {
-                if let Some(slot) = inflight.get(&chunk.id) {
+                if let Some((slot, progress)) = inflight.get(&chunk.id) {
                     bump(&self.counters.single_flight_hits, 1);
-                    slots.push(slot.clone());
+                    slots.push((slot.clone(), progress.clone()));
                     continue;
                 }
                 let (tx, rx) = watch::channel(None);
-                inflight.insert(chunk.id, rx.clone());
-                slots.push(rx);
+                // Replaced by the request's own progress once planned (below, under the same lock).
+                let progress = Progress::new(keys::blob(&chunk.blob), chunk.stored_range());
+                inflight.insert(chunk.id, (rx.clone(), progress.clone()));
+                slots.push((rx, progress));
                 lead.push((*chunk, tx));
             }
+            if !lead.is_empty() {
+                requests = self.start_requests(&mut inflight, lead, priority);
+                // Callers keep the progress of the request that carries each chunk, also for the report
+                // after the chunk has left the table.
+                for (chunk, (_, progress)) in chunks.iter().zip(slots.iter_mut()) {
+                    if let Some((_, current)) = inflight.get(&chunk.id) {
+                        *progress = current.clone();
+                    }
+                }
+            }
         }
-        if !lead.is_empty() {
-            self.start_requests(lead, priority);
+        // Spawned only now, with the table unlocked: on a runtime that is shutting down, spawn drops the task at
+        // once, and its Flight's drop takes the table lock (it would deadlock under it).
+        for request in requests {
+            tokio::spawn(request);
         }
         let mut results = Vec::with_capacity(chunks.len());
-        for (chunk, mut slot) in chunks.iter().zip(slots) {
+        for (chunk, (mut slot, progress)) in chunks.iter().zip(slots) {
             let waited = tokio::time::timeout_at(deadline, slot.wait_for(Option::is_some)).await;
             results.push(match waited {
                 Ok(Ok(value)) => value.clone().expect("waited for a value"),
                 Ok(Err(_closed)) => Err(FetchError::Aborted { chunk: chunk.id }),
-                Err(_elapsed) => Err(FetchError::Deadline {
-                    blob: chunk.blob,
-                    offset: chunk.blob_offset,
-                    chunk: chunk.id,
-                    after: self.config.deadline,
-                }),
+                Err(_elapsed) => Err(self.deadline_passed(chunk, &progress)),
             });
         }
         results
+    }
+
+    /// The error (and the log line) for a chunk whose caller's deadline passed. The request goes on in its
+    /// task: a later read of the chunk joins it, or starts afresh once it has failed for good.
+    fn deadline_passed(&self, chunk: &ChunkLoc, progress: &Progress) -> FetchError {
+        bump(&self.counters.deadline_expired, 1);
+        let (key, range, cause) = progress.report();
+        let store = self.store.describe();
+        warn!(%store, object = %key, start = range.start, end = range.end, chunk = %chunk.id,
+            deadline = ?self.config.deadline, %cause, "read not served within its deadline; failing it with EIO");
+        FetchError::Deadline(Box::new(DeadlineExpired {
+            store,
+            key,
+            range,
+            blob: chunk.blob,
+            offset: chunk.blob_offset,
+            chunk: chunk.id,
+            after: self.config.deadline,
+            cause,
+        }))
     }
 
     /// Current counters.
@@ -160,20 +264,25 @@ impl FetchEngine {
             retries: load(&c.retries),
             verify_failures: load(&c.verify_failures),
             errors: load(&c.errors),
+            deadline_expired: load(&c.deadline_expired),
+            latency: c.latency.snapshot(),
         }
     }
 
-    fn inflight(&self) -> MutexGuard<'_, HashMap<ChunkId, Slot>> {
+    fn inflight(&self) -> MutexGuard<'_, HashMap<ChunkId, (Slot, Arc<Progress>)>> {
         // Entries are inserted and removed whole; a panic cannot leave one half-made.
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Plans the chunks this call leads into requests and spawns one task per request.
+    /// Plans the chunks this call leads into requests and returns one task per request, for the caller to
+    /// spawn once it has released the in-flight table.
     fn start_requests(
         &self,
+        inflight: &mut HashMap<ChunkId, (Slot, Arc<Progress>)>,
         lead: Vec<(ChunkLoc, watch::Sender<Option<ChunkResult>>)>,
         priority: Priority,
-    ) {
+    ) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
+        let mut tasks = Vec::new();
         let engine = self
             .this
             .upgrade()
@@ -181,21 +290,28 @@ impl FetchEngine {
         let locs: Vec<ChunkLoc> = lead.iter().map(|(c, _)| *c).collect();
         let mut senders: Vec<Option<_>> = lead.into_iter().map(|(_, tx)| Some(tx)).collect();
         for request in plan(&locs, self.config.max_gap, self.config.max_request_bytes) {
-            let members = request
+            let members: Vec<(ChunkLoc, watch::Sender<Option<ChunkResult>>)> = request
                 .members
                 .iter()
                 .map(|&i| (locs[i], senders[i].take().expect("each chunk planned once")))
                 .collect();
+            let progress = Progress::new(keys::blob(&request.blob), request.range.clone());
+            for (loc, _) in &members {
+                if let Some(entry) = inflight.get_mut(&loc.id) {
+                    entry.1 = progress.clone();
+                }
+            }
             let flight = Flight {
                 engine: engine.clone(),
                 members,
             };
-            tokio::spawn(
+            tasks.push(
                 engine
                     .clone()
-                    .run(request.blob, request.range, flight, priority),
+                    .run(request.blob, request.range, flight, priority, progress),
             );
         }
+        tasks
     }
 
     /// Runs one coalesced request and publishes a result for each of its chunks.
@@ -205,12 +321,17 @@ impl FetchEngine {
         range: Range<u64>,
         mut flight: Flight,
         priority: Priority,
+        progress: Arc<Progress>,
     ) {
         let key = keys::blob(&blob);
+        let range = widen(range, self.config.min_request_bytes);
         let count = flight.members.len() as u64;
         bump(&self.counters.coalesced_chunks, count - 1);
         debug!(store = %self.store.describe(), %key, start = range.start, end = range.end, chunks = count, "fetching");
-        let data = match self.get_range(&key, range.clone(), priority).await {
+        let data = match self
+            .get_range(&key, range.clone(), priority, &progress)
+            .await
+        {
             Ok(data) => data,
             Err(e) => {
                 bump(&self.counters.errors, count);
@@ -225,7 +346,7 @@ impl FetchEngine {
         for (i, (loc, outcome)) in locs.iter().zip(decoded).enumerate() {
             let result = match outcome {
                 Ok(plain) => Ok(plain),
-                Err(detail) => self.refetch(&key, loc, detail, priority).await,
+                Err(detail) => self.refetch(&key, loc, detail, priority, &progress).await,
             };
             match &result {
                 Ok(_) => bump(&self.counters.chunks_fetched, 1),
@@ -243,11 +364,14 @@ impl FetchEngine {
         loc: &ChunkLoc,
         detail: String,
         priority: Priority,
+        progress: &Progress,
     ) -> ChunkResult {
         bump(&self.counters.verify_failures, 1);
         warn!(store = %self.store.describe(), %key, offset = loc.blob_offset, chunk = %loc.id, %detail, "chunk failed verification; fetching it again");
         bump(&self.counters.retries, 1);
-        let data = self.get_range(key, loc.stored_range(), priority).await?;
+        let data = self
+            .get_range(key, loc.stored_range(), priority, progress)
+            .await?;
         let detail = match decode_all(vec![*loc], data, loc.blob_offset).await.pop() {
             Some(Ok(plain)) => return Ok(plain),
             Some(Err(detail)) => detail,
@@ -269,13 +393,17 @@ impl FetchEngine {
         key: &str,
         range: Range<u64>,
         priority: Priority,
+        progress: &Progress,
     ) -> Result<Bytes, StoreError> {
+        let store = self.store.describe();
         let mut attempt = 0;
         loop {
             let result = {
                 let _permit = self.permits.acquire(priority).await;
                 bump(&self.counters.requests, 1);
-                match tokio::time::timeout(
+                progress.attempt();
+                let started = Instant::now();
+                let result = match tokio::time::timeout(
                     self.config.request_timeout,
                     self.store.get_range(key, range.clone()),
                 )
@@ -291,7 +419,9 @@ impl FetchEngine {
                             range.start, range.end, self.config.request_timeout
                         ),
                     )),
-                }
+                };
+                self.counters.latency.record(started.elapsed());
+                result
             };
             match result {
                 Ok(data) => {
@@ -299,14 +429,18 @@ impl FetchEngine {
                     return Ok(data);
                 }
                 Err(e) if e.is_temporary() && attempt < self.config.retries => {
+                    progress.failed(&e);
                     let delay = backoff(self.config.backoff_base, attempt);
                     attempt += 1;
                     bump(&self.counters.retries, 1);
-                    warn!(error = %e, attempt, retries = self.config.retries, ?delay, "store read failed; retrying");
+                    warn!(%store, object = %key, start = range.start, end = range.end, error = %e, attempt,
+                        retries = self.config.retries, ?delay, "store read failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    warn!(error = %e, attempts = attempt + 1, "store read failed; giving up");
+                    progress.failed(&e);
+                    warn!(%store, object = %key, start = range.start, end = range.end, error = %e,
+                        attempts = attempt + 1, "store read failed; giving up");
                     return Err(e);
                 }
             }
@@ -359,6 +493,8 @@ struct Flight {
 
 impl Flight {
     fn publish(&mut self, i: usize, result: ChunkResult) {
+        // Removing the entry before publishing means a caller arriving later starts a new request rather than
+        // reading a stale result; waiters already holding the slot receive the value below.
         let (loc, tx) = &self.members[i];
         self.engine.inflight().remove(&loc.id);
         tx.send_replace(Some(result));

@@ -12,6 +12,7 @@
 
 mod engine;
 mod error;
+mod latency;
 mod permits;
 mod plan;
 
@@ -24,7 +25,8 @@ use std::time::Duration;
 use hydrate_format::{BlobId, BlobRecord, ChunkId, ChunkRecord};
 
 pub use engine::{FetchEngine, FetchStats};
-pub use error::FetchError;
+pub use error::{DeadlineExpired, FetchError};
+pub use latency::{LatencyHistogram, LATENCY_BUCKETS_SECONDS};
 
 /// Where a chunk is stored and how to decode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,18 +109,24 @@ pub struct FetchConfig {
     pub backoff_base: Duration,
     /// A `fetch` call returns errors for chunks not delivered within this time.
     pub deadline: Duration,
+    /// A request shorter than this is widened backwards (into the blob's preceding bytes) to this length.
+    /// 0 disables it. Servers that do not set TCP_NODELAY (Garage) hold the tail of a response smaller than
+    /// one TCP segment until the client's delayed ACK, ~40 ms; on loopback a segment is 64 KiB, so S3 mounts
+    /// use 64 KiB here (docs/remote-stores.md).
+    pub min_request_bytes: u64,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            max_in_flight: 16,
+            max_in_flight: 64,
             max_request_bytes: 8 << 20,
             max_gap: 64 << 10,
             request_timeout: Duration::from_secs(30),
             retries: 4,
             backoff_base: Duration::from_millis(100),
             deadline: Duration::from_secs(120),
+            min_request_bytes: 0,
         }
     }
 }

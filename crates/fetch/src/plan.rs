@@ -48,6 +48,16 @@ pub(crate) fn plan(chunks: &[ChunkLoc], max_gap: u64, max_request_bytes: u64) ->
     requests
 }
 
+/// `range` widened backwards to at least `min` bytes (never below offset 0; never forwards, where the blob
+/// may end).
+pub(crate) fn widen(range: Range<u64>, min: u64) -> Range<u64> {
+    let len = range.end - range.start;
+    if len >= min {
+        return range;
+    }
+    range.end.saturating_sub(min)..range.end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +102,14 @@ mod tests {
         assert_eq!(plan(&chunks[..3], 0, 1 << 20).len(), 2);
         // A chunk bigger than the bound still gets its request.
         assert_eq!(plan(&[loc(1, 0, 500, 0)], 0, 100)[0].range, 0..500);
+    }
+
+    #[test]
+    fn widen_goes_backwards_only() {
+        assert_eq!(widen(100_000..104_096, 65536), 38_560..104_096);
+        assert_eq!(widen(1000..5096, 65536), 0..5096);
+        assert_eq!(widen(0..70_000, 65536), 0..70_000);
+        assert_eq!(widen(5..10, 0), 5..10);
     }
 
     proptest! {

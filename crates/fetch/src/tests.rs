@@ -42,6 +42,7 @@ fn config() -> FetchConfig {
         retries: 3,
         backoff_base: Duration::from_millis(1),
         deadline: Duration::from_secs(10),
+        min_request_bytes: 0,
     }
 }
 
@@ -280,6 +281,22 @@ async fn permanent_failures_and_missing_blobs_are_not_retried() {
 }
 
 #[tokio::test]
+async fn small_requests_are_widened_backwards_and_still_verified() {
+    let f = fixture(6, 100).await;
+    let engine = f.engine(FetchConfig {
+        min_request_bytes: 1 << 20,
+        ..config()
+    });
+    let last = &f.chunks[5..];
+    let results = engine.fetch(last, Priority::OnDemand).await;
+    assert_all_ok(results, &f.plain[5..]);
+    let s = engine.stats();
+    assert_eq!(s.requests, 1);
+    // The blob is shorter than 1 MiB: the request starts at 0 and ends where the chunk does.
+    assert_eq!(s.bytes_fetched, last[0].stored_range().end);
+}
+
+#[tokio::test]
 async fn a_call_gives_up_at_its_deadline() {
     let f = fixture(1, 0).await;
     f.faults().set_read_delay(Duration::from_secs(3));
@@ -294,12 +311,47 @@ async fn a_call_gives_up_at_its_deadline() {
         .remove(0)
         .unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert!(matches!(err, FetchError::Deadline { .. }), "{err}");
+    assert!(matches!(err, FetchError::Deadline(_)), "{err}");
     assert!(err.is_temporary());
-    assert!(
-        err.to_string().contains(&f.chunks[0].id.to_string()),
-        "{err}"
-    );
+    // The message names the store, the object, the range and why: here the request has not answered yet.
+    let text = err.to_string();
+    let c = &f.chunks[0];
+    for part in [
+        f.store.describe(),
+        f.key(),
+        format!("read range {}..", c.blob_offset),
+        c.id.to_string(),
+        "no answer from the store".to_owned(),
+    ] {
+        assert!(text.contains(&part), "{part:?} missing in {text}");
+    }
+    assert_eq!(engine.stats().deadline_expired, 1);
+}
+
+#[tokio::test]
+async fn a_deadline_names_the_last_failure_and_the_read_recovers_after_the_fault() {
+    let f = fixture(1, 0).await;
+    f.faults().fail_next_reads(1000, ErrorKind::Temporary);
+    let engine = f.engine(FetchConfig {
+        deadline: Duration::from_millis(300),
+        backoff_base: Duration::from_millis(20),
+        retries: 1000,
+        ..config()
+    });
+    let err = engine
+        .fetch(&f.chunks, Priority::OnDemand)
+        .await
+        .remove(0)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("injected failure"), "{text}");
+    assert!(text.contains("last failure (attempt"), "{text}");
+    // The fault clears: the same read succeeds without a new engine (the retrying request delivers it).
+    f.faults().clear();
+    assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
+    let stats = engine.stats();
+    assert!(stats.latency.count() >= 2, "{stats:?}");
+    assert_eq!(stats.latency.count(), stats.requests);
 }
 
 #[tokio::test]

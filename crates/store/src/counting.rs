@@ -35,7 +35,15 @@ pub struct StoreStats {
 impl StoreStats {
     /// (name, value) pairs for metrics export, in declaration order.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        vec![("get_requests", self.get_requests), ("range_requests", self.range_requests), ("head_requests", self.head_requests), ("list_requests", self.list_requests), ("bytes_read", self.bytes_read), ("puts", self.puts), ("bytes_written", self.bytes_written)]
+        vec![
+            ("get_requests", self.get_requests),
+            ("range_requests", self.range_requests),
+            ("head_requests", self.head_requests),
+            ("list_requests", self.list_requests),
+            ("bytes_read", self.bytes_read),
+            ("puts", self.puts),
+            ("bytes_written", self.bytes_written),
+        ]
     }
 }
 

@@ -5,17 +5,22 @@
 //! HTTP and OCI registries can all offer it thinly. Everything above the store (image
 //! building, the fetch engine, the CLI) talks to `Arc<dyn BlobStore>` and identifies a store
 //! in logs by [`BlobStore::describe`]. Wrappers stack on any store: [`CountingStore`] for
-//! metrics and laziness tests, [`FaultyStore`] for fault-injection tests.
+//! metrics and laziness tests, [`FaultyStore`] for fault-injection tests. Network backends:
+//! [`S3Store`] (any S3-compatible engine) and [`HttpStore`] (read-only, any HTTP server).
 
 #![forbid(unsafe_code)]
 
 mod counting;
 mod error;
 mod faulty;
+mod http;
 pub mod keys;
 mod local;
 mod objstore;
+mod oci;
 mod refs;
+mod remote;
+mod s3;
 
 use std::ops::Range;
 use std::path::Path;
@@ -26,8 +31,12 @@ use bytes::Bytes;
 pub use counting::{CountingStore, StoreStats};
 pub use error::{ErrorKind, StoreError};
 pub use faulty::FaultyStore;
+pub use http::HttpStore;
 pub use local::LocalStore;
+pub use oci::{default_image, OciAddress, OciStore};
 pub use refs::{list_tags, put_tag, resolve};
+pub use remote::RemoteOptions;
+pub use s3::S3Store;
 
 /// A store of immutable content-addressed objects and mutable names, keyed by strings
 /// (see [`keys`] for the layout).
@@ -75,21 +84,35 @@ impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     }
 }
 
-/// Schemes of backends that are planned but not built yet.
-const PLANNED_SCHEMES: [&str; 4] = ["s3", "http", "https", "oci"];
-
-/// Opens the store at `addr`: a directory path (or `file://` URL) opens a [`LocalStore`].
-/// `s3://`, `http(s)://` and `oci://` addresses are recognised but not supported yet.
+/// Opens the store at `addr` with default network tuning; see [`open_store_with`].
 pub fn open_store(addr: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
+    open_store_with(addr, &RemoteOptions::default())
+}
+
+/// Opens the store at `addr`: a directory path (or `file://` URL) opens a [`LocalStore`],
+/// `s3://bucket/prefix?endpoint=URL&region=NAME` an [`S3Store`], `http(s)://base` a
+/// read-only [`HttpStore`], `oci://host[:port]/repository[:tag]` an [`OciStore`]; `remote`
+/// tunes the network client of the network stores.
+pub fn open_store_with(
+    addr: &str,
+    remote: &RemoteOptions,
+) -> Result<Arc<dyn BlobStore>, StoreError> {
     if let Some(path) = addr.strip_prefix("file://") {
         return Ok(Arc::new(LocalStore::open(Path::new(path))?));
     }
+    if addr.starts_with("s3://") {
+        return Ok(Arc::new(S3Store::open(addr, remote)?));
+    }
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        return Ok(Arc::new(HttpStore::open(addr, remote)?));
+    }
+    if addr.starts_with("oci://") {
+        return Ok(Arc::new(OciStore::open(addr, remote)?));
+    }
     if let Some((scheme, _)) = addr.split_once("://") {
-        let message = if PLANNED_SCHEMES.contains(&scheme) {
-            format!("{scheme}:// stores are not supported yet (use a local directory path)")
-        } else {
-            format!("unknown store scheme {scheme:?} (expected a directory path)")
-        };
+        let message = format!(
+            "unknown store scheme {scheme:?} (expected a directory path, s3://, http(s):// or oci://)"
+        );
         return Err(StoreError::new(ErrorKind::Permanent, addr, "", message));
     }
     if addr.is_empty() {
@@ -133,7 +156,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn open_store_accepts_paths_and_refuses_remote_schemes_for_now() {
+    async fn open_store_dispatches_on_the_scheme() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let store = open_store(path.to_str().unwrap()).unwrap();
@@ -141,11 +164,12 @@ mod tests {
         let same = open_store(&format!("file://{}", path.display())).unwrap();
         assert_eq!(same.get("refs/x").await.unwrap(), &b"1"[..]);
 
-        for addr in ["s3://bucket/p", "http://h/p", "https://h/p", "oci://r/i"] {
-            let err = open_store(addr).expect_err(addr);
-            assert_eq!(err.kind(), ErrorKind::Permanent);
-            assert!(err.to_string().contains("not supported yet"), "{err}");
-        }
+        let s3 = open_store("s3://bucket/p?endpoint=http://127.0.0.1:9&region=r").unwrap();
+        assert_eq!(s3.describe(), "s3://bucket/p at http://127.0.0.1:9");
+        let http = open_store("https://h/p").unwrap();
+        assert_eq!(http.describe(), "https://h/p");
+        let err = open_store("s3://bucket/p?bogus=1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent);
         let err = open_store("ftp://h").unwrap_err();
         assert!(err.to_string().contains("unknown store scheme"), "{err}");
     }

@@ -1,0 +1,291 @@
+//! An OCI distribution registry on loopback: Debian's `docker-registry` (distribution 2.8).
+//!
+//! Each [`Registry`] gets its own temporary directory holding the generated config, the
+//! filesystem storage and, with [`Registry::start_with_auth`], an htpasswd file made by
+//! `htpasswd -Bbn` (bcrypt, the only hash distribution accepts). The registry logs one JSON
+//! line per request ("response completed", with method, URI, status and bytes written), which
+//! [`Registry::requests`] parses so tests can prove what went over the wire, e.g. that a lazy
+//! mount reads blobs with ranged GETs (status 206) and never downloads one whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{require_binary, server_dir, wait_for_port, ServerProcess, TestkitError};
+
+const SERVER: &str = "docker-registry";
+
+/// One request as the registry logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    /// Response body bytes written.
+    pub written: u64,
+}
+
+impl LoggedRequest {
+    /// Whether this is a blob download (`GET /v2/<repo>/blobs/sha256:…`).
+    pub fn is_blob_get(&self) -> bool {
+        self.method == "GET" && self.uri.contains("/blobs/sha256:")
+    }
+}
+
+/// A running registry, killed by PID when dropped.
+#[derive(Debug)]
+pub struct Registry {
+    process: ServerProcess,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    credentials: Option<(String, String)>,
+}
+
+impl Registry {
+    /// The `docker-registry` binary, or `None` (with a loud SKIPPED message) if it is missing
+    /// and `HYDRATE_REQUIRE_SERVERS` is unset; see [`require_binary`].
+    pub fn binary(test: &str) -> Option<PathBuf> {
+        require_binary(SERVER, test)
+    }
+
+    /// Starts a registry without authentication.
+    pub fn start(binary: &Path) -> Result<Registry, TestkitError> {
+        Registry::launch(binary, None)
+    }
+
+    /// Starts a registry that requires HTTP Basic auth as `user`/`password` (htpasswd).
+    pub fn start_with_auth(
+        binary: &Path,
+        user: &str,
+        password: &str,
+    ) -> Result<Registry, TestkitError> {
+        Registry::launch(binary, Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn launch(
+        binary: &Path,
+        credentials: Option<(String, String)>,
+    ) -> Result<Registry, TestkitError> {
+        let dir = server_dir("hydrate-registry", SERVER)?;
+        let io = |what: &str, source| TestkitError::Io {
+            server: SERVER,
+            what: what.to_owned(),
+            source,
+        };
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).map_err(|e| io("creating the storage directory", e))?;
+        let auth = match &credentials {
+            Some((user, password)) => {
+                let htpasswd = dir.path().join("htpasswd");
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .map_err(|e| io("running htpasswd (apache2-utils)", e))?;
+                if !out.status.success() {
+                    return Err(TestkitError::Command {
+                        server: SERVER,
+                        command: format!("htpasswd -Bbn {user} ***"),
+                        output: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    });
+                }
+                std::fs::write(&htpasswd, &out.stdout).map_err(|e| io("writing htpasswd", e))?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: hydrate-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            None => String::new(),
+        };
+        let port = crate::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  formatter: json\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n  secret: hydrate-test-secret\n\
+             {auth}",
+            data.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).map_err(|e| io("writing config.yml", e))?;
+        let mut command = Command::new(binary);
+        command.arg("serve").arg(&config_path);
+        let mut process = ServerProcess::spawn(SERVER, command, &dir.path().join("registry.log"))?;
+        wait_for_port(SERVER, &mut process, addr, Duration::from_secs(20))?;
+        Ok(Registry {
+            process,
+            dir,
+            addr,
+            credentials,
+        })
+    }
+
+    /// `127.0.0.1:PORT`, as used in `oci://` and `docker://` references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `oci://127.0.0.1:PORT/<repo_and_tag>`.
+    pub fn store_address(&self, repo_and_tag: &str) -> String {
+        format!("oci://{}/{repo_and_tag}", self.addr)
+    }
+
+    /// Writes a containers-auth.json(5) file with this registry's credentials (base64 `auth`
+    /// entry) at `path`, for `REGISTRY_AUTH_FILE`. `password` overrides the real one (to test
+    /// refusals).
+    pub fn write_auth_file(&self, path: &Path, password: Option<&str>) -> std::io::Result<()> {
+        let (user, real) = self
+            .credentials
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("this registry runs without authentication"))?;
+        let token = base64_encode(format!("{user}:{}", password.unwrap_or(real)).as_bytes());
+        std::fs::write(
+            path,
+            format!(
+                "{{\"auths\":{{\"{}\":{{\"auth\":\"{token}\"}}}}}}\n",
+                self.addr
+            ),
+        )
+    }
+
+    /// Every request logged so far, in order.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        let text = std::fs::read_to_string(&self.process.log).unwrap_or_default();
+        text.lines().filter_map(parse_log_line).collect()
+    }
+
+    /// The directory holding the registry's config, storage and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The PID of the registry process.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// The end of the registry's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail(4000)
+    }
+}
+
+/// Parses a `"msg":"response completed"` JSON log line. distribution writes flat JSON objects
+/// with string and number values, so a field is found by its quoted name.
+fn parse_log_line(line: &str) -> Option<LoggedRequest> {
+    if !line.contains("\"msg\":\"response completed\"") {
+        return None;
+    }
+    let string = |name: &str| {
+        let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_owned())
+    };
+    let number = |name: &str| {
+        let start = line.find(&format!("\"{name}\":"))? + name.len() + 3;
+        let end = line[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(line.len(), |e| e + start);
+        line[start..end].parse::<u64>().ok()
+    };
+    Some(LoggedRequest {
+        method: string("http.request.method")?,
+        uri: string("http.request.uri")?,
+        status: u16::try_from(number("http.response.status")?).ok()?,
+        written: number("http.response.written").unwrap_or(0),
+    })
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_response_lines_only() {
+        let line = r#"{"go.version":"go1.19.8","http.request.method":"GET","http.request.uri":"/v2/t/x/blobs/sha256:5b6e","http.response.status":206,"http.response.written":10,"level":"info","msg":"response completed"}"#;
+        assert_eq!(
+            parse_log_line(line),
+            Some(LoggedRequest {
+                method: "GET".into(),
+                uri: "/v2/t/x/blobs/sha256:5b6e".into(),
+                status: 206,
+                written: 10
+            })
+        );
+        assert!(parse_log_line(line).unwrap().is_blob_get());
+        assert_eq!(
+            parse_log_line(r#"{"msg":"listening on 127.0.0.1:5000"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_with_padding() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"user:p@ss"), "dXNlcjpwQHNz");
+    }
+
+    #[test]
+    fn registry_serves_the_api_and_enforces_auth() {
+        let Some(binary) = Registry::binary("registry_serves_the_api_and_enforces_auth") else {
+            return;
+        };
+        let get = |addr: &str| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            use std::io::{Read, Write};
+            write!(stream, "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            reply
+        };
+        let open = Registry::start(&binary).unwrap();
+        assert!(
+            get(&open.host()).starts_with("HTTP/1.0 200"),
+            "{}",
+            open.log_tail()
+        );
+        assert!(open
+            .requests()
+            .iter()
+            .any(|r| r.uri == "/v2/" && r.status == 200));
+
+        let locked = Registry::start_with_auth(&binary, "hydrate", "s3cret").unwrap();
+        let reply = get(&locked.host());
+        assert!(reply.starts_with("HTTP/1.0 401"), "{reply}");
+        assert!(reply.contains("Basic realm=\"hydrate-test\""), "{reply}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auth.json");
+        locked.write_auth_file(&file, None).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(&base64_encode(b"hydrate:s3cret")), "{text}");
+
+        let pid = open.pid().unwrap() as i32;
+        drop(open);
+        assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err());
+    }
+}
