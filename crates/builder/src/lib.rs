@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hydrate_format::{BlobId, Digest, ImageId};
+use hydrate_format::{plan_from_trace, BlobId, Digest, ImageId, Manifest, PlanOptions, Trace};
 use hydrate_store::{keys, put_tag, BlobStore};
 use tokio::sync::mpsc;
 
@@ -80,6 +80,22 @@ pub struct BuildReport {
     /// New bytes written to the store (blobs and manifest).
     pub stored_bytes: u64,
     pub manifest_bytes: u64,
+    /// Entries of the prefetch plan stored in the manifest (0 without a trace).
+    pub prefetch_entries: u64,
+    /// Trace events that named no regular file of the image.
+    pub prefetch_unresolved: u64,
+}
+
+/// What [`attach_trace`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachReport {
+    /// The new image: the old manifest with the plan as its prefetch section.
+    pub image: ImageId,
+    pub entries: u64,
+    /// Bytes the plan names.
+    pub bytes: u64,
+    /// Trace events that named no regular file of the image.
+    pub unresolved: u64,
 }
 
 /// Progress sink; the CLI puts an indicatif bar behind it. `total`/`advance` count logical file bytes.
@@ -104,6 +120,18 @@ pub async fn build_dir(
     src: &Path,
     store: &dyn BlobStore,
     opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
+    build_dir_with_trace(src, store, opts, None, progress).await
+}
+
+/// [`build_dir`], storing the prefetch plan made from `trace` (see [`hydrate_format::plan_from_trace`]) in the
+/// manifest: a mount replays it in the background.
+pub async fn build_dir_with_trace(
+    src: &Path,
+    store: &dyn BlobStore,
+    opts: &BuildOptions,
+    trace: Option<&Trace>,
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
     if let Some(tag) = &opts.tag {
@@ -158,26 +186,20 @@ pub async fn build_dir(
     }
     let packed = packed??;
 
-    let bytes = packed.writer.finish().map_err(BuildError::Manifest)?;
-    let image = ImageId(Digest::of(&bytes));
+    let mut bytes = packed.writer.finish().map_err(BuildError::Manifest)?;
+    let (mut prefetch_entries, mut prefetch_unresolved) = (0, 0);
+    if let Some(trace) = trace {
+        let manifest = Manifest::parse(bytes.as_slice()).map_err(BuildError::Manifest)?;
+        let plan = plan_from_trace(&manifest, trace, PlanOptions::default());
+        prefetch_entries = plan.entries.len() as u64;
+        prefetch_unresolved = plan.unresolved as u64;
+        bytes = manifest
+            .with_prefetch(&plan.entries)
+            .map_err(BuildError::Manifest)?;
+    }
     let manifest_bytes = bytes.len() as u64;
-    let key = keys::manifest(&image);
-    let exists = store
-        .head(&key)
-        .await
-        .map_err(|e| BuildError::store(format!("checking manifest {key}"), e))?;
-    if exists != Some(manifest_bytes) {
-        store
-            .put(&key, Bytes::from(bytes))
-            .await
-            .map_err(|e| BuildError::store(format!("uploading manifest {key}"), e))?;
-        stored_bytes += manifest_bytes;
-    }
-    if let Some(tag) = &opts.tag {
-        put_tag(store, tag, &image)
-            .await
-            .map_err(|e| BuildError::store(format!("setting tag {tag}"), e))?;
-    }
+    let (image, stored) = store_manifest(store, bytes, opts.tag.as_deref()).await?;
+    stored_bytes += stored;
     progress.message(&format!("built image {image}"));
     let c = packed.counts;
     Ok(BuildReport {
@@ -193,7 +215,78 @@ pub async fn build_dir(
         new_blobs,
         stored_bytes,
         manifest_bytes,
+        prefetch_entries,
+        prefetch_unresolved,
     })
+}
+
+/// Stores a copy of `image` whose prefetch section is the plan made from `trace` (replacing any plan it had),
+/// and points `tag` at it. Only the manifest is new: every blob is shared with `image`.
+pub async fn attach_trace(
+    store: &dyn BlobStore,
+    image: &ImageId,
+    trace: &Trace,
+    opts: PlanOptions,
+    tag: Option<&str>,
+) -> Result<AttachReport, BuildError> {
+    if let Some(tag) = tag {
+        keys::validate_tag(tag).map_err(|source| BuildError::BadTag {
+            name: tag.to_owned(),
+            source,
+        })?;
+    }
+    let key = keys::manifest(image);
+    let old = store
+        .get(&key)
+        .await
+        .map_err(|e| BuildError::store(format!("reading manifest {key}"), e))?;
+    let actual = ImageId(Digest::of(&old));
+    if actual != *image {
+        return Err(BuildError::Manifest(hydrate_format::FormatError::Header {
+            detail: format!("manifest {key} has digest {actual}, not {image}: refusing it"),
+        }));
+    }
+    let manifest = Manifest::parse(old.as_ref()).map_err(BuildError::Manifest)?;
+    let plan = plan_from_trace(&manifest, trace, opts);
+    let bytes = manifest
+        .with_prefetch(&plan.entries)
+        .map_err(BuildError::Manifest)?;
+    let (image, _) = store_manifest(store, bytes, tag).await?;
+    Ok(AttachReport {
+        image,
+        entries: plan.entries.len() as u64,
+        bytes: plan.bytes,
+        unresolved: plan.unresolved as u64,
+    })
+}
+
+/// Uploads manifest `bytes` unless already stored, then sets `tag`: returns the image and the bytes written.
+async fn store_manifest(
+    store: &dyn BlobStore,
+    bytes: Vec<u8>,
+    tag: Option<&str>,
+) -> Result<(ImageId, u64), BuildError> {
+    let image = ImageId(Digest::of(&bytes));
+    let len = bytes.len() as u64;
+    let key = keys::manifest(&image);
+    let exists = store
+        .head(&key)
+        .await
+        .map_err(|e| BuildError::store(format!("checking manifest {key}"), e))?;
+    let mut stored = 0;
+    if exists != Some(len) {
+        store
+            .put(&key, Bytes::from(bytes))
+            .await
+            .map_err(|e| BuildError::store(format!("uploading manifest {key}"), e))?;
+        stored = len;
+    }
+    if let Some(tag) = tag {
+        put_tag(store, tag, &image)
+            .await
+            .map_err(|e| BuildError::store(format!("setting tag {tag}"), e))?;
+    }
+    Ok((image, stored))
 }
 
 /// Uploads a blob unless an identical one (same digest and size) is already stored. Returns the bytes

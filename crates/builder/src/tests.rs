@@ -438,3 +438,86 @@ fn walk_visits_files_in_name_order_not_readdir_order() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_trace_becomes_a_plan_at_build_time_or_attached_later() {
+    use hydrate_format::{PrefetchEntry, Trace, TraceEvent, TraceKind};
+    let src = tempfile::tempdir().unwrap();
+    let sdir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(sdir.path()).unwrap();
+    fs::create_dir(src.path().join("lib")).unwrap();
+    fs::write(src.path().join("lib/a.py"), text_bytes(5000)).unwrap();
+    fs::write(src.path().join("big"), random_bytes("big", 1 << 20)).unwrap();
+    let trace = Trace {
+        events: vec![
+            TraceEvent {
+                path: b"big".to_vec(),
+                kind: TraceKind::Read {
+                    offset: 70_000,
+                    len: 10,
+                },
+            },
+            TraceEvent {
+                path: b"lib/a.py".to_vec(),
+                kind: TraceKind::Open,
+            },
+            TraceEvent {
+                path: b"lib/missing.py".to_vec(),
+                kind: TraceKind::Open,
+            },
+        ],
+    };
+    let plain = build_dir(src.path(), &store, &opts(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(plain.prefetch_entries, 0);
+    let planned = build_dir_with_trace(src.path(), &store, &opts(), Some(&trace), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        (planned.prefetch_entries, planned.prefetch_unresolved),
+        (2, 1)
+    );
+    assert_ne!(planned.image, plain.image);
+    assert_eq!(planned.new_blobs, 0, "a plan adds no data");
+    let m = load_manifest(&store, &planned.image).await;
+    let big = m.resolve(b"big").unwrap();
+    let a = m.resolve(b"lib/a.py").unwrap();
+    assert_eq!(
+        m.prefetch(),
+        &[
+            PrefetchEntry::new(big, 65_536, 65_536),
+            PrefetchEntry::new(a, 0, 5000)
+        ]
+    );
+
+    // Attaching the same trace to the plain image yields the same manifest, under a tag.
+    let attached = attach_trace(
+        &store,
+        &plain.image,
+        &trace,
+        PlanOptions::default(),
+        Some("app:2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(attached.image, planned.image);
+    assert_eq!((attached.entries, attached.unresolved), (2, 1));
+    assert_eq!(attached.bytes, 65_536 + 5000);
+    assert_eq!(resolve(&store, "app:2").await.unwrap(), planned.image);
+    let plain_m = load_manifest(&store, &plain.image).await;
+    assert_eq!(plain_m.blobs(), m.blobs());
+    assert_eq!(plain_m.chunks(), m.chunks());
+
+    // A missing image is an error naming the manifest.
+    let err = attach_trace(
+        &store,
+        &ImageId(Digest::of(b"x")),
+        &trace,
+        PlanOptions::default(),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("manifests/"), "{err}");
+}

@@ -61,6 +61,12 @@ pub enum CoreError {
         #[source]
         source: Box<hydrate_store::StoreError>,
     },
+    #[error("trace {path}: {source}")]
+    Trace {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<hydrate_format::FormatError>,
+    },
     #[error("{what} {path}: {source}")]
     LocalIo {
         what: &'static str,
@@ -88,6 +94,7 @@ impl CoreError {
             | CoreError::Image { .. }
             | CoreError::Manifest { .. }
             | CoreError::Store { .. }
+            | CoreError::Trace { .. }
             | CoreError::LocalIo { .. } => libc::EIO,
         }
     }

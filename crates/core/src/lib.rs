@@ -4,13 +4,20 @@
 //! Front-ends are thin adapters over [`Volume`]; this crate can be tested without a kernel.
 #![deny(unsafe_code)]
 
+#[cfg(test)]
+mod tests;
+
 mod error;
 mod image;
+mod prefetch;
 mod stats;
+mod trace;
 mod volume;
 
 pub use error::{CoreError, Result};
 pub use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
 pub use image::{load_manifest, MappedManifest};
+pub use prefetch::PlanOutcome;
 pub use stats::VolumeStats;
+pub use trace::{read_trace, TraceRecorder};
 pub use volume::{DirEntry, FsTotals, Opened, Volume, VolumeConfig};

@@ -32,6 +32,30 @@ counters! {
     ondemand_chunks,
     /// Chunks fetched ahead of a sequential stream.
     readahead_chunks,
+    /// Bytes of file data scheduled ahead of sequential streams (missing or not).
+    readahead_bytes,
+    /// Sequential reads that grew their stream's readahead window (up to the maximum).
+    readahead_grows,
+    /// Reads that broke a sequential stream (a seek): the window went back to zero.
+    readahead_resets,
+    /// Reads not continuing their handle's previous read; they fetch only the chunks covering them.
+    random_reads,
+    /// Entries of the image's prefetch plan that the replay found (at least partly) missing.
+    plan_entries_fetched,
+    /// Entries of the plan already complete in the cache when the replay reached them.
+    plan_entries_cached,
+    /// Chunks fetched by the plan replay.
+    plan_chunks,
+    /// Plain bytes fetched by the plan replay.
+    plan_bytes,
+    /// 1 once the plan replay has finished (0 while it runs or without a plan).
+    plan_done,
+    /// Directories whose small files were prefetched when one of their files was first opened (no plan).
+    dir_prefetch_dirs,
+    /// Chunks fetched by those directory prefetches.
+    dir_prefetch_chunks,
+    /// Background prefetch chunks that failed (the on-demand read fetches and reports them again).
+    prefetch_errors,
     /// Reads that failed with an I/O error (fetch or verification failure).
     read_errors,
     /// Fetched chunks that could not be written to the cache (served from memory instead).

@@ -4,23 +4,37 @@
 use crate::error::{CoreError, Result};
 use crate::image::MappedManifest;
 use crate::stats::VolumeStats;
+use crate::trace::TraceRecorder;
 use hydrate_cache::{CacheFile, DiskCache};
 use hydrate_fetch::{ChunkLoc, FetchEngine, Priority};
 use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-/// Readahead tuning. A read that continues where the previous read of the same handle ended is part of a
-/// sequential stream: the window of data fetched ahead of it in the background starts at `readahead_min` and
-/// doubles with each further sequential read up to `readahead_max`; a seek resets it to zero. A random read
-/// fetches only the chunks covering it, so its amplification is bounded by the chunk size (at most CHUNK_MAX).
+/// Read-path tuning.
+///
+/// Readahead: a read that continues where the previous read of the same handle ended is part of a sequential
+/// stream: the window of data fetched ahead of it in the background starts at `readahead_min` and doubles with
+/// each further sequential read up to `readahead_max` (0 disables readahead); a seek resets it to zero
+/// (counters `readahead_grows`, `readahead_resets`). A random read fetches only the chunks covering it, so its
+/// amplification is bounded by the chunk size (at most CHUNK_MAX; counter `random_reads`).
+///
+/// Prefetch: an image's plan is replayed by [`Volume::start_plan`] when `replay_plan` is set. An image without
+/// a plan prefetches, when a file of a directory is first opened, the directory's regular files of at most
+/// `dir_prefetch_file_max` bytes (0 disables), up to `dir_prefetch_budget` bytes per directory: files used
+/// together tend to live together, and an interpreter or loader that opens one file of a directory (Python's
+/// import system: a package's modules and their `__pycache__`) soon opens its neighbours. Listing or stat'ing
+/// files starts nothing, so `find` or `ls -lR` over an image fetches no data.
 #[derive(Debug, Clone)]
 pub struct VolumeConfig {
     pub readahead_min: u64,
     pub readahead_max: u64,
+    pub replay_plan: bool,
+    pub dir_prefetch_file_max: u64,
+    pub dir_prefetch_budget: u64,
 }
 
 impl Default for VolumeConfig {
@@ -28,6 +42,9 @@ impl Default for VolumeConfig {
         VolumeConfig {
             readahead_min: 1 << 20,
             readahead_max: 16 << 20,
+            replay_plan: true,
+            dir_prefetch_file_max: 64 << 10,
+            dir_prefetch_budget: 2 << 20,
         }
     }
 }
@@ -73,15 +90,22 @@ struct StreamState {
 
 pub struct Volume {
     image: ImageId,
-    manifest: MappedManifest,
-    cache: Arc<DiskCache>,
-    engine: Arc<FetchEngine>,
-    rt: tokio::runtime::Handle,
-    config: VolumeConfig,
+    pub(crate) manifest: MappedManifest,
+    pub(crate) cache: Arc<DiskCache>,
+    pub(crate) engine: Arc<FetchEngine>,
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) config: VolumeConfig,
     handles: RwLock<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
     totals: OnceLock<FsTotals>,
-    stats: Arc<VolumeStats>,
+    pub(crate) stats: Arc<VolumeStats>,
+    pub(crate) trace: Option<Arc<TraceRecorder>>,
+    /// Directories whose small files were already prefetched (bounded: cleared when it grows large, which at
+    /// worst prefetches a directory's small files twice).
+    pub(crate) listed: Mutex<HashSet<Ino>>,
+    /// The directory each recently looked-up regular file was found in (a file may have several: the last
+    /// lookup wins); bounded like `listed`. Only kept while the directory heuristic is on.
+    pub(crate) parents: Mutex<HashMap<Ino, Ino>>,
 }
 
 impl Volume {
@@ -104,7 +128,25 @@ impl Volume {
             next_fh: AtomicU64::new(1),
             totals: OnceLock::new(),
             stats: Arc::new(VolumeStats::default()),
+            trace: None,
+            listed: Mutex::new(HashSet::new()),
+            parents: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records opens and first reads into `recorder` (see [`TraceRecorder`]). The front-end should serve every
+    /// read in user space meanwhile (no passthrough), or reads of complete files go unrecorded.
+    pub fn with_trace(mut self, recorder: Arc<TraceRecorder>) -> Self {
+        self.trace = Some(recorder);
+        self
+    }
+
+    pub fn trace(&self) -> Option<&Arc<TraceRecorder>> {
+        self.trace.as_ref()
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.config
     }
 
     pub fn image(&self) -> &ImageId {
@@ -140,7 +182,11 @@ impl Volume {
                 dir: parent,
                 name: String::from_utf8_lossy(name).into_owned(),
             })?;
-        self.attr(ino)
+        let attr = self.attr(ino)?;
+        if attr.kind == FileKind::Regular {
+            self.note_parent(ino, parent);
+        }
+        Ok(attr)
     }
 
     fn dir_attr(&self, ino: Ino) -> Result<InodeAttr> {
@@ -274,6 +320,10 @@ impl Volume {
             .expect("handle table poisoned")
             .insert(fh, open);
         self.stats.opens.fetch_add(1, Ordering::Relaxed);
+        if let Some(trace) = &self.trace {
+            trace.open(ino);
+        }
+        self.prefetch_neighbours(ino);
         Ok(Opened { fh, complete })
     }
 
@@ -327,6 +377,9 @@ impl Volume {
         self.stats
             .read_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if let Some(trace) = &self.trace {
+            trace.read(open.ino, offset..end);
+        }
         let missing = open.file.missing(offset..end);
         let readahead = self.advance_stream(&open, offset, end);
         if !readahead.is_empty() {
@@ -438,7 +491,7 @@ impl Volume {
         start..start + u64::from(self.manifest.chunk(entry.chunk_index()).plain_len())
     }
 
-    fn chunk_loc(&self, chunk_index: u32) -> ChunkLoc {
+    pub(crate) fn chunk_loc(&self, chunk_index: u32) -> ChunkLoc {
         let rec = self.manifest.chunk(chunk_index);
         let blob = self.manifest.blob(rec.blob_index());
         ChunkLoc::new(rec, blob.id())
@@ -451,44 +504,82 @@ impl Volume {
         let sequential = offset == st.next_offset;
         st.next_offset = end;
         if !sequential {
+            self.stats.random_reads.fetch_add(1, Ordering::Relaxed);
+            if st.window > 0 {
+                self.stats.readahead_resets.fetch_add(1, Ordering::Relaxed);
+            }
             st.window = 0;
             st.prefetched_until = end;
             return end..end;
         }
-        st.window = if st.window == 0 {
-            self.config.readahead_min
+        if self.config.readahead_max == 0 {
+            return end..end;
+        }
+        let grown = if st.window == 0 {
+            self.config
+                .readahead_min
+                .clamp(1, self.config.readahead_max)
         } else {
             (st.window * 2).min(self.config.readahead_max)
         };
+        if grown > st.window {
+            self.stats.readahead_grows.fetch_add(1, Ordering::Relaxed);
+        }
+        st.window = grown;
         let want_end = end.saturating_add(st.window).min(open.size);
         let from = st.prefetched_until.max(end);
         if want_end <= from {
             return end..end;
         }
         st.prefetched_until = want_end;
+        self.stats
+            .readahead_bytes
+            .fetch_add(want_end - from, Ordering::Relaxed);
         from..want_end
+    }
+
+    /// The readahead window of handle `fh` (0 when its reads are not sequential); for tests and diagnostics.
+    pub fn readahead_window(&self, fh: u64) -> Result<u64> {
+        Ok(self
+            .handle(fh)?
+            .stream
+            .lock()
+            .expect("stream state poisoned")
+            .window)
+    }
+
+    /// File offsets and locations of the chunks of `ino` overlapping `range` that have a missing part in
+    /// `file`.
+    pub(crate) fn missing_chunks(
+        &self,
+        ino: Ino,
+        file: &CacheFile,
+        range: Range<u64>,
+    ) -> Vec<(u64, ChunkLoc)> {
+        let missing = file.missing(range.clone());
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        let chunks = self.manifest.file_chunks(ino);
+        self.manifest
+            .chunk_range(ino, range.start, range.end - range.start)
+            .filter_map(|index| {
+                let span = self.chunk_span(ino, index);
+                missing
+                    .iter()
+                    .any(|m| m.start < span.end && span.start < m.end)
+                    .then(|| (span.start, self.chunk_loc(chunks[index].chunk_index())))
+            })
+            .collect()
     }
 
     /// Fetches the missing chunks of `range` at prefetch priority without blocking the caller.
     fn spawn_readahead(&self, open: &Arc<OpenFile>, range: Range<u64>) {
-        let missing = open.file.missing(range.clone());
-        if missing.is_empty() {
-            return;
-        }
-        let chunks = self.manifest.file_chunks(open.ino);
-        let mut work: Vec<(u64, ChunkLoc)> = Vec::new();
-        for index in self
-            .manifest
-            .chunk_range(open.ino, range.start, range.end - range.start)
-        {
-            let span = self.chunk_span(open.ino, index);
-            if missing
-                .iter()
-                .any(|m| m.start < span.end && span.start < m.end)
-            {
-                work.push((span.start, self.chunk_loc(chunks[index].chunk_index())));
-            }
-        }
+        let work: Vec<_> = self
+            .missing_chunks(open.ino, &open.file, range)
+            .into_iter()
+            .map(|(offset, loc)| (Arc::clone(&open.file), offset, loc))
+            .collect();
         if work.is_empty() {
             return;
         }
@@ -496,21 +587,9 @@ impl Volume {
             .readahead_chunks
             .fetch_add(work.len() as u64, Ordering::Relaxed);
         let engine = Arc::clone(&self.engine);
-        let file = Arc::clone(&open.file);
-        let ino = open.ino;
+        let stats = Arc::clone(&self.stats);
         self.rt.spawn(async move {
-            let locs: Vec<ChunkLoc> = work.iter().map(|(_, loc)| *loc).collect();
-            let results = engine.fetch(&locs, Priority::Prefetch).await;
-            for ((file_offset, _), result) in work.iter().zip(results) {
-                // Readahead is best effort: a failure here only means the on-demand read fetches (and reports) it.
-                let outcome = result.map_err(|e| e.to_string()).and_then(|bytes| {
-                    file.write_at(&bytes, *file_offset)
-                        .map_err(|e| e.to_string())
-                });
-                if let Err(error) = outcome {
-                    tracing::debug!(%ino, file_offset, %error, "readahead of a chunk failed");
-                }
-            }
+            crate::prefetch::fetch_into(&engine, &stats, work).await;
         });
     }
 }

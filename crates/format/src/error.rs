@@ -69,6 +69,9 @@ pub enum FormatError {
     #[error("invalid digest {input:?}: expected 64 lowercase hex digits")]
     BadDigest { input: String },
 
+    #[error("trace line {line}: {detail}")]
+    Trace { line: usize, detail: String },
+
     #[error("manifest writer: {detail}")]
     Writer { detail: String },
 }

@@ -4,7 +4,8 @@
 //! - [`chunk`]: content-defined chunking parameters, chunk encoding and verified decoding;
 //! - [`records`]: the fixed little-endian record layouts of the manifest;
 //! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
-//! - [`writer`]: the tree model that produces deterministic manifest bytes.
+//! - [`writer`]: the tree model that produces deterministic manifest bytes;
+//! - [`trace`]: recorded access traces and the prefetch plans made from them.
 //!
 //! Manifest layout (version 1): a 152-byte header (magic `HYDRATEM`, version, flags, total length, and
 //! offset/length of eight sections), then the sections in order — blobs, chunks, file-chunks, inodes,
@@ -17,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod manifest;
 pub mod records;
+pub mod trace;
 pub mod validate;
 pub mod writer;
 
@@ -33,5 +35,8 @@ pub use manifest::Manifest;
 pub use records::{
     BlobRecord, ChunkRecord, FileChunk, PrefetchEntry, Section, COMPRESSION_NONE, COMPRESSION_ZSTD,
     VERSION,
+};
+pub use trace::{
+    plan_from_trace, range_insert, range_subtract, Plan, PlanOptions, Trace, TraceEvent, TraceKind,
 };
 pub use writer::{ManifestWriter, NodeId, NodeMeta};

@@ -240,6 +240,34 @@ impl<B: AsRef<[u8]>> Manifest<B> {
         table(self.section(Section::Prefetch))
     }
 
+    /// The inode at `path` (relative to the root, `/`-separated; empty components are skipped), without
+    /// following symlinks.
+    pub fn resolve(&self, path: &[u8]) -> Option<Ino> {
+        let mut ino = Ino(1);
+        for name in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            ino = self.lookup(ino, name)?;
+        }
+        Some(ino)
+    }
+
+    /// The bytes of this manifest with its prefetch section replaced by `entries` (everything else byte for
+    /// byte the same, so every blob stays shared): a new, validated manifest and hence a new image identity.
+    pub fn with_prefetch(&self, entries: &[PrefetchEntry]) -> Result<Vec<u8>, FormatError> {
+        use zerocopy::{FromBytes, IntoBytes};
+        let buf = self.buf.as_ref();
+        let start = self.sections[Section::Prefetch as usize].start;
+        let mut out = buf[..start].to_vec();
+        out.extend_from_slice(entries.as_bytes());
+        out.resize(crate::validate::align8(out.len() as u64) as usize, 0);
+        let total = out.len() as u64;
+        let (header, _) = Header::mut_from_prefix(&mut out)
+            .map_err(|_| FormatError::writer("manifest header does not fit"))?;
+        header.sections[Section::Prefetch as usize].len = (entries.as_bytes().len() as u64).into();
+        header.total_len = total.into();
+        Manifest::parse(out.as_slice())?;
+        Ok(out)
+    }
+
     /// Re-derives the invariants through the public accessors (every inode, entry, xattr, chunk and
     /// prefetch hint) and reports the first inconsistency. `parse` already guarantees all of this; the check
     /// exists for tests, the fuzzer and offline diagnosis (`O(size · log)`).

@@ -556,3 +556,108 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn with_prefetch_replaces_only_the_prefetch_section() {
+    let bytes = sample_manifest();
+    let m = Manifest::parse(bytes.as_slice()).unwrap();
+    let f = m.resolve(b"f").unwrap();
+    assert_eq!(m.resolve(b"d/p"), m.lookup(m.resolve(b"d").unwrap(), b"p"));
+    assert_eq!(m.resolve(b"/d//p"), m.resolve(b"d/p"));
+    assert_eq!(m.resolve(b"nope/p"), None);
+    let entries = [PrefetchEntry::new(f, 100, 50), PrefetchEntry::new(f, 0, 1)];
+    let out = m.with_prefetch(&entries).unwrap();
+    let n = Manifest::parse(out.as_slice()).unwrap();
+    assert_eq!(n.prefetch(), &entries);
+    assert_ne!(n.image_id(), m.image_id());
+    // Everything before the prefetch section is unchanged apart from the header fields that describe it.
+    let start = HEADER_LEN;
+    let prefetch_at = usize::try_from(
+        zerocopy::FromBytes::ref_from_prefix(bytes.as_slice())
+            .map(|(h, _): (&Header, _)| h.sections[Section::Prefetch as usize].offset.get())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bytes[start..prefetch_at], out[start..prefetch_at]);
+    // Removing the plan gives back a manifest without one, and a bad entry is refused.
+    let none = n.with_prefetch(&[]).unwrap();
+    assert!(Manifest::parse(none.as_slice())
+        .unwrap()
+        .prefetch()
+        .is_empty());
+    let err = m
+        .with_prefetch(&[PrefetchEntry::new(f, 140, 20)])
+        .unwrap_err();
+    assert!(
+        matches!(err, FormatError::Prefetch { index: 0, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn plan_from_trace_orders_and_takes_small_files_whole() {
+    let mut w = ManifestWriter::new(meta(0o755, 1));
+    // Chunks: 0,1 = small file (300 bytes), 2..=5 = 4 × 100 bytes of the big file.
+    chunk_table(&mut w, &[200, 100, 100, 100, 100, 100]);
+    let root = w.root();
+    let d = w.add_dir(root, b"lib", meta(0o755, 1)).unwrap();
+    w.add_file(
+        d,
+        b"small.py",
+        meta(0o644, 1),
+        ContentId(Digest::of(b"s")),
+        vec![0, 1],
+    )
+    .unwrap();
+    w.add_file(
+        root,
+        b"big",
+        meta(0o644, 1),
+        ContentId(Digest::of(b"b")),
+        vec![2, 3, 4, 5],
+    )
+    .unwrap();
+    let bytes = w.finish().unwrap();
+    let m = Manifest::parse(bytes.as_slice()).unwrap();
+    let big = m.resolve(b"big").unwrap();
+    let small = m.resolve(b"lib/small.py").unwrap();
+    let ev = |path: &[u8], kind| TraceEvent {
+        path: path.to_vec(),
+        kind,
+    };
+    let read = |offset, len| TraceKind::Read { offset, len };
+    let trace = Trace {
+        events: vec![
+            ev(b"big", TraceKind::Open),
+            ev(b"big", read(250, 10)),
+            ev(b"lib/small.py", TraceKind::Open),
+            ev(b"lib/small.py", read(0, 10)),
+            ev(b"big", read(255, 50)),
+            ev(b"gone.py", TraceKind::Open),
+            ev(b"lib", TraceKind::Open),
+            ev(b"big", read(0, 10)),
+        ],
+    };
+    let opts = PlanOptions {
+        small_file_max: 300,
+        align: 100,
+    };
+    let plan = plan_from_trace(&m, &trace, opts);
+    assert_eq!(
+        plan.entries,
+        vec![
+            PrefetchEntry::new(big, 200, 100),
+            PrefetchEntry::new(small, 0, 300),
+            PrefetchEntry::new(big, 300, 100),
+            PrefetchEntry::new(big, 0, 100),
+        ]
+    );
+    assert_eq!(plan.unresolved, 2);
+    assert_eq!(plan.bytes, 600);
+    // The plan is valid prefetch content for this manifest.
+    let out = m.with_prefetch(&plan.entries).unwrap();
+    assert_eq!(
+        Manifest::parse(out.as_slice()).unwrap().prefetch(),
+        plan.entries.as_slice()
+    );
+}

@@ -1,0 +1,454 @@
+//! Tests of the core without a kernel: a real image built into a LocalStore, a real DiskCache and FetchEngine.
+//! They check what prefetch and readahead claim through the counters (never through timing): a replayed
+//! plan makes the traced reads cache hits, readahead grows and resets, a listing prefetches small files, and a
+//! 100k-file image walks correctly.
+
+use crate::{load_manifest, TraceRecorder, Volume, VolumeConfig};
+use hydrate_builder::{attach_trace, build_dir, BuildOptions, NoProgress};
+use hydrate_cache::{CacheConfig, DiskCache};
+use hydrate_fetch::{FetchConfig, FetchEngine};
+use hydrate_format::{FileKind, ImageId, Ino, PlanOptions};
+use hydrate_store::{BlobStore, CountingStore, LocalStore};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut v);
+    v
+}
+
+/// A store with one image of: lib/ with 40 small modules, big (4 MiB), and a 3-level tree of empty files.
+struct Fixture {
+    _dirs: (TempDir, TempDir),
+    root: TempDir,
+    store: Arc<CountingStore<Arc<dyn BlobStore>>>,
+    image: ImageId,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("lib")).unwrap();
+        for i in 0..40u64 {
+            let len = 1000 + (i as usize * 997) % 20_000;
+            std::fs::write(
+                src.path().join(format!("lib/mod{i:02}.py")),
+                pseudo_random(i, len),
+            )
+            .unwrap();
+        }
+        std::fs::write(src.path().join("big"), pseudo_random(99, 4 << 20)).unwrap();
+        Self::from_source(src)
+    }
+
+    fn from_source(src: TempDir) -> Fixture {
+        let store_dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn BlobStore> = Arc::new(LocalStore::open(store_dir.path()).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let opts = BuildOptions {
+            blob_target_size: 1 << 20,
+            threads: 2,
+            ..BuildOptions::default()
+        };
+        let report = rt
+            .block_on(build_dir(src.path(), local.as_ref(), &opts, &NoProgress))
+            .unwrap();
+        Fixture {
+            _dirs: (store_dir, tempfile::tempdir().unwrap()),
+            root: src,
+            store: Arc::new(CountingStore::new(local)),
+            image: report.image,
+            rt,
+        }
+    }
+
+    /// A volume of `image` over a fresh cache directory under `cache`.
+    fn volume(&self, image: &ImageId, cache: &Path, config: VolumeConfig) -> Volume {
+        let manifest = self
+            .rt
+            .block_on(load_manifest(
+                self.store.as_ref(),
+                image,
+                &cache.join("manifests"),
+            ))
+            .unwrap();
+        let cache = DiskCache::open(CacheConfig {
+            dir: cache.to_path_buf(),
+            quota_bytes: 1 << 30,
+            flush_interval: Duration::from_secs(1),
+        })
+        .unwrap();
+        let engine = FetchEngine::new(
+            Arc::clone(&self.store) as Arc<dyn BlobStore>,
+            FetchConfig::default(),
+        );
+        Volume::new(
+            *image,
+            manifest,
+            cache,
+            engine,
+            self.rt.handle().clone(),
+            config,
+        )
+    }
+}
+
+fn resolve(vol: &Volume, path: &str) -> Ino {
+    vol.manifest().resolve(path.as_bytes()).unwrap()
+}
+
+/// Opens `path`, reads `[offset, offset+len)` in 16 KiB reads, checks the bytes against the source tree.
+fn read_range(vol: &Volume, root: &Path, path: &str, offset: u64, len: usize) {
+    let opened = vol.open(resolve(vol, path)).unwrap();
+    let want = std::fs::read(root.join(path)).unwrap();
+    let end = (offset as usize + len).min(want.len());
+    let mut at = offset as usize;
+    while at < end {
+        let mut buf = vec![0u8; (end - at).min(16 << 10)];
+        let n = vol.read(opened.fh, at as u64, &mut buf).unwrap();
+        assert!(n > 0);
+        assert_eq!(buf[..n], want[at..at + n], "{path} at {at}");
+        at += n;
+    }
+    vol.release(opened.fh);
+}
+
+fn stat(vol: &Volume, name: &str) -> u64 {
+    vol.stats()
+        .snapshot()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1
+}
+
+/// Waits (generously) until `done` holds; background fetches have no completion handle.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn no_heuristics() -> VolumeConfig {
+    VolumeConfig {
+        readahead_max: 0,
+        dir_prefetch_file_max: 0,
+        ..VolumeConfig::default()
+    }
+}
+
+#[test]
+fn a_replayed_plan_makes_the_traced_reads_cache_hits() {
+    let fx = Fixture::new();
+    let cache1 = tempfile::tempdir().unwrap();
+    let recorder = Arc::new(TraceRecorder::new());
+    let vol = fx
+        .volume(&fx.image, cache1.path(), no_heuristics())
+        .with_trace(Arc::clone(&recorder));
+    // The workload: three modules whole, a part of the big file, a module opened and not read.
+    let workload = |vol: &Volume| {
+        read_range(vol, fx.root.path(), "lib/mod03.py", 0, usize::MAX);
+        read_range(vol, fx.root.path(), "big", 1 << 20, 300_000);
+        read_range(vol, fx.root.path(), "lib/mod17.py", 0, usize::MAX);
+        read_range(vol, fx.root.path(), "lib/mod05.py", 0, 100);
+        let f = vol.open(resolve(vol, "lib/mod30.py")).unwrap();
+        vol.release(f.fh);
+    };
+    workload(&vol);
+    let trace = recorder.to_trace(vol.manifest());
+    assert_eq!(trace.events.len(), 9, "{}", trace.to_text());
+    let file = cache1.path().join("trace");
+    recorder.save(vol.manifest(), &file).unwrap();
+    assert_eq!(crate::read_trace(&file).unwrap(), trace);
+
+    let attached = fx
+        .rt
+        .block_on(attach_trace(
+            fx.store.inner().as_ref(),
+            &fx.image,
+            &trace,
+            PlanOptions::default(),
+            None,
+        ))
+        .unwrap();
+    assert_eq!(attached.unresolved, 0);
+
+    // A second mount of the image with the plan, with a cold cache: replay, then the same workload.
+    let cache2 = tempfile::tempdir().unwrap();
+    let vol = Arc::new(fx.volume(&attached.image, cache2.path(), no_heuristics()));
+    let replay = vol.start_plan().expect("the image has a plan");
+    let outcome = fx.rt.block_on(replay).unwrap();
+    assert_eq!(outcome.failed, 0);
+    assert!(outcome.chunks > 0 && outcome.bytes >= attached.bytes.min(outcome.bytes));
+    assert_eq!(stat(&vol, "plan_done"), 1);
+    assert_eq!(stat(&vol, "plan_chunks"), outcome.chunks);
+    workload(&vol);
+    assert!(stat(&vol, "reads") > 0);
+    assert_eq!(stat(&vol, "cache_hit_reads"), stat(&vol, "reads"));
+    assert_eq!(stat(&vol, "ondemand_chunks"), 0);
+    // The module opened but not read was small: the plan took it whole.
+    let f = vol.open(resolve(&vol, "lib/mod30.py")).unwrap();
+    assert!(f.complete);
+    // A file outside the trace was not fetched.
+    let f = vol.open(resolve(&vol, "lib/mod31.py")).unwrap();
+    assert!(!f.complete);
+}
+
+#[test]
+fn readahead_window_grows_while_sequential_and_resets_on_a_seek() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            readahead_min: 64 << 10,
+            readahead_max: 256 << 10,
+            dir_prefetch_file_max: 0,
+            ..VolumeConfig::default()
+        },
+    );
+    let f = vol.open(resolve(&vol, "big")).unwrap();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut windows = Vec::new();
+    for i in 0..5u64 {
+        vol.read(f.fh, i * (16 << 10), &mut buf).unwrap();
+        windows.push(vol.readahead_window(f.fh).unwrap() >> 10);
+    }
+    assert_eq!(windows, [64, 128, 256, 256, 256]);
+    assert_eq!(stat(&vol, "readahead_grows"), 3);
+    assert_eq!(stat(&vol, "readahead_resets"), 0);
+    assert!(stat(&vol, "readahead_bytes") >= 256 << 10);
+    assert!(stat(&vol, "readahead_chunks") > 0);
+    // A seek resets the window; the next sequential read starts it again at the minimum.
+    vol.read(f.fh, 3 << 20, &mut buf).unwrap();
+    assert_eq!(vol.readahead_window(f.fh).unwrap(), 0);
+    assert_eq!(stat(&vol, "readahead_resets"), 1);
+    assert_eq!(stat(&vol, "random_reads"), 1);
+    vol.read(f.fh, (3 << 20) + (16 << 10), &mut buf).unwrap();
+    assert_eq!(vol.readahead_window(f.fh).unwrap(), 64 << 10);
+    // Readahead data arrives in the background: the stream's next reads become cache hits.
+    let hits = stat(&vol, "cache_hit_reads");
+    wait_until("readahead of the stream", || {
+        vol.open(resolve(&vol, "big"))
+            .map(|g| {
+                let mut b = vec![0u8; 4096];
+                let before = stat(&vol, "cache_hit_reads");
+                vol.read(g.fh, (3 << 20) + (40 << 10), &mut b).unwrap();
+                vol.release(g.fh);
+                stat(&vol, "cache_hit_reads") > before
+            })
+            .unwrap()
+    });
+    assert!(stat(&vol, "cache_hit_reads") > hits);
+
+    // With readahead off, a stream schedules nothing.
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(&fx.image, cache.path(), no_heuristics());
+    let f = vol.open(resolve(&vol, "big")).unwrap();
+    for i in 0..4u64 {
+        vol.read(f.fh, i * (16 << 10), &mut buf).unwrap();
+    }
+    assert_eq!(vol.readahead_window(f.fh).unwrap(), 0);
+    assert_eq!(stat(&vol, "readahead_chunks"), 0);
+}
+
+#[test]
+fn opening_a_file_prefetches_its_small_neighbours_and_listing_does_not() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            readahead_max: 0,
+            dir_prefetch_file_max: 10_000,
+            dir_prefetch_budget: 1 << 20,
+            ..VolumeConfig::default()
+        },
+    );
+    let lib = resolve(&vol, "lib");
+    // A walk (listing and lookups, no open) fetches nothing.
+    let mut names = Vec::new();
+    vol.read_dir(lib, 0, |e| {
+        names.push(e.name.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!(names.len(), 42);
+    for name in &names[2..] {
+        vol.lookup(lib, name).unwrap();
+    }
+    assert_eq!(stat(&vol, "dir_prefetch_dirs"), 0);
+    // The first open of one of its files prefetches the directory's small files, once.
+    let first = vol.lookup(lib, b"mod00.py").unwrap();
+    let f = vol.open(first.ino).unwrap();
+    vol.release(f.fh);
+    assert_eq!(stat(&vol, "dir_prefetch_dirs"), 1);
+    let again = vol.lookup(lib, b"mod01.py").unwrap();
+    let f = vol.open(again.ino).unwrap();
+    vol.release(f.fh);
+    assert_eq!(stat(&vol, "dir_prefetch_dirs"), 1);
+    let small: Vec<(Ino, u64)> = (0..vol.manifest().dir_len(lib))
+        .filter_map(|i| vol.manifest().dir_entry(lib, i))
+        .map(|(_, ino)| (ino, vol.attr(ino).unwrap().size))
+        .collect();
+    wait_until("the small files of lib/", || {
+        small
+            .iter()
+            .filter(|(_, size)| *size <= 10_000)
+            .all(|(ino, _)| {
+                let f = vol.open(*ino).unwrap();
+                vol.release(f.fh);
+                f.complete
+            })
+    });
+    // Larger files were left alone, and reading a prefetched file fetches nothing.
+    for (ino, size) in &small {
+        let f = vol.open(*ino).unwrap();
+        assert_eq!(f.complete, *size <= 10_000, "inode {ino} of {size} bytes");
+        vol.release(f.fh);
+    }
+    let ondemand = stat(&vol, "ondemand_chunks");
+    read_range(&vol, fx.root.path(), "lib/mod00.py", 0, usize::MAX);
+    assert_eq!(stat(&vol, "ondemand_chunks"), ondemand);
+}
+
+#[test]
+fn a_recorder_continues_a_saved_trace_and_skips_reads_already_seen() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    let rec = TraceRecorder::new();
+    let vol = fx.volume(&fx.image, cache.path(), no_heuristics());
+    let big = resolve(&vol, "big");
+    rec.read(big, 0..100);
+    rec.read(big, 100..300);
+    rec.read(big, 50..400);
+    rec.open(big);
+    rec.open(big);
+    assert!(rec.take_dirty());
+    assert!(!rec.take_dirty());
+    let trace = rec.to_trace(vol.manifest());
+    let text = trace.to_text();
+    assert_eq!(text, "# hydrate-trace 1\nread 0 400 big\nopen big\n");
+    let again = TraceRecorder::continuing(&trace, vol.manifest());
+    assert!(!again.take_dirty());
+    again.read(big, 0..400);
+    assert!(!again.take_dirty(), "nothing new was read");
+    assert_eq!(again.to_trace(vol.manifest()), trace);
+}
+
+#[test]
+fn a_100k_file_image_walks_correctly() {
+    // Generating and chunking 100k files takes minutes in a debug build; the manifest is written directly
+    // instead: 100 directories of 1000 files, all sharing the one chunk of a small built image.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("seed"), b"shared content\n").unwrap();
+    let fx = Fixture::from_source(src);
+    let seed = fx
+        .rt
+        .block_on(fx.store.get(&hydrate_store::keys::manifest(&fx.image)))
+        .unwrap();
+    let seed = hydrate_format::Manifest::parse(seed).unwrap();
+    let seed_ino = seed.resolve(b"seed").unwrap();
+    let meta = |mode: u32| hydrate_format::NodeMeta {
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_sec: 1_700_000_000,
+        mtime_nsec: 0,
+        xattrs: vec![],
+    };
+    let mut w = hydrate_format::ManifestWriter::new(meta(0o755));
+    let blob = seed.blob(0);
+    let b = w.add_blob(blob.id(), blob.size());
+    let rec = seed.chunk(seed.file_chunks(seed_ino)[0].chunk_index());
+    let c = w.add_chunk(hydrate_format::ChunkRecord::new(
+        rec.id(),
+        b,
+        rec.compression(),
+        rec.blob_offset(),
+        rec.stored_len(),
+        rec.plain_len(),
+    ));
+    let content = seed.content(seed_ino).unwrap();
+    let root = w.root();
+    for d in 0..100 {
+        let dir = w
+            .add_dir(root, format!("d{d:03}").as_bytes(), meta(0o755))
+            .unwrap();
+        for f in 0..1000 {
+            w.add_file(
+                dir,
+                format!("f{f:04}").as_bytes(),
+                meta(0o644),
+                content,
+                vec![c],
+            )
+            .unwrap();
+        }
+    }
+    let bytes = w.finish().unwrap();
+    let image = ImageId(hydrate_format::Digest::of(&bytes));
+    fx.rt
+        .block_on(
+            fx.store
+                .put(&hydrate_store::keys::manifest(&image), bytes.into()),
+        )
+        .unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(&image, cache.path(), no_heuristics());
+    let (mut files, mut dirs, mut bytes) = (0u64, 0u64, 0u64);
+    let mut stack = vec![Ino(1)];
+    while let Some(dir) = stack.pop() {
+        dirs += 1;
+        let mut children = Vec::new();
+        vol.read_dir(dir, 0, |e| {
+            if e.name != b"." && e.name != b".." {
+                children.push((e.name.to_vec(), e.ino, e.kind));
+            }
+            true
+        })
+        .unwrap();
+        for (name, ino, kind) in children {
+            let attr = vol.lookup(dir, &name).unwrap();
+            assert_eq!((attr.ino, attr.kind), (ino, kind));
+            match kind {
+                FileKind::Directory => stack.push(ino),
+                _ => {
+                    files += 1;
+                    bytes += attr.size;
+                }
+            }
+        }
+    }
+    assert_eq!((files, dirs), (100_000, 101));
+    assert_eq!(vol.totals().inodes, 100_101);
+    assert_eq!(vol.totals().bytes, bytes);
+    assert_eq!(bytes, 100_000 * 15);
+    // Every file reads the shared content; the first read fetches it, the rest hit the cache.
+    for path in ["d000/f0000", "d042/f0999", "d099/f0500"] {
+        let f = vol.open(resolve(&vol, path)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = vol.read(f.fh, 0, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"shared content\n");
+        vol.release(f.fh);
+    }
+    assert_eq!(stat(&vol, "ondemand_chunks"), 1);
+}
