@@ -1,0 +1,101 @@
+//! The watermark policy: when the file system of the managed root is fuller than `high` percent, release
+//! the coldest archived files (last used longest ago, and at least `min_age` ago) until usage is at or below
+//! `low` percent. Pinned files and files without a valid archive are never candidates; a file that changed
+//! since its archive is refused by release itself.
+
+use std::os::unix::fs::MetadataExt;
+
+use crate::control::Reply;
+use crate::journal::{now_secs, FileState};
+use crate::service::Service;
+use crate::HsmError;
+
+/// Used and total bytes of the file system holding `path` (blocks available to root count as free).
+pub fn usage(path: &std::path::Path) -> Result<(u64, u64), HsmError> {
+    let s =
+        nix::sys::statvfs::statvfs(path).map_err(|e| HsmError::io("statvfs", path, e.into()))?;
+    let frsize = s.fragment_size();
+    let total = s.blocks() * frsize;
+    let used = (s.blocks() - s.blocks_free()) * frsize;
+    Ok((used, total))
+}
+
+pub fn percent(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / total as f64
+    }
+}
+
+pub(crate) fn run(svc: &Service, high: f64, low: f64, min_age_secs: u64) -> Reply {
+    let go = || -> Result<Reply, HsmError> {
+        let root = &svc.layout.root;
+        if !(0.0..=100.0).contains(&low) || !(0.0..=100.0).contains(&high) || low > high {
+            return Err(HsmError::refused(
+                root,
+                format!("bad watermarks: high {high}%, low {low}%"),
+            ));
+        }
+        let (used, total) = usage(root)?;
+        let start = percent(used, total);
+        let mut lines = vec![format!("usage {start:.1}% (high {high}%, low {low}%)")];
+        if start <= high {
+            lines.push("below the high watermark; nothing to do".into());
+            return Ok(Reply::ok(lines));
+        }
+        let now = now_secs();
+        let mut candidates = Vec::new();
+        for rec in svc.journal.all()? {
+            if rec.pinned || rec.state != FileState::Archived {
+                continue;
+            }
+            let path = root.join(&rec.path);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.ino() != rec.ino {
+                continue;
+            }
+            let last_use = (meta.atime().max(meta.mtime()).max(0) as u64).max(rec.last_recall);
+            if now.saturating_sub(last_use) < min_age_secs {
+                continue;
+            }
+            candidates.push((last_use, path, meta.blocks() * 512));
+        }
+        candidates.sort();
+        let target = (low / 100.0 * total as f64) as u64;
+        let (mut released, mut freed) = (0u64, 0u64);
+        let mut ok = true;
+        for (_, path, _) in candidates {
+            if usage(root)?.0 <= target {
+                break;
+            }
+            match crate::release::release_file(svc, &path) {
+                Ok(Some(bytes)) => {
+                    released += 1;
+                    freed += bytes;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    ok = false;
+                    lines.push(format!("error: {e}"));
+                }
+            }
+        }
+        let (used, total) = usage(root)?;
+        let end = percent(used, total);
+        lines.push(format!(
+            "released {released} files ({freed} bytes); usage now {end:.1}%"
+        ));
+        if end > low {
+            lines.push(
+                "still above the low watermark: not enough cold, archived, unpinned files".into(),
+            );
+        }
+        let mut reply = Reply::ok(lines);
+        reply.ok = ok;
+        Ok(reply)
+    };
+    go().unwrap_or_else(Reply::error)
+}

@@ -1,0 +1,189 @@
+//! Recall: make ranges of a stub local again, from its archive, and record durably that they are.
+//!
+//! A fill fetches the chunks overlapping the wanted range (verified by the fetch engine), writes only the parts
+//! not yet local (a range already local may hold a newer write by the user), syncs the data, and then commits
+//! the new presence to the journal — before the blocked access is allowed, so a crash can never leave a range
+//! recorded as local that is not, nor allow a reader onto a range that was not written. Writes go through the
+//! event's descriptor, which raises no events. The file's mtime is put back (a recall is not a modification).
+//! When the whole file is local the mark and the stub xattr are removed (no more events, native speed), and
+//! the file is `Archived` again if its content still equals the archive (checked by digest) or `Local` if the
+//! user changed it in between.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use hydrate_fetch::{ChunkLoc, Priority};
+
+use crate::journal::{now_secs, FileState, Fingerprint};
+use crate::release::STUB_XATTR;
+use crate::service::{NoAtime, Service};
+use crate::{sys, HsmError};
+
+/// Chunks fetched, written and committed together (about 16 MiB at the average chunk size).
+const BATCH_CHUNKS: usize = 256;
+
+/// Makes `want` (clamped to the file) of the stub open as `file` local. `Ok(false)` if the file is not a stub.
+pub(crate) fn fill(svc: &Service, file: &File, want: Range<u64>) -> Result<bool, HsmError> {
+    let meta = file
+        .metadata()
+        .map_err(|e| HsmError::io("stat", "event file", e))?;
+    let ino = meta.ino();
+    let lock = svc.file_lock(ino);
+    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mut rec) = svc.journal.get(ino)? else {
+        return Ok(false);
+    };
+    if !rec.is_stub() {
+        // A mark left by a release that crashed before its record: the file is complete, stop the events.
+        let _ = sys::unmark_stub(svc.group.as_fd(), file.as_fd());
+        svc.forget_presence(ino);
+        return Ok(false);
+    }
+    let path = svc.layout.root.join(&rec.path);
+    let Some(archive) = rec.archive.clone() else {
+        return Err(HsmError::refused(&path, "stub without an archive record"));
+    };
+    // The size only shrinks behind our back through open(O_TRUNC), which raises no event: what lies beyond
+    // the current size is the file's own from now on, never the archive's.
+    let size = meta.len();
+    let old_horizon = rec.horizon;
+    rec.horizon = rec.horizon.min(size);
+    let horizon = rec.horizon;
+    let want = want.start.min(horizon)..want.end.min(horizon);
+    let missing = rec.present.missing(want);
+    let mut wrote = false;
+    if !missing.is_empty() {
+        let map = svc.map(&archive.map, &path)?;
+        let mut chunks: Vec<(u64, ChunkLoc)> = Vec::new();
+        for r in &missing {
+            for c in map.chunks_in(r.clone()) {
+                chunks.push((c.offset, c.loc));
+            }
+        }
+        chunks.sort_by_key(|(o, _)| *o);
+        chunks.dedup_by_key(|(o, _)| *o);
+        let mtime_before = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let atime_before = meta.atime() * 1_000_000_000 + meta.atime_nsec();
+        // Bounded memory whatever the file size, and durable progress: a crash in the middle of a 10 GB
+        // recall keeps what was committed.
+        for batch in chunks.chunks(BATCH_CHUNKS) {
+            let locs: Vec<ChunkLoc> = batch.iter().map(|(_, l)| *l).collect();
+            let results = svc.block_on(svc.engine.fetch(&locs, Priority::OnDemand));
+            let mut written = 0u64;
+            let mut filled = Vec::with_capacity(batch.len());
+            for ((offset, loc), result) in batch.iter().zip(results) {
+                let data = result.map_err(|source| HsmError::Fetch {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+                let span = *offset..(*offset + u64::from(loc.plain_len)).min(horizon);
+                for part in rec.present.missing(span.clone()) {
+                    let from = (part.start - offset) as usize;
+                    let to = (part.end - offset) as usize;
+                    file.write_all_at(&data[from..to], part.start)
+                        .map_err(|e| HsmError::io("write recalled data to", &path, e))?;
+                    written += part.end - part.start;
+                }
+                filled.push(span);
+            }
+            file.sync_data()
+                .map_err(|e| HsmError::io("sync", &path, e))?;
+            sys::set_times(file.as_fd(), atime_before, mtime_before)
+                .map_err(|e| HsmError::io("restore times of", &path, e))?;
+            for span in filled {
+                rec.present.insert(span);
+            }
+            svc.stats
+                .recalled_bytes
+                .fetch_add(written, Ordering::Relaxed);
+            wrote = true;
+            if !rec.present.covers(0..horizon) {
+                rec.last_recall = now_secs();
+                rec.fingerprint = Fingerprint::of(
+                    &file
+                        .metadata()
+                        .map_err(|e| HsmError::io("stat", &path, e))?,
+                );
+                let detail = format!("{} of {} bytes local", rec.present.total(), horizon);
+                svc.journal.commit(&[&rec], &[("recall", &rec, detail)])?;
+            }
+        }
+    }
+    let complete = rec.present.covers(0..horizon);
+    if complete {
+        sys::unmark_stub(svc.group.as_fd(), file.as_fd())
+            .map_err(|e| HsmError::io("unmark", &path, e))?;
+        match xattr::FileExt::remove_xattr(file, STUB_XATTR) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(HsmError::io("remove stub xattr from", &path, e)),
+        }
+        // Clean only if the bytes are the archived ones: a lazy writer may have changed ranges in between.
+        let same = size == archive.size && {
+            let digest = digest_of(file).map_err(|e| HsmError::io("read", &path, e))?;
+            hex::encode(digest) == archive.digest
+        };
+        rec.state = if same {
+            FileState::Archived
+        } else {
+            FileState::Local
+        };
+        rec.present = Default::default();
+        rec.fingerprint = Fingerprint::of(
+            &file
+                .metadata()
+                .map_err(|e| HsmError::io("stat", &path, e))?,
+        );
+        let detail = format!(
+            "complete; {}",
+            if same {
+                "identical to archive"
+            } else {
+                "modified since archive"
+            }
+        );
+        svc.journal.commit(&[&rec], &[("recall", &rec, detail)])?;
+        svc.forget_presence(ino);
+    } else if !wrote && (rec.horizon != old_horizon || now_secs() > rec.last_recall + 3600) {
+        // Reads of ranges already local cost no journal write, except to record a shrunk horizon or, at most
+        // hourly, that the file is in use (for the policy).
+        rec.last_recall = now_secs();
+        svc.journal.commit(&[&rec], &[])?;
+    }
+    if !complete {
+        // What the journal now says (also after a restart, when the cache starts empty).
+        svc.cache_presence(ino, &rec.present, rec.horizon);
+    }
+    Ok(true)
+}
+
+pub(crate) fn digest_of(file: &File) -> std::io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// `hydrate hsm recall PATH`: brings a whole stub back ahead of use. Our own opens and writes raise events
+/// that the event handlers allow at once (they come from this process).
+pub(crate) fn recall_path(svc: &Service, path: &Path) -> Result<bool, HsmError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags_noatime()
+        .open(path)
+        .map_err(|e| HsmError::io("open", path, e))?;
+    fill(svc, &file, 0..u64::MAX)
+}

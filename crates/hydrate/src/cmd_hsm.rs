@@ -1,0 +1,299 @@
+//! `hydrate hsm …`: tier a local directory to a store (see docs/hsm.md).
+//!
+//! `init` writes the root's configuration; `daemon` runs the holder of the fanotify group, which runs the
+//! worker (`__worker`, hidden) that does everything else. All other subcommands are requests to that worker
+//! over its root-only control socket; `status` reads the journal directly when no daemon runs.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use hydrate_hsm::{Config, Layout, Reply, Request};
+
+#[derive(ClapArgs, Debug)]
+pub struct HsmArgs {
+    #[command(subcommand)]
+    pub command: HsmCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HsmCommand {
+    /// Attach a directory to a store.
+    Init(InitArgs),
+    /// Run the recall service of a directory (foreground; SIGHUP restarts the worker, SIGTERM stops).
+    Daemon(RootArg),
+    /// Internal: the worker process the daemon's holder runs.
+    #[command(name = "__worker", hide = true)]
+    Worker(RootArg),
+    /// Copy files to the store (deduplicated, verified); the data stays local.
+    Archive(PathsArg),
+    /// Free local space of archived, unchanged files (they become stubs, recalled on access).
+    Release(PathsArg),
+    /// Bring files back whole, ahead of use.
+    Recall(PathsArg),
+    /// Never release these files.
+    Pin(PathsArg),
+    /// Allow these files to be released again.
+    Unpin(PathsArg),
+    /// Per file: local, archived, partial or released; and totals.
+    Status(StatusArgs),
+    /// Release the coldest archived files while usage is above the high watermark, down to the low one.
+    Policy(PolicyArgs),
+    /// Print the audit log (archive, release, recall, observed changes).
+    Log(LogArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct InitArgs {
+    /// The directory to manage.
+    pub root: PathBuf,
+    /// Store address (directory, s3://bucket/prefix?endpoint=…, …).
+    #[arg(long)]
+    pub store: String,
+    /// Executable whose opens of a stub stay lazy (recalled by range, not whole); repeatable. Only for
+    /// programs known not to skip holes (see docs/hsm.md, hazard 2).
+    #[arg(long = "lazy-reader")]
+    pub lazy_readers: Vec<PathBuf>,
+    /// A blocked reader gets EIO if the store does not deliver within this time (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s")]
+    pub deadline: String,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct RootArg {
+    pub root: PathBuf,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct PathsArg {
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct StatusArgs {
+    pub paths: Vec<PathBuf>,
+    /// Print the reply as JSON (per-file states and totals).
+    #[arg(long)]
+    pub json: bool,
+    /// List every file, not only the totals.
+    #[arg(long, short)]
+    pub long: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct PolicyArgs {
+    pub root: PathBuf,
+    /// Start releasing above this usage, e.g. 90%.
+    #[arg(long)]
+    pub high: String,
+    /// Release down to this usage, e.g. 75%.
+    #[arg(long)]
+    pub low: String,
+    /// Only files not used for at least this long, e.g. 30d, 12h, 0s.
+    #[arg(long, default_value = "0s")]
+    pub min_age: String,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct LogArgs {
+    pub root: PathBuf,
+    /// First sequence number to print.
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+}
+
+/// Parses `90%` or `90` into a percentage.
+fn parse_percent(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .with_context(|| format!("bad percentage {s:?}"))?;
+    if !(0.0..=100.0).contains(&v) {
+        bail!("percentage {s:?} outside 0..100");
+    }
+    Ok(v)
+}
+
+/// Parses `30d`, `12h`, `5m`, `10s`, `250ms`.
+fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => bail!("bad duration unit in {s:?} (use ms, s, m, h, d)"),
+    })
+}
+
+fn layout_of(path: &Path) -> Result<Layout> {
+    Ok(Layout::find(path)?)
+}
+
+fn layout_of_all(paths: &[PathBuf]) -> Result<(Layout, Vec<PathBuf>)> {
+    let first = paths.first().context("no path given")?;
+    let layout = layout_of(first)?;
+    let mut abs = Vec::new();
+    for p in paths {
+        let a = std::path::absolute(p)?;
+        if !a.starts_with(&layout.root) {
+            bail!("{} is not under {}", a.display(), layout.root.display());
+        }
+        abs.push(a);
+    }
+    Ok((layout, abs))
+}
+
+fn print(reply: &Reply) -> Result<()> {
+    for line in &reply.lines {
+        println!("{line}");
+    }
+    if !reply.ok {
+        bail!("some files failed (see above)");
+    }
+    Ok(())
+}
+
+pub fn run(args: HsmArgs) -> Result<()> {
+    match args.command {
+        HsmCommand::Init(a) => {
+            let mut cfg = Config::new(a.store);
+            cfg.deadline_ms = parse_duration(&a.deadline)?.as_millis() as u64;
+            cfg.lazy_readers = a
+                .lazy_readers
+                .iter()
+                .map(|p| {
+                    std::fs::canonicalize(p).with_context(|| format!("lazy reader {}", p.display()))
+                })
+                .collect::<Result<_>>()?;
+            let root = std::fs::canonicalize(&a.root)
+                .with_context(|| format!("root {}", a.root.display()))?;
+            hydrate_hsm::init(&Layout::new(root.clone()), &cfg)?;
+            println!(
+                "{} is managed by hydrate hsm (store {})",
+                root.display(),
+                cfg.store
+            );
+            Ok(())
+        }
+        HsmCommand::Daemon(a) => {
+            hydrate_hsm::require_root()?;
+            let root = std::fs::canonicalize(&a.root)?;
+            let layout = Layout::new(root.clone());
+            layout.load()?;
+            let program = std::env::current_exe().context("locating the hydrate binary")?;
+            let worker = hydrate_hsm::WorkerCommand {
+                program,
+                args: vec![
+                    OsString::from("hsm"),
+                    OsString::from("__worker"),
+                    root.into_os_string(),
+                ],
+            };
+            Ok(hydrate_hsm::run_holder(&layout, &worker)?)
+        }
+        HsmCommand::Worker(a) => Ok(hydrate_hsm::run_worker(Layout::new(
+            std::fs::canonicalize(&a.root)?,
+        ))?),
+        HsmCommand::Archive(a) => request(&a.paths, Request::Archive),
+        HsmCommand::Release(a) => request(&a.paths, Request::Release),
+        HsmCommand::Recall(a) => request(&a.paths, Request::Recall),
+        HsmCommand::Pin(a) => request(&a.paths, Request::Pin),
+        HsmCommand::Unpin(a) => request(&a.paths, Request::Unpin),
+        HsmCommand::Status(a) => status(a),
+        HsmCommand::Policy(a) => {
+            let layout = layout_of(&a.root)?;
+            let req = Request::Policy {
+                high: parse_percent(&a.high)?,
+                low: parse_percent(&a.low)?,
+                min_age_secs: parse_duration(&a.min_age)?.as_secs(),
+            };
+            print(&hydrate_hsm::call(&layout, &req)?)
+        }
+        HsmCommand::Log(a) => {
+            let layout = layout_of(&a.root)?;
+            let reply = hydrate_hsm::call(&layout, &Request::Log(a.from))?;
+            for e in &reply.log {
+                println!(
+                    "{} {} {} {} ino={} {}",
+                    e.seq,
+                    e.time,
+                    e.op,
+                    e.path.display(),
+                    e.ino,
+                    e.detail
+                );
+            }
+            print(&reply)
+        }
+    }
+}
+
+fn request(paths: &[PathBuf], make: fn(Vec<PathBuf>) -> Request) -> Result<()> {
+    hydrate_hsm::require_root()?;
+    let (layout, abs) = layout_of_all(paths)?;
+    print(&hydrate_hsm::call(&layout, &make(abs))?)
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let paths = if a.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        a.paths
+    };
+    let (layout, abs) = layout_of_all(&paths)?;
+    let reply = match hydrate_hsm::call(&layout, &Request::Status(abs.clone())) {
+        Ok(r) => r,
+        // No daemon: read the journal directly (it is only locked while a worker runs).
+        Err(hydrate_hsm::HsmError::Daemon { .. }) => {
+            let journal = hydrate_hsm::Journal::open(&layout.journal())?;
+            hydrate_hsm::service::status_of(&layout, &journal, &abs)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    if a.long {
+        for f in &reply.files {
+            println!(
+                "{:<9} {}{:>14} {:>14}  {}",
+                f.state,
+                if f.pinned { "P" } else { " " },
+                f.size,
+                f.local_bytes,
+                f.path.display()
+            );
+        }
+    }
+    print(&reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_percentages_and_durations() {
+        assert_eq!(parse_percent("90%").unwrap(), 90.0);
+        assert_eq!(parse_percent("75").unwrap(), 75.0);
+        assert!(parse_percent("120%").is_err());
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("3w").is_err());
+    }
+}

@@ -1,0 +1,706 @@
+//! End-to-end tests of `hydrate hsm` with real fanotify pre-content events on a real ext4 (the root file
+//! system, or small ext4 images the tests format and loop-mount), the real `hydrate` binary, and the real
+//! tools users run on stubs (cp, tar -S, rsync -S, sha256sum, dd, truncate).
+//!
+//! The test process itself is configured as a *lazy reader* (its opens of stubs recall by range, not whole),
+//! so pread/mmap/O_DIRECT/sendfile here exercise partial recall while every other program exercises the
+//! whole-file recall on open that closes the hole-skipping hazard. Needs root and Linux 6.14+; every daemon,
+//! loop device and mount is cleaned up by guards, also when a test fails.
+
+mod support;
+mod thousand;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hydrate_hsm::{call, Request};
+use support::*;
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("\n!!!!!!!! SKIPPED: hsm tests need root (fanotify pre-content, loop devices) !!!!!!!!\n");
+            return;
+        }
+    };
+}
+
+#[test]
+fn thousand_files_local_store() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    thousand::thousand_files(store.to_str().unwrap(), &dir.path().join("data"), 2 << 20);
+}
+
+#[test]
+fn thousand_files_garage_store() {
+    require_root!();
+    let Some(garage) = garage() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = garage.store_addr(0, "hsm-thousand");
+    thousand::thousand_files(&store, &dir.path().join("data"), 1 << 20);
+}
+
+/// Zeros hazard 2. First the fact: lseek(SEEK_DATA) on a stub raises no event and finds no data, so a
+/// hole-skipping copier would write zeros without reading. Then the cure: such tools open the file, and the
+/// open recalls it whole before they can look for holes.
+#[test]
+fn hole_skipping_tools_get_real_bytes() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    let want = content(7, 3 << 20, false);
+    for name in ["a", "b", "c", "d", "e"] {
+        std::fs::write(root.join(name), &want).unwrap();
+    }
+    hsm.archive_and_release();
+    assert_eq!(
+        std::fs::metadata(root.join("a")).unwrap().blocks(),
+        0,
+        "a released stub holds no block"
+    );
+
+    let before = hsm.counters();
+    let f = File::open(root.join("a")).unwrap(); // lazy reader: no recall at open
+    let r = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!(
+        (r, errno),
+        (-1, Some(libc::ENXIO)),
+        "SEEK_DATA sees only holes in a stub"
+    );
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 0);
+    let after = hsm.counters();
+    let range_events = |s: &str| {
+        s.split("range ")
+            .nth(1)
+            .and_then(|t| t.split(')').next())
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        range_events(&before),
+        range_events(&after),
+        "lseek raised a pre-content event"
+    );
+    drop(f);
+
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path();
+    sh("cp", &[root.join("a").as_os_str(), o.join("a").as_os_str()]);
+    sh(
+        "cp",
+        &[
+            "--sparse=always".as_ref(),
+            root.join("b").as_os_str(),
+            o.join("b").as_os_str(),
+        ],
+    );
+    sh(
+        "tar",
+        &[
+            "-S".as_ref(),
+            "-cf".as_ref(),
+            o.join("c.tar").as_os_str(),
+            "-C".as_ref(),
+            root.as_os_str(),
+            "c".as_ref(),
+        ],
+    );
+    sh(
+        "tar",
+        &[
+            "-xf".as_ref(),
+            o.join("c.tar").as_os_str(),
+            "-C".as_ref(),
+            o.as_os_str(),
+        ],
+    );
+    sh(
+        "rsync",
+        &[
+            "-S".as_ref(),
+            root.join("d").as_os_str(),
+            o.join("d").as_os_str(),
+        ],
+    );
+    sh(
+        "cp",
+        &[
+            "--reflink=auto".as_ref(),
+            root.join("e").as_os_str(),
+            o.join("e").as_os_str(),
+        ],
+    );
+    for name in ["a", "b", "c", "d", "e"] {
+        assert!(
+            std::fs::read(o.join(name)).unwrap() == want,
+            "{name}: copy differs from the original"
+        );
+        assert_eq!(
+            hsm.state(name),
+            "archived",
+            "{name} recalled whole and identical to its archive"
+        );
+    }
+}
+
+/// The negative control of hazard 2: with `cp` declared a lazy reader (its open recalls nothing), cp of a
+/// stub finds no data with SEEK_DATA and writes zeros. This is what the whole-file recall on open prevents,
+/// and shows the test above can fail.
+#[test]
+fn hazard_2_is_real_without_open_recall() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    let cp = std::fs::canonicalize("/usr/bin/cp").unwrap();
+    hydrate(&[
+        "hsm".as_ref(),
+        "init".as_ref(),
+        root.as_os_str(),
+        "--store".as_ref(),
+        dir.path().join("store").as_os_str(),
+        "--lazy-reader".as_ref(),
+        cp.as_os_str(),
+    ]);
+    let hsm = Hsm::start(&root);
+    let want = content(8, 1 << 20, false);
+    std::fs::write(root.join("a"), &want).unwrap();
+    hsm.archive_and_release();
+    let out = tempfile::tempdir().unwrap();
+    sh(
+        "cp",
+        &[root.join("a").as_os_str(), out.path().join("a").as_os_str()],
+    );
+    let copy = std::fs::read(out.path().join("a")).unwrap();
+    assert_eq!(copy.len(), want.len());
+    assert!(
+        copy.iter().all(|b| *b == 0),
+        "cp skipped the holes of the stub: all zeros, no read"
+    );
+    assert_eq!(hsm.state("a"), "released", "nothing was recalled");
+}
+
+/// Zeros hazard 1: kill -9 of the worker while readers wait for recalls and while a release runs. The
+/// holder keeps the group: readers stay blocked, the next worker answers their events, nobody sees zeros.
+#[test]
+fn worker_killed_during_recalls_and_release() {
+    require_root!();
+    let Some(garage) = garage() else { return };
+    let s3 = garage.nodes()[0].s3_addr;
+    let proxy = hydrate_testkit::proxy::FaultProxy::start(s3).unwrap();
+    let store = garage.store_addr_at(&proxy.url(), "hsm-kill");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let hsm = Hsm::init(&root, &store, "60s");
+    let n = 16;
+    let len = 2 << 20;
+    for i in 0..n {
+        std::fs::write(root.join(format!("f{i}")), content(100 + i, len, false)).unwrap();
+    }
+    hsm.archive_and_release();
+    let scratch = tempfile::tempdir().unwrap();
+    let sums: Vec<String> = (0..n)
+        .map(|i| sha256_of(&content(100 + i, len, false), scratch.path()))
+        .collect();
+
+    // A slow link: every recall takes a while, so the kill lands while readers wait.
+    proxy.faults().set_latency(Duration::from_millis(150));
+    proxy.faults().set_bandwidth(Some(8 << 20));
+    let readers: Vec<_> = (0..n)
+        .map(|i| {
+            let path = root.join(format!("f{i}"));
+            if i % 2 == 0 {
+                // Whole-file recall on open (not a lazy reader).
+                Command::new("sha256sum")
+                    .arg(&path)
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            } else {
+                // dd: also recalled whole at open, then read in 1 MiB blocks.
+                Command::new("dd")
+                    .args([
+                        format!("if={}", path.display()),
+                        "of=/dev/null".into(),
+                        "bs=1M".into(),
+                    ])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }
+        })
+        .collect();
+    // Lazy range readers in this process too.
+    let lazy: Vec<_> = (0..4u64)
+        .map(|i| {
+            let path = root.join(format!("f{}", i * 4 + 1));
+            std::thread::spawn(move || {
+                let f = File::open(&path).unwrap();
+                let mut buf = vec![0u8; 100_000];
+                let off = 700_000 + i * 1000;
+                f.read_exact_at(&mut buf, off).unwrap();
+                (i * 4 + 1, off, buf)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let old = hsm.kill_worker();
+    hsm.wait_ready(Some(old));
+    for (i, mut child) in readers.into_iter().enumerate() {
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "reader of f{i} failed after the worker was killed"
+        );
+        if i % 2 == 0 {
+            let mut s = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+            assert_eq!(
+                s.split_whitespace().next().unwrap(),
+                sums[i],
+                "f{i} read wrong bytes across the kill"
+            );
+        }
+    }
+    for t in lazy {
+        let (i, off, buf) = t.join().unwrap();
+        let want = content(100 + i, len, false);
+        assert!(
+            buf == want[off as usize..off as usize + buf.len()],
+            "lazy read of f{i} wrong across the kill"
+        );
+    }
+    let counters = hsm.counters();
+    assert!(
+        !counters.contains("replayed after restart 0"),
+        "no event was handed over: {counters}"
+    );
+
+    // Now a kill in the middle of a release of everything.
+    proxy.faults().clear();
+    hsm.ok(Request::Recall(vec![hsm.root.clone()]));
+    let layout = hsm.layout();
+    let root2 = hsm.root.clone();
+    let release = std::thread::spawn(move || call(&layout, &Request::Release(vec![root2])));
+    std::thread::sleep(Duration::from_millis(60));
+    let old = hsm.kill_worker();
+    let _ = release.join();
+    hsm.wait_ready(Some(old));
+    let states = hsm.status();
+    let log = hsm.ok(Request::Log(0)).log;
+    for s in states.values() {
+        let history: Vec<_> = log
+            .iter()
+            .filter(|e| e.path == s.path)
+            .map(|e| (&e.op, &e.detail))
+            .collect();
+        assert!(
+            ["archived", "released"].contains(&s.state.as_str()),
+            "{s:?}: {history:#?}"
+        );
+    }
+    for i in 0..n {
+        let got = sh("sha256sum", &[root.join(format!("f{i}")).as_os_str()]);
+        assert_eq!(
+            got.split_whitespace().next().unwrap(),
+            sums[i as usize],
+            "f{i} after release crash"
+        );
+    }
+}
+
+/// Holder death: the worker still holds the group, reads it directly from then on, and keeps every stub
+/// protected while it lives.
+#[test]
+fn holder_killed_worker_keeps_serving() {
+    require_root!();
+    let (_dir, root, mut hsm) = local_hsm("30s");
+    let want = content(31, 700_000, false);
+    for name in ["a", "b"] {
+        std::fs::write(root.join(name), &want).unwrap();
+    }
+    hsm.archive_and_release();
+    let worker = hsm.worker_pid();
+    hsm.kill_holder();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(hsm.worker_pid(), worker, "the worker survives its holder");
+    let out = tempfile::tempdir().unwrap();
+    sh(
+        "cp",
+        &[root.join("a").as_os_str(), out.path().join("a").as_os_str()],
+    );
+    assert!(
+        std::fs::read(out.path().join("a")).unwrap() == want,
+        "cp after the holder died"
+    );
+    let f = File::open(root.join("b")).unwrap();
+    let mut buf = vec![0u8; 50_000];
+    f.read_exact_at(&mut buf, 600_000).unwrap();
+    assert!(
+        buf == want[600_000..650_000],
+        "lazy read after the holder died"
+    );
+    assert_eq!(hsm.state("b"), "partial");
+}
+
+/// Store unreachable: the reader gets EIO within the deadline, the stub stays; later the read succeeds.
+#[test]
+fn store_unreachable_gives_eio_then_success() {
+    require_root!();
+    let Some(garage) = garage() else { return };
+    let proxy = hydrate_testkit::proxy::FaultProxy::start(garage.nodes()[0].s3_addr).unwrap();
+    let store = garage.store_addr_at(&proxy.url(), "hsm-eio");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let hsm = Hsm::init(&root, &store, "2s");
+    let want = content(3, 1 << 20, false);
+    std::fs::write(root.join("f"), &want).unwrap();
+    hsm.archive_and_release();
+
+    proxy.faults().set_stall(true);
+    let start = Instant::now();
+    let err = std::fs::read(root.join("f")).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took < Duration::from_secs(6),
+        "EIO came after {took:?}, deadline is 2s"
+    );
+    assert_eq!(hsm.state("f"), "released", "the stub stays intact");
+    assert_eq!(
+        std::fs::metadata(root.join("f")).unwrap().len(),
+        want.len() as u64
+    );
+
+    proxy.faults().set_stall(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        match std::fs::read(root.join("f")) {
+            Ok(b) => break b,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying after {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("no success after the store came back: {e}"),
+        }
+    };
+    assert!(got == want);
+}
+
+/// Disk full during recall: ENOSPC to the reader, stub intact, correct bytes once there is room.
+#[test]
+fn disk_full_during_recall_gives_enospc() {
+    require_root!();
+    let fs = LoopExt4::new(32);
+    let store = tempfile::tempdir().unwrap();
+    let root = fs.mnt.join("data");
+    let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
+    let want = content(11, 12 << 20, false);
+    std::fs::write(root.join("big"), &want).unwrap();
+    hsm.archive_and_release();
+    // Fill the file system (as root, reserved blocks included).
+    let filler = fs.mnt.join("filler");
+    let mut f = File::create(&filler).unwrap();
+    let block = vec![1u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    drop(f);
+
+    let err = std::fs::read(root.join("big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let lazy = File::open(root.join("big")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let err = lazy.read_exact_at(&mut buf, 5 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let st = &hsm.status()[Path::new("big")];
+    assert!(
+        ["released", "partial"].contains(&st.state.as_str()),
+        "{st:?}"
+    );
+    assert!(st.local_bytes < want.len() as u64);
+
+    std::fs::remove_file(&filler).unwrap();
+    lazy.read_exact_at(&mut buf, 5 << 20).unwrap();
+    assert!(buf == want[5 << 20..6 << 20]);
+    assert!(std::fs::read(root.join("big")).unwrap() == want);
+}
+
+/// Writes and truncates of stubs: the affected data is made local first, the final content is right.
+#[test]
+fn writes_and_truncates_into_released_files() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    let orig = content(21, 1_500_000, true);
+    for name in ["lazy", "dd", "trunc", "otrunc"] {
+        std::fs::write(root.join(name), &orig).unwrap();
+    }
+    hsm.archive_and_release();
+
+    // A lazy writer: pwrite into the middle recalls only around the write first.
+    let f = File::options().write(true).open(root.join("lazy")).unwrap();
+    f.write_all_at(b"HELLO, STUB", 700_001).unwrap();
+    drop(f);
+    assert_eq!(hsm.state("lazy"), "partial");
+    let mut want = orig.clone();
+    want[700_001..700_012].copy_from_slice(b"HELLO, STUB");
+    assert!(
+        std::fs::read(root.join("lazy")).unwrap() == want,
+        "lazy write"
+    );
+    assert_eq!(hsm.state("lazy"), "local", "changed since archive");
+    let r = hsm.req(Request::Release(vec![root.join("lazy")]));
+    assert!(
+        !r.ok && r.lines.iter().any(|l| l.contains("archive it again")),
+        "{:?}",
+        r.lines
+    );
+
+    // dd (not lazy): whole recall at open, then the write.
+    sh(
+        "dd",
+        &[
+            format!("of={}", root.join("dd").display()).as_ref(),
+            "bs=1".as_ref(),
+            "seek=300000".as_ref(),
+            "conv=notrunc".as_ref(),
+            "status=none".as_ref(),
+            "if=/proc/self/cmdline".as_ref(),
+            "count=8".as_ref(),
+        ],
+    );
+    let got = std::fs::read(root.join("dd")).unwrap();
+    assert!(
+        got[..300_000] == orig[..300_000] && got[300_008..] == orig[300_008..],
+        "dd write"
+    );
+
+    // Truncate down then up (lazy): the kept part is the archive's, the regrown part zeros.
+    let f = File::options()
+        .write(true)
+        .open(root.join("trunc"))
+        .unwrap();
+    f.set_len(400_000).unwrap();
+    f.set_len(600_000).unwrap();
+    drop(f);
+    let got = std::fs::read(root.join("trunc")).unwrap();
+    assert_eq!(got.len(), 600_000);
+    assert!(
+        got[..400_000] == orig[..400_000] && got[400_000..].iter().all(|b| *b == 0),
+        "truncate"
+    );
+
+    // open(O_TRUNC) raises no pre-content event: the new content must never be overwritten by a recall.
+    let mut f = File::options()
+        .write(true)
+        .truncate(true)
+        .open(root.join("otrunc"))
+        .unwrap();
+    f.write_all(b"new content").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(root.join("otrunc")).unwrap(), b"new content");
+}
+
+/// Owners, modes, xattrs and ACLs survive release and recall.
+#[test]
+fn metadata_is_kept() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    let p = root.join("m");
+    std::fs::write(&p, content(5, 200_000, false)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    xattr::set(&p, "user.note", b"keep me").unwrap();
+    sh(
+        "setfacl",
+        &["-m".as_ref(), "u:4321:r".as_ref(), p.as_os_str()],
+    );
+    let acl = sh("getfacl", &["-n".as_ref(), p.as_os_str()]);
+    let snapshot = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        let mut names: Vec<_> = xattr::list(p)
+            .unwrap()
+            .filter(|n| n != "trusted.hydrate.hsm")
+            .collect();
+        names.sort();
+        (
+            m.uid(),
+            m.gid(),
+            m.mode(),
+            m.mtime(),
+            names,
+            xattr::get(p, "user.note").unwrap(),
+        )
+    };
+    let before = snapshot(&p);
+    hsm.ok(Request::Archive(vec![p.clone()]));
+    hsm.ok(Request::Release(vec![p.clone()]));
+    assert_eq!(hsm.state("m"), "released");
+    assert_eq!(snapshot(&p), before, "after release");
+    assert!(
+        xattr::get(&p, "trusted.hydrate.hsm").unwrap().is_some(),
+        "stub record on the file"
+    );
+    assert_eq!(sh("getfacl", &["-n".as_ref(), p.as_os_str()]), acl);
+    std::fs::read(&p).unwrap();
+    assert_eq!(snapshot(&p), before, "after recall");
+    assert_eq!(sh("getfacl", &["-n".as_ref(), p.as_os_str()]), acl);
+    assert!(
+        xattr::get(&p, "trusted.hydrate.hsm").unwrap().is_none(),
+        "stub record removed when complete"
+    );
+}
+
+/// The journal makes archives incremental and auditable; changed files are never released.
+#[test]
+fn journal_is_incremental_and_auditable() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    for i in 0..5 {
+        std::fs::write(root.join(format!("f{i}")), content(i, 300_000, false)).unwrap();
+    }
+    assert_eq!(
+        hsm.ok(Request::Archive(vec![hsm.root.clone()]))
+            .archive
+            .unwrap()
+            .archived,
+        5
+    );
+    std::fs::write(root.join("f2"), content(99, 300_000, false)).unwrap();
+    // chmod only: still releasable (content digest unchanged).
+    std::fs::set_permissions(root.join("f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = hsm.req(Request::Release(vec![hsm.root.clone()]));
+    assert!(!r.ok, "the modified file must be refused");
+    assert_eq!(hsm.state("f2"), "local");
+    assert_eq!(hsm.state("f3"), "released");
+    let again = hsm
+        .ok(Request::Archive(vec![hsm.root.clone()]))
+        .archive
+        .unwrap();
+    assert_eq!((again.archived, again.unchanged), (1, 4));
+    std::fs::read(root.join("f3")).unwrap();
+    let log = hsm.ok(Request::Log(0)).log;
+    let ops: Vec<&str> = log.iter().map(|e| e.op.as_str()).collect();
+    for op in ["archive", "release", "recall", "changed"] {
+        assert!(ops.contains(&op), "no {op} in the log: {ops:?}");
+    }
+    assert!(log
+        .iter()
+        .any(|e| e.op == "archive" && e.detail.contains("digest ")));
+    // The journal survives a restart of the whole daemon, and a stub renamed while no daemon ran is found
+    // again by its file handle and re-marked.
+    hsm.ok(Request::Release(vec![root.join("f4")]));
+    drop(hsm);
+    std::fs::rename(root.join("f4"), root.join("g4")).unwrap();
+    let hsm = Hsm::start(&root);
+    assert_eq!(hsm.state("f3"), "archived");
+    assert_eq!(hsm.state("g4"), "released");
+    assert!(std::fs::read(root.join("g4")).unwrap() == content(4, 300_000, false));
+    assert!(hsm.ok(Request::Log(0)).log.len() >= log.len());
+}
+
+/// Only root can configure: the control socket refuses anyone else.
+#[test]
+fn only_root_configures() {
+    require_root!();
+    let (dir, root, hsm) = local_hsm("30s");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("f"), b"x").unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "hsm",
+            "archive",
+        ])
+        .arg(root.join("f"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only root"),
+        "{out:?}"
+    );
+    assert_eq!(hsm.state("f"), "local");
+}
+
+/// The watermark policy on a small ext4: above 90% it releases the coldest archived files down to 75%, and
+/// never a pinned, unarchived or recently used file.
+#[test]
+fn policy_brings_usage_under_the_low_watermark() {
+    require_root!();
+    let fs = LoopExt4::new(64);
+    let store = tempfile::tempdir().unwrap();
+    let root = fs.mnt.join("data");
+    let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
+    let usage = || {
+        let s = nix::sys::statvfs::statvfs(&fs.mnt).unwrap();
+        (s.blocks() - s.blocks_free()) as f64 * 100.0 / s.blocks() as f64
+    };
+    let put = |name: &str, seed: u64, old: bool| {
+        let p = root.join(name);
+        std::fs::write(&p, content(seed, 4 << 20, false)).unwrap();
+        if old {
+            filetime::set_file_times(&p, days_ago(60), days_ago(60)).unwrap();
+        }
+    };
+    put("pinned", 1, true);
+    put("unarchived", 2, true);
+    put("recent", 3, false);
+    let mut i = 0;
+    while usage() < 93.0 {
+        put(&format!("cold{i}"), 10 + i, true);
+        i += 1;
+    }
+    for p in std::fs::read_dir(&root).unwrap() {
+        let p = p.unwrap().path();
+        if p.file_name().unwrap() != "unarchived" && p.file_name().unwrap() != ".hydrate-hsm" {
+            hsm.ok(Request::Archive(vec![p]));
+        }
+    }
+    hsm.ok(Request::Pin(vec![root.join("pinned")]));
+    let before = usage();
+    assert!(before > 90.0, "{before}");
+    let out = hydrate(&[
+        "hsm".as_ref(),
+        "policy".as_ref(),
+        root.as_os_str(),
+        "--high".as_ref(),
+        "90%".as_ref(),
+        "--low".as_ref(),
+        "75%".as_ref(),
+        "--min-age".as_ref(),
+        "30d".as_ref(),
+    ]);
+    let after = usage();
+    assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
+    assert_eq!(hsm.state("pinned"), "archived");
+    assert_eq!(hsm.state("unarchived"), "local");
+    assert_eq!(hsm.state("recent"), "archived");
+    let released = hsm
+        .status()
+        .values()
+        .filter(|s| s.state == "released")
+        .count();
+    assert!(released > 0 && released <= i as usize);
+    // Under the watermark, a second run does nothing.
+    let out = hydrate(&[
+        "hsm".as_ref(),
+        "policy".as_ref(),
+        root.as_os_str(),
+        "--high".as_ref(),
+        "90%".as_ref(),
+        "--low".as_ref(),
+        "75%".as_ref(),
+    ]);
+    assert!(out.contains("nothing to do"), "{out}");
+}

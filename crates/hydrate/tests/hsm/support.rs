@@ -1,0 +1,329 @@
+//! Helpers of the HSM tests: running `hydrate`, deterministic content, `du`, loop-mounted ext4 images and the
+//! daemon guard (holder and worker stopped by PID, also when a test fails).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use hydrate_hsm::{call, FileStatus, Layout, Reply, Request};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hydrate");
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn check(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub fn sh(program: &str, args: &[&OsStr]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    check(out, &format!("{program} {args:?}"))
+}
+
+pub fn hydrate(args: &[&OsStr]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run hydrate");
+    check(out, &format!("hydrate {args:?}"))
+}
+
+/// Deterministic content: `seed` picks the bytes; `text` makes it compressible.
+pub fn content(seed: u64, len: usize, text: bool) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if text {
+            out.extend_from_slice(format!("line {} of seed {seed}\n", x % 1000).as_bytes());
+        } else {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_of(bytes: &[u8], scratch: &Path) -> String {
+    let p = scratch.join(format!("sha-{}", blake3::hash(bytes).to_hex()));
+    std::fs::write(&p, bytes).unwrap();
+    let s = sh("sha256sum", &[p.as_os_str()]);
+    std::fs::remove_file(&p).unwrap();
+    s.split_whitespace().next().unwrap().to_owned()
+}
+
+/// Blocks allocated under `dir`, in bytes, leaving out the HSM state directory.
+pub fn du_bytes(dir: &Path) -> u64 {
+    pub fn walk(p: &Path, total: &mut u64) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() == ".hydrate-hsm" {
+                continue;
+            }
+            let m = e.path().symlink_metadata().unwrap();
+            if m.is_dir() {
+                walk(&e.path(), total);
+            } else {
+                *total += m.blocks() * 512;
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    total
+}
+
+pub fn days_ago(days: u64) -> filetime::FileTime {
+    filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(days * 86400))
+}
+
+/// A small ext4 image, formatted and loop-mounted; unmounted and detached on drop.
+pub struct LoopExt4 {
+    dir: tempfile::TempDir,
+    device: String,
+    pub mnt: PathBuf,
+}
+
+impl LoopExt4 {
+    pub fn new(mib: u64) -> LoopExt4 {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("fs.img");
+        File::create(&img).unwrap().set_len(mib << 20).unwrap();
+        sh(
+            "mkfs.ext4",
+            &[
+                "-q".as_ref(),
+                "-F".as_ref(),
+                "-b".as_ref(),
+                "4096".as_ref(),
+                img.as_os_str(),
+            ],
+        );
+        let device = sh(
+            "losetup",
+            &["-f".as_ref(), "--show".as_ref(), img.as_os_str()],
+        )
+        .trim()
+        .to_owned();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let guard = LoopExt4 { dir, device, mnt };
+        sh("mount", &[guard.device.as_ref(), guard.mnt.as_os_str()]);
+        guard
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+        let _ = &self.dir;
+    }
+}
+
+/// A managed root with its daemon (holder + worker); both are stopped by PID on drop.
+pub struct Hsm {
+    pub root: PathBuf,
+    holder: Child,
+    log: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl Hsm {
+    /// `hydrate hsm init ROOT --store STORE` with this test binary as lazy reader, then start the daemon.
+    pub fn init(root: &Path, store: &str, deadline: &str) -> Hsm {
+        std::fs::create_dir_all(root).unwrap();
+        let me = std::env::current_exe().unwrap();
+        hydrate(&[
+            "hsm".as_ref(),
+            "init".as_ref(),
+            root.as_os_str(),
+            "--store".as_ref(),
+            store.as_ref(),
+            "--lazy-reader".as_ref(),
+            me.as_os_str(),
+            "--deadline".as_ref(),
+            deadline.as_ref(),
+        ]);
+        Hsm::start(root)
+    }
+
+    pub fn start(root: &Path) -> Hsm {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("daemon.log");
+        let holder = Command::new(BIN)
+            .args(["hsm", "daemon"])
+            .arg(root)
+            .env("HYDRATE_LOG", "info")
+            // The Garage test key (harmless for other stores).
+            .envs(hydrate_testkit::garage::Garage::credentials_env())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start hsm daemon");
+        let hsm = Hsm {
+            root: root.canonicalize().unwrap(),
+            holder,
+            log,
+            _scratch: scratch,
+        };
+        hsm.wait_ready(None);
+        hsm
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.root)
+    }
+
+    pub fn worker_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.layout().worker_pid())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until a worker other than `old` serves the control socket.
+    pub fn wait_ready(&self, old: Option<i32>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pid = self.worker_pid();
+            if pid.is_some()
+                && pid != old
+                && call(&self.layout(), &Request::Ping).is_ok_and(|r| r.ok)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hsm daemon not ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 of the worker; returns its pid.
+    /// kill -9 of the holder, reaped at once.
+    pub fn kill_holder(&mut self) {
+        self.holder.kill().unwrap();
+        self.holder.wait().unwrap();
+    }
+
+    pub fn kill_worker(&self) -> i32 {
+        let pid = self.worker_pid().expect("worker pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        pid
+    }
+
+    pub fn req(&self, req: Request) -> Reply {
+        call(&self.layout(), &req).expect("control request")
+    }
+
+    pub fn ok(&self, req: Request) -> Reply {
+        let r = self.req(req.clone());
+        assert!(r.ok, "{req:?} failed: {:#?}", r.lines);
+        r
+    }
+
+    pub fn status(&self) -> BTreeMap<PathBuf, FileStatus> {
+        let r = self.ok(Request::Status(vec![self.root.clone()]));
+        r.files.into_iter().map(|f| (f.path.clone(), f)).collect()
+    }
+
+    pub fn state(&self, rel: &str) -> String {
+        self.status()[Path::new(rel)].state.clone()
+    }
+
+    pub fn counters(&self) -> String {
+        self.ok(Request::Status(vec![self.root.clone()]))
+            .lines
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Hsm {
+    fn drop(&mut self) {
+        let worker = self.worker_pid();
+        // Never signal a pid already reaped (it may belong to someone else by now).
+        if let Ok(None) = self.holder.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.holder.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.holder.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        if let Some(pid) = worker {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Bytes covered by the union of `ranges`.
+pub fn union_len(mut ranges: Vec<(u64, u64)>) -> u64 {
+    ranges.sort();
+    let (mut total, mut end) = (0u64, 0u64);
+    for (s, e) in ranges {
+        let s = s.max(end);
+        if e > s {
+            total += e - s;
+            end = e;
+        }
+    }
+    total
+}
+
+pub fn garage() -> Option<hydrate_testkit::garage::Garage> {
+    let bin = hydrate_testkit::require_binary("garage", "hsm over Garage")?;
+    Some(hydrate_testkit::garage::Garage::start(&bin).expect("start garage"))
+}
+
+/// A managed root on the root file system with a local directory store; keep the directory alive.
+pub fn local_hsm(deadline: &str) -> (tempfile::TempDir, PathBuf, Hsm) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let hsm = Hsm::init(&root, dir.path().join("store").to_str().unwrap(), deadline);
+    (dir, root, hsm)
+}
+
+impl Hsm {
+    /// Archives and releases everything under the root.
+    pub fn archive_and_release(&self) {
+        self.ok(Request::Archive(vec![self.root.clone()]));
+        self.ok(Request::Release(vec![self.root.clone()]));
+    }
+}
