@@ -11,10 +11,13 @@ use std::path::PathBuf;
     long_about = "hydrate turns a directory into a chunked, deduplicated, compressed and content-verified image \
 in a store, and mounts images lazily through FUSE: the tree appears at once, file data is fetched on first access, \
 verified against its digest and kept in a bounded local cache. Files complete in the cache are served by the \
-kernel directly (FUSE passthrough).\n\nStores: a local directory path (the embedded default).",
+kernel directly (FUSE passthrough).\n\nStores: a local directory path (the embedded default), s3://bucket/prefix, http(s)://… \
+(read-only), oci://registry/repository[:tag] (an OCI registry; its :tag is the default image).",
     after_help = "Example:\n  hydrate build ./rootfs --store ./store --tag app:1\n  hydrate mount --store ./store app:1 /mnt/app\n  \
 cat /mnt/app/usr/bin/tool          # fetched on first touch, then local\n  hydrate inspect --store ./store app:1 usr/bin/tool\n  \
-hydrate status /mnt/app\n  hydrate umount /mnt/app",
+hydrate status /mnt/app\n  hydrate umount /mnt/app\n  \
+hydrate push --store ./store app:1 oci://registry.example/team/app:1\n  \
+hydrate mount --store oci://registry.example/team/app:1 /mnt/app",
     propagate_version = true
 )]
 pub struct Args {
@@ -35,15 +38,56 @@ pub enum Command {
     Umount(UmountArgs),
     /// Show an image: totals and dedup figures, a directory listing, or a file's chunk map.
     Inspect(InspectArgs),
+    /// Store a copy of an image with a prefetch plan made from a recorded trace (same data, new image id).
+    AttachTrace(AttachTraceArgs),
     /// Show running mounts and their counters.
     Status(StatusArgs),
+    /// Copy an image (manifest, every blob it references, then its tag) from one store to another.
+    Push(PushArgs),
+    /// Replace a mount's worker with the installed binary without unmounting (no request fails).
+    Upgrade(UpgradeArgs),
+    /// End a stuck mount's FUSE connection (as /sys/fs/fuse/connections/N/abort): every waiting access fails.
+    Abort(AbortArgs),
+    /// Internal: the worker process a mount's supervisor runs.
+    #[command(name = "__worker", hide = true)]
+    Worker(WorkerArgs),
+    /// Tier a local directory to a store: archive, release to stubs, recall on access (see docs/hsm.md).
+    Hsm(crate::cmd_hsm::HsmArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct UpgradeArgs {
+    /// Mount point whose worker to replace.
+    pub mountpoint: PathBuf,
+    /// Binary to run as the new worker [default: the path the mount was started from].
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct AbortArgs {
+    /// Mount point whose connection to end.
+    pub mountpoint: PathBuf,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct WorkerArgs {
+    /// Descriptor of the link to the supervisor.
+    #[arg(long)]
+    pub link_fd: i32,
+    /// The supervisor's pid (the worker exits if its parent is not, or stops being, that process).
+    #[arg(long)]
+    pub supervisor_pid: i32,
+    #[command(flatten)]
+    pub mount: MountArgs,
 }
 
 #[derive(ClapArgs, Debug)]
 pub struct BuildArgs {
     /// Directory to build the image from (read as root sees it: owners, modes, xattrs, device nodes).
     pub source: PathBuf,
-    /// Store to write to (a local directory path; created if missing).
+    /// Store to write to: a directory path (created if missing), s3://bucket/prefix?endpoint=URL&region=NAME
+    /// (credentials from AWS_* variables or ~/.aws), or oci://registry/repository[:tag].
     #[arg(long)]
     pub store: String,
     /// Name to give the image in the store (e.g. app:1); without it, the image is reachable by digest only.
@@ -58,14 +102,38 @@ pub struct BuildArgs {
     /// Compression threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Store a prefetch plan made from this trace (written by `hydrate mount --record-trace`): mounts replay it
+    /// in the background, in the order the traced workload read.
+    #[arg(long, value_name = "TRACE")]
+    pub prefetch_from: Option<PathBuf>,
 }
 
 #[derive(ClapArgs, Debug)]
+pub struct AttachTraceArgs {
+    /// Store holding the image.
+    #[arg(long)]
+    pub store: String,
+    /// Image: a tag or a manifest digest.
+    pub image: String,
+    /// Trace written by `hydrate mount --record-trace`.
+    pub trace: PathBuf,
+    /// Name to give the new image [default: none; it is printed, reachable by digest].
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Files up to this size are prefetched whole at their first touch.
+    #[arg(long, default_value = "256K")]
+    pub small_file_max: String,
+}
+
+#[derive(ClapArgs, Debug)]
+// IMAGE may be left out before MOUNTPOINT when the store address names it (oci://…:tag).
+#[command(allow_missing_positional = true)]
 pub struct MountArgs {
     /// Store holding the image.
     #[arg(long)]
     pub store: String,
-    /// Image to mount: a tag (app:1) or a manifest digest.
+    /// Image to mount: a tag (app:1) or a manifest digest; "-" or absent: the tag in the store address.
+    #[arg(default_value = "-")]
     pub image: String,
     /// Empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -93,6 +161,61 @@ pub struct MountArgs {
     /// Internal: descriptor on which the background daemon reports readiness to `hydrate mount`.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
+    /// Testing only: delay every store read by this many milliseconds (to have reads blocked on fetches).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub test_store_latency_ms: u64,
+    /// Time limit of one store request, e.g. 10s or 500ms; a request over it counts as a temporary failure and
+    /// is retried.
+    #[arg(long, default_value = "30s")]
+    pub fetch_timeout: String,
+    /// A read whose data cannot be fetched within this time fails with EIO, and the log names the store,
+    /// object, range and cause; the same read works again once the store does.
+    #[arg(long, default_value = "120s")]
+    pub read_deadline: String,
+    /// Store requests in flight at once (a quarter is kept for on-demand reads); a long link needs many: at
+    /// 20 ms RTT, 64 keep 1 Gbit/s busy with readahead.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_in_flight: u32,
+    /// Serve the mount's metrics (as `hydrate status --metrics` prints them) in Prometheus text format over
+    /// HTTP at this address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<String>,
+    /// Tuning: widen store requests shorter than this many bytes [default: 64K for s3:// stores, else 0].
+    #[arg(long, hide = true)]
+    pub min_request_bytes: Option<u64>,
+    /// Record which files the workload opens and which ranges it reads first, in order, into TRACE (rewritten
+    /// every few seconds and at unmount); serves every read in user space meanwhile (no passthrough), so that
+    /// none goes unseen. Feed it to `hydrate build --prefetch-from` or `hydrate attach-trace`.
+    #[arg(long, value_name = "TRACE")]
+    pub record_trace: Option<PathBuf>,
+    /// Largest readahead window of a sequential stream (it starts at 1M, doubles per sequential read and
+    /// resets on a seek); 0 turns readahead off.
+    #[arg(long, default_value = "16M")]
+    pub readahead: String,
+    /// When a file of a directory is first opened, prefetch the directory's files up to this size (at most 2M
+    /// per directory); only for images without a prefetch plan; 0 turns it off.
+    #[arg(long, default_value = "64K")]
+    pub dir_prefetch: String,
+    /// Do not replay the image's prefetch plan.
+    #[arg(long)]
+    pub no_prefetch: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct PushArgs {
+    /// Store holding the image.
+    #[arg(long)]
+    pub store: String,
+    /// Image to copy: a tag or a manifest digest; "-": the tag in the --store address.
+    pub image: String,
+    /// Store to copy into: a directory path, s3://…, or oci://registry/repository[:tag] (not http: read-only).
+    pub dest: String,
+    /// Tag to give the image in DEST [default: the tag in an oci:// DEST address, else IMAGE if it is a tag].
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Blobs copied in parallel.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -109,7 +232,7 @@ pub struct InspectArgs {
     /// Store holding the image.
     #[arg(long)]
     pub store: String,
-    /// Image: a tag or a manifest digest.
+    /// Image: a tag or a manifest digest; "-": the tag in the store address.
     pub image: String,
     /// Path inside the image: a directory is listed, a file shows its chunk map.
     pub path: Option<String>,
@@ -125,4 +248,26 @@ pub struct StatusArgs {
     /// Print the mount's counters in Prometheus text format.
     #[arg(long)]
     pub metrics: bool,
+}
+
+impl Command {
+    /// Replaces an IMAGE of "-" (or a left-out one) by the tag of the command's `oci://…:tag` store
+    /// address, so that every later stage (including a mount's re-executed daemon and worker) sees a name.
+    pub fn fill_default_image(&mut self) -> anyhow::Result<()> {
+        let (image, store) = match self {
+            Command::Mount(a) => (&mut a.image, &a.store),
+            Command::Worker(a) => (&mut a.mount.image, &a.mount.store),
+            Command::Inspect(a) => (&mut a.image, &a.store),
+            Command::Push(a) => (&mut a.image, &a.store),
+            _ => return Ok(()),
+        };
+        if image == "-" {
+            *image = hydrate_store::default_image(store).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no image given and the store address {store} names none (give IMAGE, or use oci://…/repo:TAG)"
+                )
+            })?;
+        }
+        Ok(())
+    }
 }

@@ -1,9 +1,11 @@
-//! `hydrate build`: directory → image in a store, with a progress bar on a terminal and a one-line summary.
+//! `hydrate build`: directory → image in a store, with a progress bar on a terminal and a one-line summary; and
+//! `hydrate attach-trace`: an existing image plus a recorded trace → the same image with a prefetch plan.
 
-use crate::cli::BuildArgs;
+use crate::cli::{AttachTraceArgs, BuildArgs};
 use crate::units::{human, parse_size};
 use anyhow::{bail, Context, Result};
-use hydrate_builder::{build_dir, BuildOptions, Progress};
+use hydrate_builder::{attach_trace as attach, build_dir_with_trace, BuildOptions, Progress};
+use hydrate_format::PlanOptions;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
@@ -39,6 +41,10 @@ pub fn run(args: BuildArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
+    let trace = match &args.prefetch_from {
+        Some(path) => Some(hydrate_core::read_trace(path).context("--prefetch-from")?),
+        None => None,
+    };
     let store =
         hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
     let opts = BuildOptions {
@@ -62,7 +68,13 @@ pub fn run(args: BuildArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let report = rt
-        .block_on(build_dir(&args.source, store.as_ref(), &opts, &progress))
+        .block_on(build_dir_with_trace(
+            &args.source,
+            store.as_ref(),
+            &opts,
+            trace.as_ref(),
+            &progress,
+        ))
         .with_context(|| {
             format!(
                 "building {} into {}",
@@ -98,6 +110,51 @@ pub fn run(args: BuildArgs) -> Result<()> {
         human(report.manifest_bytes),
         secs,
         human((report.logical_bytes as f64 / secs.max(1e-9)) as u64),
+    );
+    if trace.is_some() {
+        println!(
+            "prefetch plan: {} entries ({} trace events named no file of this image)",
+            report.prefetch_entries, report.prefetch_unresolved
+        );
+    }
+    Ok(())
+}
+
+pub fn attach_trace(args: AttachTraceArgs) -> Result<()> {
+    let trace = hydrate_core::read_trace(&args.trace)?;
+    let small_file_max = parse_size(&args.small_file_max).context("--small-file-max")?;
+    if let Some(tag) = &args.tag {
+        hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
+    }
+    let store =
+        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt
+        .block_on(async {
+            let image = hydrate_store::resolve(store.as_ref(), &args.image).await?;
+            let opts = PlanOptions {
+                small_file_max,
+                ..PlanOptions::default()
+            };
+            attach(store.as_ref(), &image, &trace, opts, args.tag.as_deref())
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("image {:?} in {}", args.image, store.describe()))?;
+    println!(
+        "{} {}",
+        args.tag.as_deref().unwrap_or("image"),
+        report.image
+    );
+    println!(
+        "prefetch plan: {} entries, {} bytes ({}); {} trace events named no file of this image",
+        report.entries,
+        report.bytes,
+        human(report.bytes),
+        report.unresolved
     );
     Ok(())
 }

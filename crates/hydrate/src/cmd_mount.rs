@@ -1,6 +1,7 @@
 //! `hydrate mount` (start a daemon and wait until its mount is ready) and `hydrate umount`.
 //!
-//! Without --foreground, `mount` re-executes itself as a detached daemon with a pipe on which the daemon reports
+//! The daemon is the mount's supervisor (`supervise.rs`), which runs the serving worker (`daemon.rs`) as a
+//! child process. Without --foreground, `mount` re-executes itself as a detached daemon with a pipe on which the daemon reports
 //! "ready" once the kernel's INIT is answered, or the error that stopped it. So `hydrate mount` returns only when
 //! the mount works, and a bad image or store is reported by the command the user typed, with a non-zero exit.
 
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub fn run(args: MountArgs) -> Result<()> {
     if args.foreground || args.ready_fd.is_some() {
-        return crate::daemon::run(args);
+        return crate::supervise::run(args);
     }
     let mp = &args.mountpoint;
     let meta = std::fs::metadata(mp).with_context(|| format!("mount point {}", mp.display()))?;

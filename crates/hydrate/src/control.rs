@@ -1,8 +1,11 @@
-//! The control socket of a mount daemon, and `hydrate status` (its client).
+//! The control sockets of a mount, and `hydrate status` (their client).
 //!
-//! Each daemon listens on a Unix socket under /run/hydrate named after its mount point. A client sends one line,
-//! `info` or `metrics`, and reads the answer to EOF: `info` is `key=value` lines, `metrics` is the Prometheus text
-//! format. The same answers serve `hydrate umount` (which needs the daemon's pid to wait for it) and tests.
+//! Each mount's supervisor listens on a Unix socket under /run/hydrate named after its mount point; its worker
+//! listens on a second one named after the mount point and its generation (`<key>-g<N>.sock`), which the
+//! supervisor queries and merges into its own answers, so clients only ever talk to the supervisor (which
+//! outlives workers). A client sends one line and reads the answer to EOF: `info` is `key=value` lines,
+//! `metrics` is the Prometheus text format, `upgrade [BINARY]` replaces the worker. The same answers serve
+//! `hydrate umount` (which needs the supervisor's pid to wait for it) and tests.
 
 use crate::cli::StatusArgs;
 use anyhow::{bail, Context, Result};
@@ -25,17 +28,47 @@ pub struct Metric {
 pub trait Answer: Send + Sync + 'static {
     fn info(&self) -> Vec<(&'static str, String)>;
     fn metrics(&self) -> Vec<Metric>;
+    /// Extra lines appended to the `info` answer as they are (the supervisor's merge of its worker's info).
+    fn info_extra(&self) -> String {
+        String::new()
+    }
+    /// Extra Prometheus text appended to the `metrics` answer.
+    fn metrics_extra(&self) -> String {
+        String::new()
+    }
+    /// Any other request line; None answers "unknown request".
+    fn command(&self, _line: &str) -> Option<String> {
+        None
+    }
+}
+
+fn socket_key(mountpoint: &Path) -> String {
+    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes());
+    key.to_hex()[..24].to_string()
 }
 
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
-    let key = blake3::hash(mountpoint.as_os_str().as_encoded_bytes());
-    PathBuf::from(RUN_DIR).join(format!("{}.sock", &key.to_hex()[..24]))
+    PathBuf::from(RUN_DIR).join(format!("{}.sock", socket_key(mountpoint)))
 }
 
-/// Binds the socket (replacing a stale one) and serves it on a thread for the life of the process.
+/// The control socket of the worker of `generation` serving `mountpoint`.
+pub fn worker_socket_path(mountpoint: &Path, generation: u64) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{}-g{generation}.sock", socket_key(mountpoint)))
+}
+
+/// Binds the supervisor's socket (replacing a stale one) and serves it on a thread for the life of the process.
 pub fn serve(mountpoint: &Path, answer: std::sync::Arc<dyn Answer>) -> Result<PathBuf> {
+    serve_at(&socket_path(mountpoint), mountpoint, answer)
+}
+
+/// Binds `path` (replacing a stale socket) and serves it on a thread for the life of the process.
+pub fn serve_at(
+    path: &Path,
+    mountpoint: &Path,
+    answer: std::sync::Arc<dyn Answer>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
-    let path = socket_path(mountpoint);
+    let path = path.to_path_buf();
     if UnixStream::connect(&path).is_ok() {
         bail!(
             "another hydrate daemon already serves {}",
@@ -51,8 +84,17 @@ pub fn serve(mountpoint: &Path, answer: std::sync::Arc<dyn Answer>) -> Result<Pa
         .name("control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(error) = handle(stream, answer.as_ref()) {
-                    tracing::debug!(%error, "control request failed");
+                // One thread per request: an `upgrade` waits for the hand-over while `info` must still answer.
+                let answer = std::sync::Arc::clone(&answer);
+                let spawned = std::thread::Builder::new()
+                    .name("control-req".into())
+                    .spawn(move || {
+                        if let Err(error) = handle(stream, answer.as_ref()) {
+                            tracing::debug!(%error, "control request failed");
+                        }
+                    });
+                if let Err(error) = spawned {
+                    tracing::warn!(%error, "cannot serve a control request");
                 }
             }
         })
@@ -70,9 +112,16 @@ fn handle(stream: UnixStream, answer: &dyn Answer) -> std::io::Result<()> {
             for (key, value) in answer.info() {
                 out.push_str(&format!("{key}={value}\n"));
             }
+            out.push_str(&answer.info_extra());
         }
-        "metrics" => out = prometheus(&answer.metrics()),
-        other => out.push_str(&format!("error=unknown request {other:?}\n")),
+        "metrics" => {
+            out = prometheus(&answer.metrics());
+            out.push_str(&answer.metrics_extra());
+        }
+        other => match answer.command(other) {
+            Some(reply) => out = reply,
+            None => out.push_str(&format!("error=unknown request {other:?}\n")),
+        },
     }
     (&stream).write_all(out.as_bytes())
 }
@@ -95,10 +144,14 @@ pub fn request(mountpoint: &Path, what: &str) -> Result<String> {
         .with_context(|| format!("no hydrate daemon answers for {}", mountpoint.display()))
 }
 
-fn request_socket(path: &Path, what: &str) -> Result<String> {
+pub fn request_socket(path: &Path, what: &str) -> Result<String> {
+    request_socket_timeout(path, what, Duration::from_secs(10))
+}
+
+pub fn request_socket_timeout(path: &Path, what: &str, timeout: Duration) -> Result<String> {
     let mut stream =
         UnixStream::connect(path).with_context(|| format!("connecting {}", path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(timeout))?;
     stream.write_all(format!("{what}\n").as_bytes())?;
     let mut out = String::new();
     stream.read_to_string(&mut out)?;
@@ -140,7 +193,12 @@ pub fn status(args: StatusArgs) -> Result<()> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "sock") {
+        if path.extension().is_none_or(|e| e != "sock")
+            || path
+                .file_stem()
+                .is_some_and(|s| s.to_string_lossy().contains("-g"))
+        {
+            // Worker sockets: their answers are part of their supervisor's.
             continue;
         }
         let Ok(info) = request_socket(&path, "info") else {
@@ -149,11 +207,18 @@ pub fn status(args: StatusArgs) -> Result<()> {
         found += 1;
         let get = |k| info_value(&info, k).unwrap_or_default();
         println!(
-            "{}  image={} store={} pid={} cache={}",
+            "{}  image={} store={} pid={} worker={} generation={} restarts={} in_flight={} oldest_ms={} \
+cache_used={} cache={}",
             get("mountpoint"),
             get("image"),
             get("store"),
             get("pid"),
+            get("worker_pid"),
+            get("generation"),
+            get("restarts"),
+            get("requests_in_flight"),
+            get("oldest_request_ms"),
+            get("cache_used_bytes"),
             get("cache_dir")
         );
     }

@@ -1,21 +1,31 @@
-//! The mount daemon: wires store → fetch engine → cache → core volume → FUSE adapter → kernel session, serves the
-//! control socket, and unmounts cleanly on SIGTERM/SIGINT/SIGHUP.
+//! The worker: the process that serves a mount's FUSE connection for its supervisor (`supervise.rs`). Wires
+//! store → fetch engine → cache → core volume → FUSE adapter → kernel session, and serves its control socket.
+//!
+//! Life of a worker: take the supervisor's offer of the hand-over state (refusing a version it does not know),
+//! prepare what does not need the cache (store, image, manifest) while a predecessor may still serve, accept,
+//! receive the /dev/fuse descriptor, open the cache, and either answer INIT (the first worker) or resume the
+//! connection (restoring the negotiated parameters, file handles and passthrough backing ids, then
+//! FUSE_NOTIFY_RESEND). Every change of handles and backing ids is journaled to the supervisor before the
+//! kernel sees it. On `Stop` it finishes the requests it has read and exits; when the supervisor disappears it
+//! exits at once, so the kernel ends the connection instead of leaving readers hanging.
 
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, WorkerArgs};
 use crate::control::{self, Answer, Metric};
 use crate::units::parse_size;
 use anyhow::{bail, Context, Result};
-use hydrate_cache::{CacheConfig, DiskCache};
-use hydrate_core::{load_manifest, Volume, VolumeConfig};
-use hydrate_fetch::{FetchConfig, FetchEngine};
-use hydrate_fuse::HydrateFs;
-use hydrate_fuse_transport::{abi, MountOptions, OpStats, Session, SessionConfig};
-use hydrate_store::{BlobStore, CountingStore};
-use nix::sys::signal::{SigSet, Signal};
-use std::os::fd::{FromRawFd, OwnedFd};
+use hydrate_cache::{CacheConfig, CacheError, DiskCache};
+use hydrate_core::{load_manifest, TraceRecorder, Volume, VolumeConfig};
+use hydrate_fetch::FetchEngine;
+use hydrate_format::ImageId;
+use hydrate_fuse::{FileHandle, HandleRecord, HydrateFs, IoEvent, IoJournal, RestoredIo};
+use hydrate_fuse_transport::{
+    abi, BackingId, FuseDev, Negotiated, OpStats, Session, SessionConfig, SessionEnd, StopHandle,
+};
+use hydrate_store::{BlobStore, CountingStore, FaultyStore};
+use hydrate_supervisor::{Event, HandoverState, OfferError, OpenRecord, Start, WorkerLink};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const SERVED_OPCODES: [u32; 14] = [
     abi::FUSE_LOOKUP,
@@ -34,38 +44,192 @@ const SERVED_OPCODES: [u32; 14] = [
     abi::FUSE_LISTXATTR,
 ];
 
-/// The write end of the readiness pipe to `hydrate mount`; written at most once.
-struct ReadyPipe(Mutex<Option<OwnedFd>>);
+/// Journals the FUSE adapter's bookkeeping changes to the supervisor.
+struct LinkJournal(Arc<WorkerLink>);
 
-impl ReadyPipe {
-    fn new(fd: Option<i32>) -> Self {
-        // SAFETY: `hydrate mount` created this descriptor for us and passed its number; nothing else in this
-        // process owns it.
-        #[allow(unsafe_code)]
-        let owned = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-        ReadyPipe(Mutex::new(owned))
-    }
-
-    fn send(&self, verdict: &str) {
-        if let Some(fd) = self.0.lock().expect("ready pipe poisoned").take() {
-            let _ = nix::unistd::write(&fd, format!("{verdict}\n").as_bytes());
-        }
+impl IoJournal for LinkJournal {
+    fn record(&self, event: &IoEvent) -> std::io::Result<()> {
+        let event = match *event {
+            IoEvent::Opened {
+                record,
+                new_backing,
+            } => Event::Opened {
+                record: OpenRecord {
+                    fh: record.fh.0,
+                    ino: record.ino,
+                    passthrough: record.passthrough,
+                    open_unique: record.open_unique,
+                },
+                backing: new_backing.map(|b| b.0),
+            },
+            IoEvent::Released { fh } => Event::Released { fh: fh.0 },
+            IoEvent::BackingClosed { ino } => Event::BackingClosed { ino },
+        };
+        self.0.event(&event).map_err(std::io::Error::other)
     }
 }
 
-pub fn run(args: MountArgs) -> Result<()> {
-    let ready = Arc::new(ReadyPipe::new(args.ready_fd));
-    let result = serve(args, Arc::clone(&ready));
-    if let Err(err) = &result {
-        ready.send(&format!("error: {err:#}"));
+fn restored_io(state: &HandoverState) -> RestoredIo {
+    RestoredIo {
+        handles: state
+            .opens
+            .values()
+            .map(|r| HandleRecord {
+                fh: FileHandle(r.fh),
+                ino: r.ino,
+                passthrough: r.passthrough,
+                open_unique: r.open_unique,
+            })
+            .collect(),
+        backings: state
+            .backings
+            .iter()
+            .map(|(&ino, &id)| (ino, BackingId(id)))
+            .collect(),
     }
-    result
+}
+
+pub fn run_worker(args: WorkerArgs) -> Result<()> {
+    let link = Arc::new(
+        WorkerLink::connect(args.link_fd, args.supervisor_pid).context("supervisor link")?,
+    );
+    let offer = match link.recv_offer() {
+        Ok(offer) => offer,
+        Err(OfferError::Unsupported(err)) => {
+            let _ = link.refuse(&err.to_string());
+            bail!("refusing the hand-over: {err}");
+        }
+        Err(OfferError::Link(err)) => {
+            return Err(err).context("waiting for the supervisor's offer")
+        }
+    };
+    if let Some(bytes) = &offer.state.negotiated {
+        if let Err(err) = Negotiated::from_bytes(bytes) {
+            let _ = link.refuse(&err.to_string());
+            bail!("refusing the hand-over: {err}");
+        }
+    }
+    let prepared = match prepare(&args.mount, &offer.state, &link) {
+        Ok(p) => p,
+        Err(err) => {
+            let _ = link.fatal(&format!("{err:#}"));
+            return Err(err);
+        }
+    };
+    link.accept().context("accepting the hand-over")?;
+    let start = link
+        .recv_start()
+        .context("waiting for the FUSE connection")?;
+    serve(args.mount, prepared, offer.generation, start, link)
+}
+
+/// What a worker sets up before it gets the connection (a predecessor may still be serving).
+struct Prepared {
+    rt: tokio::runtime::Runtime,
+    store: Arc<CountingStore<Arc<dyn BlobStore>>>,
+    image: ImageId,
+    cache_dir: PathBuf,
+    quota: u64,
+    manifest: hydrate_core::MappedManifest,
+}
+
+fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result<Prepared> {
+    let quota = parse_size(&args.cache_size).context("--cache-size")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hydrate-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut inner =
+        hydrate_store::open_store_with(&args.store, &crate::fetch_opts::from_args(args)?.1)
+            .with_context(|| format!("store {}", args.store))?;
+    if args.test_store_latency_ms > 0 {
+        let slow = FaultyStore::new(inner);
+        slow.set_read_delay(Duration::from_millis(args.test_store_latency_ms));
+        inner = Arc::new(slow);
+    }
+    let store = Arc::new(CountingStore::new(inner));
+    // A restarted worker serves the image its first predecessor resolved, even if the tag moved since.
+    let image = match state.note("image") {
+        Some(digest) => digest
+            .parse::<ImageId>()
+            .map_err(|e| anyhow::anyhow!("hand-over state names image {digest:?}: {e}"))?,
+        None => {
+            let image = rt
+                .block_on(hydrate_store::resolve(store.as_ref(), &args.image))
+                .with_context(|| format!("image {:?} in store {}", args.image, args.store))?;
+            note(link, "image", &image.to_string())?;
+            image
+        }
+    };
+    let cache_dir = match state.note("cache_dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = args
+                .cache_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/cache/hydrate").join(image.to_string()));
+            note(link, "cache_dir", &dir.display().to_string())?;
+            dir
+        }
+    };
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cache directory {}", cache_dir.display()))?;
+    if args.ready_fd.is_some() {
+        let log = args
+            .log_file
+            .clone()
+            .unwrap_or_else(|| cache_dir.join("daemon.log"));
+        redirect_stderr(&log)?;
+        if state.note("log_file").is_none() {
+            note(link, "log_file", &log.display().to_string())?;
+        }
+    }
+    let manifest = rt
+        .block_on(load_manifest(
+            store.as_ref(),
+            &image,
+            &cache_dir.join("manifests"),
+        ))
+        .with_context(|| format!("image {image} ({})", args.image))?;
+    Ok(Prepared {
+        rt,
+        store,
+        image,
+        cache_dir,
+        quota,
+        manifest,
+    })
+}
+
+fn note(link: &WorkerLink, key: &str, value: &str) -> Result<()> {
+    link.event(&Event::Note {
+        key: key.into(),
+        value: value.into(),
+    })
+    .context("reporting to the supervisor")
+}
+
+/// Opens the cache; the predecessor releases its lock when it exits, which the supervisor waited for, so a
+/// short retry only covers the kernel closing its files.
+fn open_cache(config: CacheConfig) -> Result<Arc<DiskCache>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match DiskCache::open(config.clone()) {
+            Err(CacheError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => return other.with_context(|| format!("cache {}", config.dir.display())),
+        }
+    }
 }
 
 struct Daemon {
     mountpoint: PathBuf,
     store_addr: String,
     cache_dir: PathBuf,
+    generation: u64,
     vol: Arc<Volume>,
     store: Arc<CountingStore<Arc<dyn BlobStore>>>,
     fs: Arc<HydrateFs>,
@@ -73,13 +237,31 @@ struct Daemon {
 }
 
 impl Answer for Daemon {
+    fn metrics_extra(&self) -> String {
+        let latency = self.vol.engine().stats().latency;
+        crate::metrics_http::histogram(
+            "fetch_request_seconds",
+            "Latency of store requests.",
+            &latency,
+        )
+    }
+
     fn info(&self) -> Vec<(&'static str, String)> {
+        let (in_flight, oldest) = self.fs.in_flight().snapshot();
+        let cache = self.vol.cache().stats();
         vec![
             ("mountpoint", self.mountpoint.display().to_string()),
             ("image", self.vol.image().to_string()),
             ("store", self.store_addr.clone()),
             ("pid", std::process::id().to_string()),
             ("cache_dir", self.cache_dir.display().to_string()),
+            ("worker_generation", self.generation.to_string()),
+            ("requests_in_flight", in_flight.to_string()),
+            ("oldest_request_ms", oldest.as_millis().to_string()),
+            ("worker_open_handles", self.fs.open_handles().to_string()),
+            ("cache_used_bytes", cache.used_bytes.to_string()),
+            ("cache_quota_bytes", cache.quota_bytes.to_string()),
+            ("cache_files", cache.files.to_string()),
         ]
     }
 
@@ -126,12 +308,25 @@ impl Answer for Daemon {
             ("passthrough_opens", &a.passthrough_opens),
             ("cached_opens", &a.cached_opens),
             ("backing_open_failures", &a.backing_open_failures),
+            ("handles_rebuilt", &a.handles_rebuilt),
+            ("resent_opens_matched", &a.resent_opens_matched),
         ] {
             out.push(counter(
                 "fuse",
                 (name, v.load(std::sync::atomic::Ordering::Relaxed)),
             ));
         }
+        let (in_flight, oldest) = self.fs.in_flight().snapshot();
+        out.push(Metric {
+            name: "fuse_requests_in_flight".into(),
+            gauge: true,
+            value: in_flight as u64,
+        });
+        out.push(Metric {
+            name: "fuse_oldest_request_ms".into(),
+            gauge: true,
+            value: oldest.as_millis() as u64,
+        });
         let c = self.vol.cache().stats();
         for (name, value, gauge) in [
             ("used_bytes", c.used_bytes, true),
@@ -150,155 +345,189 @@ impl Answer for Daemon {
     }
 }
 
-fn serve(args: MountArgs, ready: Arc<ReadyPipe>) -> Result<()> {
-    // Block the stop signals before any thread exists, so they all inherit the mask and only the signal thread
-    // (sigwait) receives them.
-    let mut stop_signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        stop_signals.add(s);
-    }
-    stop_signals
-        .thread_block()
-        .context("blocking stop signals")?;
-    if args.ready_fd.is_some() {
-        nix::unistd::setsid().context("detaching the daemon from the terminal")?;
-    }
-    let mountpoint = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-    if !std::fs::metadata(&mountpoint)?.is_dir() {
-        bail!("mount point {} is not a directory", mountpoint.display());
-    }
-    let quota = parse_size(&args.cache_size).context("--cache-size")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("hydrate-io")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-
-    let inner =
-        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
-    let store = Arc::new(CountingStore::new(inner));
-    let image = rt
-        .block_on(hydrate_store::resolve(store.as_ref(), &args.image))
-        .with_context(|| format!("image {:?} in store {}", args.image, args.store))?;
-    let cache_dir = args
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/cache/hydrate").join(image.to_string()));
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cache directory {}", cache_dir.display()))?;
-    if args.ready_fd.is_some() {
-        redirect_stderr(
-            &args
-                .log_file
-                .clone()
-                .unwrap_or_else(|| cache_dir.join("daemon.log")),
-        )?;
-    }
-    let cache = DiskCache::open(CacheConfig {
+fn serve(
+    args: MountArgs,
+    prepared: Prepared,
+    generation: u64,
+    start: Start,
+    link: Arc<WorkerLink>,
+) -> Result<()> {
+    let Prepared {
+        rt,
+        store,
+        image,
+        cache_dir,
+        quota,
+        manifest,
+    } = prepared;
+    let mountpoint =
+        std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone());
+    let cache = open_cache(CacheConfig {
         dir: cache_dir.clone(),
         quota_bytes: quota,
         flush_interval: Duration::from_millis(200),
-    })
-    .with_context(|| format!("cache {}", cache_dir.display()))?;
-    let manifest = rt
-        .block_on(load_manifest(
-            store.as_ref(),
-            &image,
-            &cache_dir.join("manifests"),
-        ))
-        .with_context(|| format!("image {image} ({})", args.image))?;
-    let engine = FetchEngine::new(store.clone() as Arc<dyn BlobStore>, FetchConfig::default());
-    let vol = Arc::new(Volume::new(
+    })?;
+    let (fetch_config, _) = crate::fetch_opts::from_args(&args)?;
+    let engine = FetchEngine::new(store.clone() as Arc<dyn BlobStore>, fetch_config);
+    let mut vol = Volume::new(
         image,
         manifest,
         cache.clone(),
         engine,
         rt.handle().clone(),
-        VolumeConfig::default(),
-    ));
-
-    let opts = MountOptions {
-        fsname: format!("hydrate:{}", args.image),
-        subtype: "hydrate".into(),
-        read_only: true,
-        allow_other: !args.private,
-        default_permissions: true,
-    };
-    let dev = hydrate_fuse_transport::mount(&mountpoint, &opts)
-        .with_context(|| format!("mounting on {}", mountpoint.display()))?;
-    let fs = Arc::new(HydrateFs::new(
-        Arc::clone(&vol),
-        dev.try_clone().context("cloning the FUSE descriptor")?,
-        !args.no_passthrough,
-    ));
-    {
-        let ready = Arc::clone(&ready);
-        fs.on_init(move |_| ready.send("ready"));
-    }
-    let session = Session::new(
-        dev,
-        SessionConfig {
-            threads: args.threads as usize,
-            want_passthrough: !args.no_passthrough,
-            ..SessionConfig::default()
-        },
+        volume_config(&args)?,
     );
+    // A trace needs every read in user space: passthrough reads never reach the daemon.
+    let passthrough = !args.no_passthrough && args.record_trace.is_none();
+    if let Some(path) = &args.record_trace {
+        let recorder = Arc::new(trace_recorder(path, &vol, &start.state));
+        vol = vol.with_trace(recorder);
+    }
+    let vol = Arc::new(vol);
+    if let Some(path) = &args.record_trace {
+        vol.spawn_trace_writer(path.clone(), Duration::from_secs(2));
+    }
+    if vol.start_plan().is_some() {
+        tracing::info!(
+            entries = vol.manifest().prefetch().len(),
+            "replaying the image's prefetch plan in the background"
+        );
+    }
+    let dev = FuseDev::from_fd(start.dev);
+    let fs = Arc::new(
+        HydrateFs::new(
+            Arc::clone(&vol),
+            dev.try_clone().context("cloning the FUSE descriptor")?,
+            passthrough,
+        )
+        .with_journal(Arc::new(LinkJournal(Arc::clone(&link))))
+        .with_restored(&restored_io(&start.state)),
+    );
+    let config = SessionConfig {
+        threads: args.threads as usize,
+        want_passthrough: passthrough,
+        ..SessionConfig::default()
+    };
+    let resumed = match &start.state.negotiated {
+        Some(bytes) => Some(Negotiated::from_bytes(bytes).context("negotiated state")?),
+        None => None,
+    };
+    {
+        let link = Arc::clone(&link);
+        fs.on_init(move |negotiated| {
+            if resumed.is_none() {
+                let _ = link.event(&Event::Negotiated(negotiated.to_bytes()));
+            }
+            let _ = link.serving();
+        });
+    }
+    let session = match resumed {
+        Some(negotiated) => Session::resume(dev, config, negotiated),
+        None => Session::new(dev, config),
+    };
     let daemon = Arc::new(Daemon {
         mountpoint: mountpoint.clone(),
         store_addr: args.store.clone(),
         cache_dir: cache_dir.clone(),
+        generation,
         vol: Arc::clone(&vol),
         store,
         fs: Arc::clone(&fs),
         ops: session.stats(),
     });
-    let socket = match control::serve(&mountpoint, daemon) {
+    if let Some(addr) = &args.metrics {
+        // Scrapes get what `hydrate status --metrics` prints: the supervisor's merged answer, else ours.
+        let (answer, mp): (Arc<dyn Answer>, PathBuf) = (daemon.clone(), mountpoint.clone());
+        crate::metrics_http::spawn(
+            crate::metrics_http::parse_addr(addr)?,
+            Arc::new(move || {
+                control::request(&mp, "metrics").unwrap_or_else(|_| {
+                    control::prometheus(&answer.metrics()) + &answer.metrics_extra()
+                })
+            }),
+        )?;
+    }
+    let socket_path = control::worker_socket_path(&mountpoint, generation);
+    let socket = match control::serve_at(&socket_path, &mountpoint, daemon) {
         Ok(path) => Some(path),
         Err(error) => {
-            tracing::warn!(error = %format!("{error:#}"), "control socket unavailable; status and umount waiting will not work");
+            tracing::warn!(error = %format!("{error:#}"), "worker control socket unavailable; status will be partial");
             None
         }
     };
-    spawn_signal_thread(stop_signals, mountpoint.clone())?;
-    tracing::info!(image = %image, mountpoint = %mountpoint.display(), "serving");
-    let served = session.run(fs);
+    spawn_link_thread(Arc::clone(&link), session.stop_handle())?;
+    tracing::info!(image = %image, generation, resumed = resumed.is_some(), mountpoint = %mountpoint.display(), "serving");
+    let served = session.serve(fs);
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
     }
     if let Err(error) = cache.flush() {
         tracing::error!(%error, "flushing the cache at exit failed; recently fetched data will be fetched again");
     }
-    served.with_context(|| format!("serving {}", mountpoint.display()))?;
-    tracing::info!(mountpoint = %mountpoint.display(), "unmounted; exiting");
+    if let Some(path) = &args.record_trace {
+        match vol.save_trace(path) {
+            Ok(()) => tracing::info!(trace = %path.display(), "access trace written"),
+            Err(error) => tracing::error!(%error, "writing the access trace at exit failed"),
+        }
+    }
+    match served.with_context(|| format!("serving {}", mountpoint.display()))? {
+        SessionEnd::Stopped { .. } => {
+            tracing::info!(generation, "stopped for a hand-over; exiting")
+        }
+        SessionEnd::Unmounted => {
+            tracing::info!(mountpoint = %mountpoint.display(), "unmounted; exiting")
+        }
+    }
     Ok(())
 }
 
-/// On a stop signal, detach the mount: the kernel ends the connection once the last user is gone, the session
-/// returns, and the daemon flushes its cache and exits.
-fn spawn_signal_thread(signals: SigSet, mountpoint: PathBuf) -> Result<()> {
+/// The core's read-path tuning from the mount options.
+fn volume_config(args: &MountArgs) -> Result<VolumeConfig> {
+    let defaults = VolumeConfig::default();
+    let readahead_max = parse_size(&args.readahead).context("--readahead")?;
+    Ok(VolumeConfig {
+        readahead_min: defaults.readahead_min.min(readahead_max),
+        readahead_max,
+        replay_plan: !args.no_prefetch,
+        dir_prefetch_file_max: parse_size(&args.dir_prefetch).context("--dir-prefetch")?,
+        ..defaults
+    })
+}
+
+/// The recorder of `--record-trace`: a worker that takes over a running mount continues its predecessor's
+/// trace (the file it left); the first worker of a mount starts a new one.
+fn trace_recorder(path: &Path, vol: &Volume, state: &HandoverState) -> TraceRecorder {
+    if state.negotiated.is_some() && path.exists() {
+        match hydrate_core::read_trace(path) {
+            Ok(trace) => return TraceRecorder::continuing(&trace, vol.manifest()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot continue the previous worker's trace; starting a new one")
+            }
+        }
+    }
+    TraceRecorder::new()
+}
+
+/// Waits for the supervisor: a `Stop` stops the session for a hand-over; a closed link means the supervisor is
+/// gone, and this worker exits at once so the connection does not outlive it.
+fn spawn_link_thread(link: Arc<WorkerLink>, stop: StopHandle) -> Result<()> {
     std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            match signals.wait() {
-                Ok(signal) => {
-                    tracing::info!(?signal, "stop signal: unmounting");
-                    if let Err(error) = hydrate_fuse_transport::unmount(&mountpoint, true) {
-                        tracing::error!(%error, mountpoint = %mountpoint.display(), "unmount on signal failed");
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "waiting for signals failed");
-                    return;
-                }
+        .name("supervisor-link".into())
+        .spawn(move || match link.wait_for_stop() {
+            Ok(()) => {
+                tracing::info!("supervisor asked for a hand-over; finishing requests in hand");
+                stop.stop();
+            }
+            Err(error) => {
+                tracing::error!(%error, "supervisor gone; exiting so the kernel ends the connection");
+                std::process::exit(2);
             }
         })
-        .context("starting the signal thread")?;
+        .context("starting the supervisor link thread")?;
     Ok(())
 }
 
-fn redirect_stderr(log: &Path) -> Result<()> {
+pub fn redirect_stderr(log: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("log directory {}", dir.display()))?;

@@ -6,24 +6,32 @@
 
 mod cli;
 mod cmd_build;
+mod cmd_hsm;
 mod cmd_inspect;
 mod cmd_mount;
+mod cmd_push;
 mod control;
 mod daemon;
+mod fetch_opts;
+mod metrics_http;
+mod supervise;
 mod units;
 
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let mut args = cli::Args::parse();
     init_logging(args.verbose);
-    let result = match args.command {
-        cli::Command::Build(a) => cmd_build::run(a),
-        cli::Command::Mount(a) => cmd_mount::run(a),
-        cli::Command::Umount(a) => cmd_mount::umount(a),
-        cli::Command::Inspect(a) => cmd_inspect::run(a),
-        cli::Command::Status(a) => control::status(a),
+    if matches!(
+        args.command,
+        cli::Command::Status(_) | cli::Command::Inspect(_)
+    ) {
+        restore_sigpipe();
+    }
+    let result = match args.command.fill_default_image() {
+        Err(err) => Err(err),
+        Ok(()) => run(args.command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,6 +39,22 @@ fn main() -> ExitCode {
             eprintln!("hydrate: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run(command: cli::Command) -> anyhow::Result<()> {
+    match command {
+        cli::Command::Build(a) => cmd_build::run(a),
+        cli::Command::Mount(a) => cmd_mount::run(a),
+        cli::Command::Umount(a) => cmd_mount::umount(a),
+        cli::Command::Inspect(a) => cmd_inspect::run(a),
+        cli::Command::AttachTrace(a) => cmd_build::attach_trace(a),
+        cli::Command::Status(a) => control::status(a),
+        cli::Command::Push(a) => cmd_push::run(a),
+        cli::Command::Upgrade(a) => supervise::upgrade(a),
+        cli::Command::Abort(a) => supervise::abort(a),
+        cli::Command::Worker(a) => daemon::run_worker(a),
+        cli::Command::Hsm(a) => cmd_hsm::run(a),
     }
 }
 
@@ -50,4 +74,14 @@ fn init_logging(verbose: u8) {
         // The background daemon's stderr is its log file: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Reporting commands end quietly when their reader goes away (`hydrate status | head`), like other Unix tools;
+/// the Rust runtime ignores SIGPIPE, which would turn that into a panic on the next print. Daemons keep ignoring
+/// it: a client hanging up on the control socket must never kill a mount.
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called once at start, before any thread exists; SIG_DFL installs no handler code.
+    #[allow(unsafe_code)]
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
