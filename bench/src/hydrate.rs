@@ -1,0 +1,380 @@
+//! Driving the `hydrate` binary exactly as a user would: `build`, `mount`, `status --metrics`, `umount`.
+//!
+//! A [`Mounted`] guard unmounts on drop whatever happened (error, Ctrl-C), first with `hydrate umount`, then
+//! lazily; the daemon is waited for by its pid (never looked up or killed by name), so its cache directory is
+//! free when the work directory is removed.
+
+use crate::cancel;
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub struct Hydrate {
+    bin: PathBuf,
+    version: String,
+}
+
+/// Outcome of `hydrate build`.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The manifest digest (image identity), from the first line of the summary.
+    pub image: String,
+    pub secs: f64,
+    pub summary: String,
+}
+
+impl Hydrate {
+    pub fn new(bin: PathBuf) -> Result<Self> {
+        let mut h = Hydrate {
+            bin,
+            version: String::new(),
+        };
+        h.version = h
+            .run(&["--version".as_ref()])
+            .with_context(|| format!("the hydrate binary {} does not run", h.bin.display()))?
+            .trim()
+            .to_owned();
+        eprintln!("using {} ({})", h.bin.display(), h.version);
+        Ok(h)
+    }
+
+    /// What `hydrate --version` printed.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn output(&self, args: &[&OsStr]) -> Result<Output> {
+        Command::new(&self.bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.bin.display()))
+    }
+
+    /// Runs hydrate and returns its stdout; a failure carries the command line and stderr.
+    pub fn run(&self, args: &[&OsStr]) -> Result<String> {
+        let out = self.output(args)?;
+        if !out.status.success() {
+            bail!(
+                "hydrate {} failed ({}): {}",
+                args.iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8(out.stdout).context("hydrate printed non-UTF-8 output")
+    }
+
+    pub fn build(&self, source: &Path, store: &Path, tag: &str) -> Result<Built> {
+        let started = Instant::now();
+        let summary = self.run(&[
+            "build".as_ref(),
+            source.as_os_str(),
+            "--store".as_ref(),
+            store.as_os_str(),
+            "--tag".as_ref(),
+            tag.as_ref(),
+        ])?;
+        let secs = started.elapsed().as_secs_f64();
+        let image = summary
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix(tag))
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| anyhow!("unexpected `hydrate build` summary: {summary:?}"))?;
+        Ok(Built {
+            image,
+            secs,
+            summary,
+        })
+    }
+
+    /// Mounts `image` and returns once the mount serves (that is when `hydrate mount` returns).
+    pub fn mount(
+        &self,
+        store: &Path,
+        image: &str,
+        mountpoint: &Path,
+        cache: &Path,
+        extra: &[&str],
+    ) -> Result<Mounted<'_>> {
+        std::fs::create_dir_all(mountpoint)
+            .with_context(|| format!("creating {}", mountpoint.display()))?;
+        let mut args: Vec<&OsStr> = vec![
+            "mount".as_ref(),
+            "--store".as_ref(),
+            store.as_os_str(),
+            image.as_ref(),
+            mountpoint.as_os_str(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        let started = Instant::now();
+        self.run(&args)?;
+        let ready_secs = started.elapsed().as_secs_f64();
+        let mountpoint = std::fs::canonicalize(mountpoint)
+            .with_context(|| format!("{}", mountpoint.display()))?;
+        let mut mounted = Mounted {
+            hydrate: self,
+            mountpoint,
+            pid: None,
+            ready_secs,
+            released: false,
+        };
+        // From here on the guard unmounts, even if asking for the pid fails.
+        let info = self.run(&["status".as_ref(), mounted.mountpoint.as_os_str()])?;
+        mounted.pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.trim().parse().ok());
+        if mounted.pid.is_none() {
+            bail!(
+                "`hydrate status` shows no pid for {}: {info:?}",
+                mounted.mountpoint.display()
+            );
+        }
+        Ok(mounted)
+    }
+}
+
+/// A running mount; unmounted by [`Mounted::unmount`] or, failing that, on drop.
+pub struct Mounted<'a> {
+    hydrate: &'a Hydrate,
+    pub mountpoint: PathBuf,
+    pid: Option<i32>,
+    /// How long `hydrate mount` took to return (the mount is usable from then on).
+    pub ready_secs: f64,
+    released: bool,
+}
+
+/// The daemon's counters by Prometheus name without the `hydrate_` prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(pub HashMap<String, u64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        Metrics(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    // Lower case: per-opcode names have been spelled both ways (READ, read).
+                    let name = k.strip_prefix("hydrate_")?.to_ascii_lowercase();
+                    Some((name, v.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// A counter the benchmark cannot do without.
+    pub fn require(&self, name: &str) -> Result<u64> {
+        self.0
+            .get(name)
+            .copied()
+            .ok_or_else(|| anyhow!("the daemon exports no metric hydrate_{name}"))
+    }
+
+    /// Increase of a counter the benchmark cannot do without; a counter that went down (a restarted daemon)
+    /// is an error rather than a silently wrong figure.
+    pub fn require_since(&self, before: &Metrics, name: &str) -> Result<u64> {
+        let (now, then) = (self.require(name)?, before.require(name)?);
+        now.checked_sub(then)
+            .ok_or_else(|| anyhow!("metric hydrate_{name} went down from {then} to {now}"))
+    }
+}
+
+impl Mounted<'_> {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        let text = self.hydrate.run(&[
+            "status".as_ref(),
+            "--metrics".as_ref(),
+            self.mountpoint.as_os_str(),
+        ])?;
+        Ok(Metrics::parse(&text))
+    }
+
+    /// Unmounts and waits for the daemon; an error still leaves nothing mounted (lazy detach as a fallback).
+    pub fn unmount(mut self) -> Result<()> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        let mp = self.mountpoint.as_os_str();
+        let first = match self.hydrate.output(&["umount".as_ref(), mp]) {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
+        eprintln!(
+            "hydrate umount {} failed ({first}); detaching lazily",
+            self.mountpoint.display()
+        );
+        let lazy = self
+            .hydrate
+            .output(&["umount".as_ref(), "--lazy".as_ref(), mp]);
+        if !lazy.is_ok_and(|o| o.status.success()) {
+            if let Err(errno) =
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+            {
+                eprintln!(
+                    "lazy umount of {} failed too: {errno}",
+                    self.mountpoint.display()
+                );
+            }
+        }
+        if let Some(pid) = self.pid {
+            wait_for_exit(pid, Duration::from_secs(15));
+        }
+        Err(anyhow!(
+            "unmounting {} failed: {first}",
+            self.mountpoint.display()
+        ))
+    }
+}
+
+/// Waits for the daemon `pid`; if it lingers, asks it to stop with SIGTERM (its clean shutdown path) and waits
+/// again. Only this pid is ever signalled.
+fn wait_for_exit(pid: i32, patience: Duration) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let alive = || nix::sys::signal::kill(pid, None).is_ok();
+    for signal in [None, Some(nix::sys::signal::Signal::SIGTERM)] {
+        if let Some(signal) = signal {
+            eprintln!("daemon {pid} still runs after its mount was detached; sending {signal:?}");
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+        let deadline = Instant::now() + patience;
+        while alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !alive() {
+            return;
+        }
+    }
+    eprintln!("daemon {pid} did not exit; leaving it");
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.release() {
+            eprintln!("cleanup: {error:#}");
+        }
+    }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo, whose paths escape space, tab, newline and
+/// backslash as octal).
+pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect())
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls until `hydrate mount`'s cache holds `path` completely, judged by the mount offering passthrough: opens
+/// the file (which counts a passthrough open when complete) until the counter moves or `patience` runs out.
+/// Returns whether passthrough was seen.
+pub fn await_passthrough(mount: &Mounted<'_>, rel: &str, patience: Duration) -> Result<bool> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let before = mount.metrics()?;
+        drop(
+            std::fs::File::open(mount.path(rel))
+                .with_context(|| format!("opening {rel} in the mount"))?,
+        );
+        if mount
+            .metrics()?
+            .require_since(&before, "fuse_passthrough_opens")?
+            > 0
+        {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        cancel::sleep(Duration::from_millis(200))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let text = "# TYPE hydrate_store_bytes_read counter\nhydrate_store_bytes_read 4096\nhydrate_fuse_requests_READ 3\n\
+                    # TYPE hydrate_cache_used_bytes gauge\nhydrate_cache_used_bytes 12\nother_metric 5\nhydrate_bad x\n";
+        let m = Metrics::parse(text);
+        assert_eq!(m.require("store_bytes_read").unwrap(), 4096);
+        assert_eq!(m.require("cache_used_bytes").unwrap(), 12);
+        assert_eq!(m.require("fuse_requests_read").unwrap(), 3);
+        assert_eq!(m.0.len(), 3, "{m:?}");
+        assert!(m.require("other_metric").is_err());
+        let later = Metrics::parse("hydrate_store_bytes_read 10000\n");
+        assert_eq!(
+            later.require_since(&m, "store_bytes_read").unwrap(),
+            10000 - 4096
+        );
+        assert!(m.require_since(&later, "store_bytes_read").is_err());
+        assert!(later.require_since(&m, "cache_used_bytes").is_err());
+    }
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(
+            unescape_mountinfo(r"/var/tmp/a\040b\134c"),
+            "/var/tmp/a b\\c"
+        );
+        assert_eq!(unescape_mountinfo(r"/plain\"), "/plain\\");
+        assert_eq!(unescape_mountinfo(r"/x\09"), r"/x\09");
+    }
+
+    #[test]
+    fn finds_the_root_mount_only_under_root() {
+        assert!(mounts_under(Path::new("/"))
+            .unwrap()
+            .contains(&PathBuf::from("/")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(mounts_under(dir.path()).unwrap().is_empty());
+    }
+}
