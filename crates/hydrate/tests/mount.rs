@@ -6,29 +6,7 @@ use common::*;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::Builder::new()
-            .prefix("hydrate-test")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        Env { _tmp: tmp, root }
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-    fn s(&self, rel: &str) -> String {
-        self.p(rel).to_str().unwrap().to_owned()
-    }
-}
+use std::path::Path;
 
 fn build(src: &Path, store: &Path, tag: &str) -> String {
     hydrate_ok(&[
@@ -63,7 +41,7 @@ fn chunk_map(store: &Path, image: &str, path: &str) -> Vec<(u64, u64, u64, Strin
 
 #[test]
 fn whole_tree_is_exact_lazy_cached_and_passed_through() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     let (src, store) = (env.p("src"), env.p("store"));
     let big_len = (1u64 << 30) + 12_345;
     make_tree(
@@ -125,7 +103,7 @@ fn whole_tree_is_exact_lazy_cached_and_passed_through() {
 
 #[test]
 fn corrupt_blob_fails_only_the_affected_chunk() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     let (src, store) = (env.p("src"), env.p("store"));
     fs::create_dir_all(&src).unwrap();
     write_random(&src.join("data"), 3 << 20, 99);
@@ -204,7 +182,7 @@ fn corrupt_blob_fails_only_the_affected_chunk() {
 
 #[test]
 fn damaged_manifests_are_refused_at_mount() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     let (src, store) = (env.p("src"), env.p("store"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"content").unwrap();
@@ -237,7 +215,7 @@ fn damaged_manifests_are_refused_at_mount() {
 
 #[test]
 fn bad_arguments_get_clear_errors() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     fs::create_dir_all(env.p("src")).unwrap();
     fs::write(env.p("src/f"), b"x").unwrap();
     fs::write(env.p("file"), b"x").unwrap();
@@ -290,7 +268,7 @@ fn bad_arguments_get_clear_errors() {
 
 #[test]
 fn cache_stays_within_quota() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     let (src, store) = (env.p("src"), env.p("store"));
     fs::create_dir_all(&src).unwrap();
     for i in 0..12 {
@@ -327,7 +305,7 @@ fn cache_stays_within_quota() {
 
 #[test]
 fn killed_daemon_leaves_a_consistent_cache() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     let (src, store) = (env.p("src"), env.p("store"));
     fs::create_dir_all(&src).unwrap();
     write_random(&src.join("big"), 64 << 20, 5);
@@ -362,7 +340,7 @@ fn killed_daemon_leaves_a_consistent_cache() {
 
 #[test]
 fn sigterm_unmounts_cleanly() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     fs::create_dir_all(env.p("src")).unwrap();
     fs::write(env.p("src/f"), b"x").unwrap();
     build(&env.p("src"), &env.p("store"), "t:1");
@@ -383,7 +361,7 @@ fn sigterm_unmounts_cleanly() {
 
 #[test]
 fn builds_are_reproducible_and_dedup_across_images() {
-    let env = Env::new();
+    let env = Scratch::new("hydrate-test");
     // Two copies of one tree created in different orders build to the same image digest in separate stores.
     for (dir, order) in [("one", [0, 1, 2, 3]), ("two", [3, 1, 0, 2])] {
         let root = env.p(dir);

@@ -18,25 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::Builder::new()
-            .prefix("hydrate-remote")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let root = tmp.path().to_path_buf();
-        Env { _tmp: tmp, root }
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-}
-
 fn build_into(src: &Path, store: &str, tag: &str) {
     hydrate_ok(&[
         "build",
@@ -50,7 +31,7 @@ fn build_into(src: &Path, store: &str, tag: &str) {
     ]);
 }
 
-fn mount(env: &Env, store: &str, tag: &str, name: &str, extra: &[&str]) -> Mount {
+fn mount(env: &Scratch, store: &str, tag: &str, name: &str, extra: &[&str]) -> Mount {
     Mount::new(
         Path::new(store),
         tag,
@@ -83,7 +64,7 @@ fn garage_build_mount_and_compare_every_byte() {
         return;
     };
     let garage = Garage::start(&bin).unwrap();
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     make_tree(
         &src,
@@ -111,7 +92,7 @@ fn garage_cluster_loses_a_node_during_reads_and_no_read_fails() {
         return;
     };
     let mut garage = Garage::start_cluster(&bin, 3, 3).unwrap();
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     fs::create_dir_all(&src).unwrap();
     let len = 96u64 << 20;
@@ -168,7 +149,7 @@ fn nginx_serves_a_local_store_directory_as_a_read_only_http_store() {
     ) else {
         return;
     };
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     make_tree(
         &src,
@@ -232,14 +213,14 @@ struct FaultBench {
     proxy: FaultProxy,
     mount: Mount,
     src: PathBuf,
-    _env: Env,
+    _env: Scratch,
 }
 
 const DEADLINE: Duration = Duration::from_secs(4);
 
 fn fault_bench(test: &str) -> Option<FaultBench> {
     let nginx_bin = require_binary("nginx", test)?;
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     fs::create_dir_all(&src).unwrap();
     for (i, len) in [24u64 << 20, 24 << 20, 24 << 20, 8 << 20]
@@ -408,7 +389,7 @@ fn garage_behind_a_faulty_proxy_returns_exact_bytes() {
         return;
     };
     let garage = Garage::start(&bin).unwrap();
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     fs::create_dir_all(&src).unwrap();
     write_random(&src.join("data"), 32 << 20, 11);
@@ -460,7 +441,7 @@ fn garage_cold_small_reads_with_and_without_request_widening() {
         return;
     };
     let garage = Garage::start(&bin).unwrap();
-    let env = Env::new();
+    let env = Scratch::new("hydrate-remote");
     let src = env.p("src");
     fs::create_dir_all(&src).unwrap();
     let len = 64u64 << 20;

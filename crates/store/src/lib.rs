@@ -126,6 +126,24 @@ pub fn open_store_with(
     Ok(Arc::new(LocalStore::open(Path::new(addr))?))
 }
 
+/// Validates a requested range for every backend: a reversed range is a permanent error naming the object;
+/// `Ok(true)` means the range is empty and the backend can answer with no request at all.
+pub(crate) fn is_empty_range(
+    store: &str,
+    key: &str,
+    range: &Range<u64>,
+) -> Result<bool, StoreError> {
+    if range.start > range.end {
+        return Err(StoreError::new(
+            ErrorKind::Permanent,
+            store,
+            key,
+            format!("invalid range {}..{}", range.start, range.end),
+        ));
+    }
+    Ok(range.is_empty())
+}
+
 /// Checks that a ranged read returned exactly the requested length; backends call this so
 /// that a short read never reaches a caller as if it were the whole range.
 pub(crate) fn check_range_len(

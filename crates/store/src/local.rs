@@ -116,15 +116,7 @@ impl BlobStore for LocalStore {
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if range.start > range.end {
-            return Err(StoreError::new(
-                ErrorKind::Permanent,
-                &self.description,
-                key,
-                format!("invalid range {}..{}", range.start, range.end),
-            ));
-        }
-        if range.is_empty() {
+        if crate::is_empty_range(&self.description, key, &range)? {
             return Ok(Bytes::new());
         }
         let path = self.parse_key(key)?;

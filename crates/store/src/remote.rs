@@ -177,15 +177,7 @@ impl RemoteObjects {
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if range.start > range.end {
-            return Err(StoreError::new(
-                ErrorKind::Permanent,
-                &self.description,
-                key,
-                format!("invalid range {}..{}", range.start, range.end),
-            ));
-        }
-        if range.is_empty() {
+        if crate::is_empty_range(&self.description, key, &range)? {
             return Ok(Bytes::new());
         }
         let path = self.location(key)?;

@@ -439,3 +439,29 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
     let mp = mountpoint.to_str().unwrap();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(mp))
 }
+
+/// A scratch directory under /var/tmp (ext4 here: the cache and passthrough need a real filesystem), removed when
+/// the test ends, also on failure.
+pub struct Scratch {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        Scratch { _tmp: tmp, root }
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn s(&self, rel: &str) -> String {
+        self.p(rel).to_str().unwrap().to_owned()
+    }
+}

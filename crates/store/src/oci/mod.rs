@@ -390,15 +390,7 @@ impl BlobStore for OciStore {
             let data = self.get(key).await?;
             return slice(&self.description, key, data, range);
         };
-        if range.start > range.end {
-            return Err(StoreError::new(
-                ErrorKind::Permanent,
-                &self.description,
-                key,
-                format!("invalid range {}..{}", range.start, range.end),
-            ));
-        }
-        if range.is_empty() {
+        if crate::is_empty_range(&self.description, key, &range)? {
             return Ok(Bytes::new());
         }
         let at = self
