@@ -14,13 +14,13 @@ use bytes::Bytes;
 use object_store::http::HttpBuilder;
 
 use crate::error::{ErrorKind, StoreError};
-use crate::remote::{Access, RemoteObjects, RemoteOptions};
+use crate::remote::{Access, ObjectKeys, RemoteOptions};
 use crate::BlobStore;
 
 /// A read-only store under a base URL.
 #[derive(Debug)]
 pub struct HttpStore {
-    objects: RemoteObjects,
+    objects: ObjectKeys,
 }
 
 impl HttpStore {
@@ -57,7 +57,7 @@ impl HttpStore {
                     .with_cause(e)
             })?;
         Ok(HttpStore {
-            objects: RemoteObjects::new(Arc::new(inner), "", base.to_owned(), Access::ReadOnly),
+            objects: ObjectKeys::new(Arc::new(inner), "", base.to_owned(), Access::ReadOnly),
         })
     }
 }

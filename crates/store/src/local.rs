@@ -4,27 +4,27 @@
 //! backends use), configured to fsync: a `put` writes a staging file, fsyncs it, renames it
 //! into place and fsyncs the directory, so an object is visible whole or not at all and
 //! survives a crash once `put` returns. Keys are parsed with `Path::parse`, which never
-//! escapes characters, so key `blobs/<hex>` is exactly the file `ROOT/blobs/<hex>`.
+//! escapes characters, so key `blobs/<hex>` is exactly the file `ROOT/blobs/<hex>`. Key mapping
+//! and every operation are the shared [`ObjectKeys`] of the `object_store` backends.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{ErrorKind, StoreError};
-use crate::objstore::map_error;
+use crate::remote::{Access, ObjectKeys};
 use crate::BlobStore;
 
 /// A store kept in a local directory.
 #[derive(Debug)]
 pub struct LocalStore {
-    inner: LocalFileSystem,
+    objects: ObjectKeys,
+    /// The same client as `objects` uses, kept concrete to map keys to files.
+    fs: Arc<LocalFileSystem>,
     root: PathBuf,
-    description: String,
 }
 
 impl LocalStore {
@@ -44,7 +44,7 @@ impl LocalStore {
             StoreError::new(ErrorKind::Permanent, &description, "", "resolve store path")
                 .with_cause(e)
         })?;
-        let inner = LocalFileSystem::new_with_prefix(&root)
+        let fs = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| {
                 StoreError::new(
                     ErrorKind::Permanent,
@@ -55,12 +55,11 @@ impl LocalStore {
                 .with_cause(e)
             })?
             .with_fsync(true);
+        let fs = Arc::new(fs);
         let description = format!("local:{}", root.display());
-        Ok(LocalStore {
-            inner,
-            root,
-            description,
-        })
+        let objects = ObjectKeys::new(fs.clone(), "", description, Access::ReadWrite)
+            .with_unplaced_errors(ErrorKind::Permanent);
+        Ok(LocalStore { objects, fs, root })
     }
 
     /// The canonical directory the store lives in.
@@ -70,118 +69,37 @@ impl LocalStore {
 
     /// The file that holds `key` (whether or not it exists).
     pub fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let path = self.parse_key(key)?;
-        self.inner
+        let path = self.objects.location(key)?;
+        self.fs
             .path_to_filesystem(&path)
-            .map_err(|e| self.err(key, "map key to file", e))
-    }
-
-    fn parse_key(&self, key: &str) -> Result<ObjectPath, StoreError> {
-        let path = ObjectPath::parse(key).map_err(|e| {
-            StoreError::new(ErrorKind::Permanent, &self.description, key, "invalid key")
-                .with_cause(e)
-        })?;
-        if path.as_ref() != key {
-            // A leading or trailing '/' would be silently dropped; refuse rather than alias.
-            return Err(StoreError::new(
-                ErrorKind::Permanent,
-                &self.description,
-                key,
-                "invalid key: leading or trailing '/'",
-            ));
-        }
-        Ok(path)
-    }
-
-    fn err(&self, key: &str, context: &str, e: object_store::Error) -> StoreError {
-        // A local directory has no transient failures other than those its I/O errors show.
-        map_error(&self.description, key, context, e, ErrorKind::Permanent)
+            .map_err(|e| self.objects.err(key, "map key to file", e))
     }
 }
 
 #[async_trait::async_trait]
 impl BlobStore for LocalStore {
     fn describe(&self) -> String {
-        self.description.clone()
+        self.objects.describe().to_owned()
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let path = self.parse_key(key)?;
-        let result = self
-            .inner
-            .get(&path)
-            .await
-            .map_err(|e| self.err(key, "read", e))?;
-        result.bytes().await.map_err(|e| self.err(key, "read", e))
+        self.objects.get(key).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if crate::is_empty_range(&self.description, key, &range)? {
-            return Ok(Bytes::new());
-        }
-        let path = self.parse_key(key)?;
-        let context = || format!("read range {}..{}", range.start, range.end);
-        let data = self
-            .inner
-            .get_range(&path, range.clone())
-            .await
-            .map_err(|e| self.err(key, &context(), e))?;
-        crate::check_range_len(&self.description, key, &range, data)
+        self.objects.get_range(key, range).await
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        let path = self.parse_key(key)?;
-        self.inner
-            .put(&path, data.into())
-            .await
-            .map_err(|e| self.err(key, "write", e))?;
-        Ok(())
+        self.objects.put(key, data).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let path = self.parse_key(key)?;
-        match self.inner.head(&path).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(e) => {
-                let e = self.err(key, "stat", e);
-                if e.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        self.objects.head(key).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        // object_store lists whole path segments; list the directory holding the prefix and
-        // filter, so that a prefix like "blobs/ab" means what it says as a string.
-        let dir = match prefix.rfind('/') {
-            Some(i) => &prefix[..i],
-            None => "",
-        };
-        let dir_path = if dir.is_empty() {
-            None
-        } else {
-            Some(self.parse_key(dir)?)
-        };
-        let listed: Vec<_> = match self.inner.list(dir_path.as_ref()).try_collect().await {
-            Ok(listed) => listed,
-            Err(e) => {
-                let e = self.err(prefix, "list", e);
-                if e.is_not_found() {
-                    return Ok(Vec::new());
-                }
-                return Err(e);
-            }
-        };
-        let mut keys: Vec<String> = listed
-            .into_iter()
-            .map(|meta| meta.location.as_ref().to_owned())
-            .filter(|key| key.starts_with(prefix))
-            .collect();
-        keys.sort();
-        Ok(keys)
+        self.objects.list(prefix).await
     }
 }
 

@@ -1,6 +1,7 @@
-//! What the network backends ([`S3Store`](crate::S3Store), [`HttpStore`](crate::HttpStore))
-//! share: client tuning ([`RemoteOptions`]) and the mapping of hydrate keys onto an
-//! `object_store` client under an optional prefix.
+//! What the `object_store`-based backends share: client tuning of the network ones
+//! ([`S3Store`](crate::S3Store), [`HttpStore`](crate::HttpStore): [`RemoteOptions`]) and, for
+//! those and [`LocalStore`](crate::LocalStore), the mapping of hydrate keys onto an
+//! `object_store` client under an optional prefix ([`ObjectKeys`]).
 //!
 //! The fetch engine is the one place that decides about retries, deadlines and verification,
 //! so the HTTP client underneath is tuned to fail fast and visibly: a short connect timeout,
@@ -104,34 +105,45 @@ pub(crate) enum Access {
 
 /// Hydrate keys over an `object_store` client, under an optional prefix.
 #[derive(Debug)]
-pub(crate) struct RemoteObjects {
+pub(crate) struct ObjectKeys {
     inner: Arc<dyn ObjectStore>,
     /// `""` or a prefix without leading or trailing '/'.
     prefix: String,
     description: String,
     access: Access,
+    /// The kind of a failure the error mapping cannot place.
+    unplaced: ErrorKind,
 }
 
-impl RemoteObjects {
+impl ObjectKeys {
     pub fn new(
         inner: Arc<dyn ObjectStore>,
         prefix: &str,
         description: String,
         access: Access,
     ) -> Self {
-        RemoteObjects {
+        ObjectKeys {
             inner,
             prefix: prefix.trim_matches('/').to_owned(),
             description,
             access,
+            // Over a network, a failure the mapping cannot place is more likely transient.
+            unplaced: ErrorKind::Temporary,
         }
+    }
+
+    /// Classifies failures the mapping cannot place as `kind` (a local directory has no
+    /// transient failures other than those its I/O errors show).
+    pub fn with_unplaced_errors(mut self, kind: ErrorKind) -> Self {
+        self.unplaced = kind;
+        self
     }
 
     pub fn describe(&self) -> &str {
         &self.description
     }
 
-    fn location(&self, key: &str) -> Result<ObjectPath, StoreError> {
+    pub(crate) fn location(&self, key: &str) -> Result<ObjectPath, StoreError> {
         let full = if self.prefix.is_empty() {
             key.to_owned()
         } else {
@@ -152,9 +164,8 @@ impl RemoteObjects {
         Ok(path)
     }
 
-    fn err(&self, key: &str, context: &str, e: object_store::Error) -> StoreError {
-        // Over a network, a failure the mapping cannot place is more likely transient.
-        map_error(&self.description, key, context, e, ErrorKind::Temporary)
+    pub(crate) fn err(&self, key: &str, context: &str, e: object_store::Error) -> StoreError {
+        map_error(&self.description, key, context, e, self.unplaced)
     }
 
     fn read_only(&self, key: &str, what: &str) -> StoreError {
@@ -233,12 +244,17 @@ impl RemoteObjects {
             (false, true) => Some(ObjectPath::from(self.prefix.as_str())),
             (false, false) => Some(self.location(dir)?),
         };
-        let listed: Vec<_> = self
-            .inner
-            .list(under.as_ref())
-            .try_collect()
-            .await
-            .map_err(|e| self.err(prefix, "list", e))?;
+        let listed: Vec<_> = match self.inner.list(under.as_ref()).try_collect().await {
+            Ok(listed) => listed,
+            Err(e) => {
+                // A directory-backed store has no directory for a prefix nothing was stored under.
+                let e = self.err(prefix, "list", e);
+                if e.is_not_found() {
+                    return Ok(Vec::new());
+                }
+                return Err(e);
+            }
+        };
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {
@@ -264,8 +280,8 @@ mod tests {
     use super::*;
     use object_store::memory::InMemory;
 
-    fn objects(prefix: &str, access: Access) -> RemoteObjects {
-        RemoteObjects::new(
+    fn objects(prefix: &str, access: Access) -> ObjectKeys {
+        ObjectKeys::new(
             Arc::new(InMemory::new()),
             prefix,
             "mem://test".into(),

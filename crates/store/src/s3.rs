@@ -21,13 +21,13 @@ use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 
 use crate::error::{ErrorKind, StoreError};
-use crate::remote::{Access, RemoteObjects, RemoteOptions};
+use crate::remote::{Access, ObjectKeys, RemoteOptions};
 use crate::BlobStore;
 
 /// A store in an S3 bucket, under an optional key prefix.
 #[derive(Debug)]
 pub struct S3Store {
-    objects: RemoteObjects,
+    objects: ObjectKeys,
 }
 
 /// The parts of an `s3://` address.
@@ -169,7 +169,7 @@ impl S3Store {
                 .with_cause(e)
             })?;
         Ok(S3Store {
-            objects: RemoteObjects::new(
+            objects: ObjectKeys::new(
                 Arc::new(inner),
                 &address.prefix,
                 description,
