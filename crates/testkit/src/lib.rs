@@ -10,6 +10,7 @@
 //! - [`nginx`]: nginx serving a directory, or proxying to an upstream.
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, resets, stalls, truncation, bit flips, HTTP 500s).
 //! - `registry`: the OCI registry launcher (Debian `docker-registry`).
+//! - [`rng`]: deterministic, incompressible test data (also used by the benchmark).
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod garage;
 pub mod nginx;
 pub mod proxy;
 pub mod registry;
+pub mod rng;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
