@@ -15,6 +15,10 @@ pub enum FormatError {
     #[error("unsupported manifest version {found} (this build reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
 
+    /// An older format that this build no longer reads; the image must be built again.
+    #[error("manifest format version {found} is no longer supported, rebuild the image (this build reads version {supported})")]
+    RetiredVersion { found: u32, supported: u32 },
+
     #[error("manifest header: {detail}")]
     Header { detail: String },
 

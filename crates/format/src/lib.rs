@@ -3,16 +3,20 @@
 //! - [`ids`]: BLAKE3 digests and their role newtypes, inode numbers, kinds, attributes;
 //! - [`chunk`]: content-defined chunking parameters, chunk encoding and verified decoding;
 //! - [`records`]: the fixed little-endian record layouts of the manifest;
+//! - [`annotation`]: the sorted key → bytes annotations of an image, and the keys hydrate uses;
 //! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
 //! - [`writer`]: the tree model that produces deterministic manifest bytes;
 //! - [`trace`]: recorded access traces and the prefetch plans made from them.
 //!
-//! Manifest layout (version 1): a 152-byte header (magic `HYDRATEM`, version, flags, total length, and
-//! offset/length of eight sections), then the sections in order — blobs, chunks, file-chunks, inodes,
-//! dirents, strings, xattrs, prefetch — each starting on an 8-byte boundary, with zero padding.
+//! Manifest layout (version 2): a 168-byte header (magic `HYDRATEM`, version, flags, total length, and
+//! offset/length of nine sections), then the sections in order — blobs, chunks, file-chunks, inodes,
+//! dirents, strings, xattrs, annotations, prefetch — each starting on an 8-byte boundary, with zero padding.
+//! Prefetch is last so that replacing the prefetch plan rewrites only the tail of the file. Version 1 (no
+//! annotations section) is refused with [`FormatError::RetiredVersion`].
 
 #![forbid(unsafe_code)]
 
+pub mod annotation;
 pub mod chunk;
 pub mod error;
 pub mod ids;
@@ -22,6 +26,8 @@ pub mod trace;
 pub mod validate;
 pub mod writer;
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;
 

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 
+use crate::annotation;
 use crate::ids::{ContentId, Digest, FileKind, ImageId, Ino, InodeAttr};
 use crate::records::*;
 use crate::validate::{table, validate, SectionRanges};
@@ -235,6 +236,21 @@ impl<B: AsRef<[u8]>> Manifest<B> {
         table(self.section(Section::Blobs))
     }
 
+    /// The value of annotation `key`, borrowed from the manifest bytes.
+    pub fn annotation(&self, key: &str) -> Option<&[u8]> {
+        // Linear with an early stop: entries are sorted and few (at most `annotation::COUNT_MAX`), and their
+        // variable length rules out indexing for a binary search.
+        self.annotations()
+            .take_while(|&(k, _)| k <= key)
+            .find(|&(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// All annotations as (key, value), in key byte order, borrowed from the manifest bytes.
+    pub fn annotations(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        annotation::Entries::new(self.section(Section::Annotations))
+    }
+
     /// Prefetch hints (may be empty).
     pub fn prefetch(&self) -> &[PrefetchEntry] {
         table(self.section(Section::Prefetch))
@@ -250,11 +266,13 @@ impl<B: AsRef<[u8]>> Manifest<B> {
         Some(ino)
     }
 
-    /// The bytes of this manifest with its prefetch section replaced by `entries` (everything else byte for
-    /// byte the same, so every blob stays shared): a new, validated manifest and hence a new image identity.
+    /// The bytes of this manifest with its prefetch section replaced by `entries` (everything else, annotations
+    /// included, byte for byte the same, so every blob stays shared): a new, validated manifest and hence a
+    /// new image identity.
     pub fn with_prefetch(&self, entries: &[PrefetchEntry]) -> Result<Vec<u8>, FormatError> {
         use zerocopy::{FromBytes, IntoBytes};
         let buf = self.buf.as_ref();
+        // Prefetch is the last section, so everything before its start is kept as it is.
         let start = self.sections[Section::Prefetch as usize].start;
         let mut out = buf[..start].to_vec();
         out.extend_from_slice(entries.as_bytes());
@@ -268,8 +286,8 @@ impl<B: AsRef<[u8]>> Manifest<B> {
         Ok(out)
     }
 
-    /// Re-derives the invariants through the public accessors (every inode, entry, xattr, chunk and
-    /// prefetch hint) and reports the first inconsistency. `parse` already guarantees all of this; the check
+    /// Re-derives the invariants through the public accessors (every inode, entry, xattr, chunk, annotation
+    /// and prefetch hint) and reports the first inconsistency. `parse` already guarantees all of this; the check
     /// exists for tests, the fuzzer and offline diagnosis (`O(size · log)`).
     pub fn self_check(&self) -> Result<(), FormatError> {
         let bad = |detail: String| Err(FormatError::Tree { detail });
@@ -345,6 +363,25 @@ impl<B: AsRef<[u8]>> Manifest<B> {
                 }
                 _ => {}
             }
+        }
+        let mut prev: Option<&str> = None;
+        let mut annotations = 0usize;
+        for (key, value) in self.annotations() {
+            annotations += 1;
+            if prev.is_some_and(|p| p >= key)
+                || annotation::check_key(key.as_bytes()).is_err()
+                || value.len() > annotation::VALUE_MAX
+                || self.annotation(key) != Some(value)
+            {
+                return bad(format!(
+                    "annotation {}: invalid, unsorted or not found",
+                    annotation::show_key(key.as_bytes())
+                ));
+            }
+            prev = Some(key);
+        }
+        if annotations > annotation::COUNT_MAX {
+            return bad(format!("{annotations} annotations"));
         }
         for (i, p) in self.prefetch().iter().enumerate() {
             if self

@@ -14,11 +14,12 @@ use crate::ids::{BlobId, ChunkId, ContentId, Digest, Ino};
 /// "HYDRATE" + format marker byte.
 pub const MAGIC: [u8; 8] = *b"HYDRATEM";
 /// Bump whenever any byte of the encoding changes meaning (the golden test fails to remind you).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Number of sections listed in the header, in file order.
-pub const SECTION_COUNT: usize = 8;
+pub const SECTION_COUNT: usize = 9;
 
-/// The sections of a manifest, in the order they appear in the file.
+/// The sections of a manifest, in the order they appear in the file; the discriminant is the section's index in
+/// the header's table. Prefetch stays last: [`crate::Manifest::with_prefetch`] rewrites the file from its start.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Section {
     Blobs = 0,
@@ -28,7 +29,8 @@ pub enum Section {
     Dirents = 4,
     Strings = 5,
     Xattrs = 6,
-    Prefetch = 7,
+    Annotations = 7,
+    Prefetch = 8,
 }
 
 impl Section {
@@ -40,6 +42,7 @@ impl Section {
         Section::Dirents,
         Section::Strings,
         Section::Xattrs,
+        Section::Annotations,
         Section::Prefetch,
     ];
 
@@ -52,11 +55,12 @@ impl Section {
             Section::Dirents => "dirents",
             Section::Strings => "strings",
             Section::Xattrs => "xattrs",
+            Section::Annotations => "annotations",
             Section::Prefetch => "prefetch",
         }
     }
 
-    /// Size of one record; 1 for the string table (raw bytes).
+    /// Size of one record; 1 for the byte-granular string table and annotations.
     pub fn record_size(self) -> usize {
         match self {
             Section::Blobs => size_of::<BlobRecord>(),
@@ -66,6 +70,7 @@ impl Section {
             Section::Dirents => size_of::<DirentRecord>(),
             Section::Strings => 1,
             Section::Xattrs => size_of::<XattrRecord>(),
+            Section::Annotations => 1,
             Section::Prefetch => size_of::<PrefetchEntry>(),
         }
     }
@@ -341,7 +346,7 @@ mod tests {
     #[test]
     fn record_sizes_are_fixed_and_8_byte_multiples() {
         // These sizes are part of the format: changing one needs a version bump.
-        assert_eq!(HEADER_LEN, 152);
+        assert_eq!(HEADER_LEN, 168);
         assert_eq!(size_of::<BlobRecord>(), 40);
         assert_eq!(size_of::<ChunkRecord>(), 56);
         assert_eq!(size_of::<FileChunk>(), 16);
@@ -349,8 +354,11 @@ mod tests {
         assert_eq!(size_of::<DirentRecord>(), 24);
         assert_eq!(size_of::<XattrRecord>(), 24);
         assert_eq!(size_of::<PrefetchEntry>(), 24);
-        for s in Section::ALL {
-            assert_eq!(s.record_size() % 8 == 0, s != Section::Strings);
+        for (i, s) in Section::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i, "discriminant is the header index");
+            let bytes = matches!(s, Section::Strings | Section::Annotations);
+            assert_eq!(s.record_size() % 8 == 0, !bytes);
         }
+        assert_eq!(Section::ALL.last(), Some(&Section::Prefetch));
     }
 }

@@ -3,7 +3,8 @@
 //! A manifest comes from a store we do not control, so nothing is used before every rule below holds; after
 //! that, the accessors of [`crate::Manifest`] can index without further checks. Rules (each refusal names the
 //! section/inode/entry):
-//! - header: magic, version, no flags, total length equal to the buffer;
+//! - header: magic, version (older versions are reported as retired: rebuild the image), no flags, total
+//!   length equal to the buffer;
 //! - sections: in fixed order, 8-byte aligned, no overlap, no gaps beyond zero padding to the next 8-byte
 //!   boundary, within the buffer, lengths whole records;
 //! - chunks: blob index in range, `blob_offset + stored_len` inside the blob, `1 <= plain_len <= CHUNK_MAX`,
@@ -16,7 +17,9 @@
 //!   inode takes the next number), which makes a cycle impossible and is checked in one pass without a visited
 //!   set: each directory is reached exactly once from its recorded parent, hard links only to non-directories,
 //!   every inode reachable, names valid and strictly sorted, nlink equal to the number of entries (directories:
-//!   2 + subdirectories).
+//!   2 + subdirectories);
+//! - annotations: whole entries, keys valid and strictly sorted, values and entry count within limits (see
+//!   [`crate::annotation`]).
 //!
 //! Memory beyond the input: one hash map entry per extra hard link (each costs a 24-byte entry in the input).
 
@@ -25,6 +28,7 @@ use std::ops::Range;
 
 use zerocopy::FromBytes;
 
+use crate::annotation;
 use crate::chunk::CHUNK_MAX;
 use crate::ids::FileKind;
 use crate::records::*;
@@ -67,26 +71,39 @@ pub(crate) fn validate(buf: &[u8]) -> Result<SectionRanges, FormatError> {
     t.check_chunks()?;
     t.check_inodes()?;
     t.check_tree()?;
+    annotation::check_section(&buf[sections[Section::Annotations as usize].clone()])?;
     t.check_prefetch()?;
     Ok(sections)
 }
 
 fn validate_layout(buf: &[u8]) -> Result<SectionRanges, FormatError> {
-    let (header, _) = Header::read_from_prefix(buf).map_err(|_| FormatError::TooShort {
+    let too_short = || FormatError::TooShort {
         len: buf.len() as u64,
         need: HEADER_LEN as u64,
-    })?;
-    if header.magic != MAGIC {
-        return Err(FormatError::BadMagic {
-            found: header.magic,
-        });
+    };
+    // Magic and version are read before the rest of the header, whose size depends on the version, so an
+    // old manifest is reported as such even if it is shorter than this version's header.
+    let (magic, rest) = buf.split_first_chunk::<8>().ok_or_else(too_short)?;
+    let (version, _) = rest.split_first_chunk::<4>().ok_or_else(too_short)?;
+    if *magic != MAGIC {
+        return Err(FormatError::BadMagic { found: *magic });
     }
-    if header.version.get() != VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            found: header.version.get(),
-            supported: VERSION,
-        });
+    match u32::from_le_bytes(*version) {
+        VERSION => {}
+        found if found < VERSION => {
+            return Err(FormatError::RetiredVersion {
+                found,
+                supported: VERSION,
+            })
+        }
+        found => {
+            return Err(FormatError::UnsupportedVersion {
+                found,
+                supported: VERSION,
+            })
+        }
     }
+    let (header, _) = Header::read_from_prefix(buf).map_err(|_| too_short())?;
     if header.flags.get() != 0 {
         return Err(FormatError::Header {
             detail: format!("unknown flags {:#x}", header.flags.get()),
@@ -100,6 +117,7 @@ fn validate_layout(buf: &[u8]) -> Result<SectionRanges, FormatError> {
         });
     }
     let mut prev_end = HEADER_LEN as u64;
+    let mut prev_name = "header";
     let mut out: SectionRanges = Default::default();
     for (section, entry) in Section::ALL.iter().copied().zip(header.sections.iter()) {
         let (off, len) = (entry.offset.get(), entry.len.get());
@@ -133,10 +151,13 @@ fn validate_layout(buf: &[u8]) -> Result<SectionRanges, FormatError> {
             )));
         }
         if buf[prev_end as usize..off as usize].iter().any(|&b| b != 0) {
-            return Err(err("padding before the section is not zero".into()));
+            return Err(err(format!(
+                "padding between the {prev_name} and this section is not zero"
+            )));
         }
         out[section as usize] = off as usize..end as usize;
         prev_end = end;
+        prev_name = section.name();
     }
     if align8(prev_end) != total {
         return Err(FormatError::Header {

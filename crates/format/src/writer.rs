@@ -3,13 +3,15 @@
 //!
 //! Determinism is the point of this module: the bytes depend only on the tree (entries are kept sorted by
 //! name bytes, inode numbers are assigned breadth-first in name order, strings are laid out in first-use order
-//! of that walk) and on the blob/chunk tables in the order the caller added them. Insertion order of entries,
+//! of that walk, annotations are kept sorted by key) and on the blob/chunk tables in the order the caller
+//! added them. Insertion order of entries,
 //! and the `NodeId`s handed out, never show in the output.
 
 use std::collections::{BTreeMap, HashMap};
 
 use zerocopy::IntoBytes;
 
+use crate::annotation;
 use crate::ids::{ContentId, FileKind, S_IFMT};
 use crate::records::*;
 use crate::validate::{align8, check_name, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
@@ -52,13 +54,14 @@ struct Node {
     data: NodeData,
 }
 
-/// Builds a manifest: blob table, chunk table, tree and prefetch hints.
+/// Builds a manifest: blob table, chunk table, tree, annotations and prefetch hints.
 #[derive(Debug)]
 pub struct ManifestWriter {
     blobs: Vec<BlobRecord>,
     chunks: Vec<ChunkRecord>,
     nodes: Vec<Node>,
     prefetch: Vec<(NodeId, u64, u64)>,
+    annotations: BTreeMap<String, Vec<u8>>,
 }
 
 impl ManifestWriter {
@@ -72,6 +75,7 @@ impl ManifestWriter {
                 data: NodeData::Dir(BTreeMap::new()),
             }],
             prefetch: Vec::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -218,6 +222,39 @@ impl ManifestWriter {
     /// Adds a prefetch hint for a regular file.
     pub fn add_prefetch(&mut self, file: NodeId, offset: u64, len: u64) {
         self.prefetch.push((file, offset, len));
+    }
+
+    /// Sets annotation `key` to `value`, replacing any earlier value of `key`. The key (1..=256 bytes of
+    /// printable ASCII without spaces), the value size and the entry count are checked here, so a refusal
+    /// names the caller's key rather than surfacing in [`ManifestWriter::finish`]. See [`crate::annotation`].
+    pub fn set_annotation(
+        &mut self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), FormatError> {
+        let shown = annotation::show_key(key.as_bytes());
+        annotation::check_key(key.as_bytes())
+            .map_err(|d| FormatError::writer(format!("annotation {shown}: {d}")))?;
+        let value = value.into();
+        if value.len() > annotation::VALUE_MAX {
+            return Err(FormatError::writer(format!(
+                "annotation {shown}: value of {} bytes exceeds {}",
+                value.len(),
+                annotation::VALUE_MAX
+            )));
+        }
+        if let Some(old) = self.annotations.get_mut(key) {
+            *old = value;
+            return Ok(());
+        }
+        if self.annotations.len() == annotation::COUNT_MAX {
+            return Err(FormatError::writer(format!(
+                "annotation {shown}: the image already has the maximum of {} annotations",
+                annotation::COUNT_MAX
+            )));
+        }
+        self.annotations.insert(key.to_owned(), value);
+        Ok(())
     }
 
     /// Serializes the image. The output is re-parsed before it is returned, so a writer bug or invalid input
@@ -410,6 +447,7 @@ impl<'a> Serializer<'a> {
             prefetch.push(PrefetchEntry::new(crate::Ino(*ino), offset, len));
         }
 
+        let annotations = annotation::encode(&w.annotations);
         let parts: [&[u8]; SECTION_COUNT] = [
             w.blobs.as_bytes(),
             w.chunks.as_bytes(),
@@ -418,6 +456,7 @@ impl<'a> Serializer<'a> {
             dirents.as_bytes(),
             &self.strings,
             xattrs.as_bytes(),
+            &annotations,
             prefetch.as_bytes(),
         ];
         let mut out = vec![0u8; HEADER_LEN];
