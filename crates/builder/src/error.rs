@@ -18,6 +18,17 @@ pub enum BuildError {
     #[error("{path} changed during the build: {detail}")]
     FileChanged { path: PathBuf, detail: String },
 
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A [`crate::build_tree`] feed broke its contract (unknown node, fed twice, wrong size, never fed).
+    #[error("{what}: {detail}")]
+    Feed { what: String, detail: String },
+
     #[error("{path}: {detail}")]
     Unsupported { path: PathBuf, detail: String },
 

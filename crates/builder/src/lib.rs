@@ -7,6 +7,9 @@
 //! (`manifests/<id>`), then the tag. A crash at any point leaves at worst unreferenced objects, never a tag
 //! or manifest that points at missing data.
 //!
+//! [`build_tree`] is the same pipeline for a tree prepared elsewhere (e.g. flattened OCI layers): the caller
+//! builds a [`TreeBuild`] and a feed streams each regular file's content into a [`FileSink`].
+//!
 //! Determinism: inode numbers and every manifest byte depend only on the tree content (names sorted by
 //! bytes, never readdir order) and on the store's existing chunks. Building the same tree twice — into a
 //! fresh store, or again into the same store — gives the same ImageId. But cross-image dedup makes a manifest
@@ -18,6 +21,7 @@
 mod error;
 mod index;
 mod pack;
+mod tree;
 mod walk;
 
 #[cfg(test)]
@@ -32,6 +36,7 @@ use hydrate_store::{keys, put_tag, BlobStore};
 use tokio::sync::mpsc;
 
 pub use error::BuildError;
+pub use tree::{BuildCounts, FileSink, TreeBuild};
 
 use index::StoreIndex;
 use pack::{Event, PackOptions};
@@ -134,6 +139,61 @@ pub async fn build_dir_with_trace(
     trace: Option<&Trace>,
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
+    let src = src.to_path_buf();
+    run_build(
+        move |index, popts, tx| pack::pack_dir(&src, index, popts, tx),
+        store,
+        opts,
+        trace,
+        progress,
+    )
+    .await
+}
+
+/// Builds an image of a prepared `tree` whose regular-file contents come from `feed`, with the same
+/// chunking, dedup, packing, upload order and progress as [`build_dir`].
+///
+/// `feed` runs on a blocking thread and must call [`FileSink::add`] exactly once per regular file of the
+/// tree (a hard-linked file is one node), in an order that depends only on the source: that order fixes
+/// the chunk table and blob packing, hence the image id. A file never fed, fed twice or with another size
+/// than declared fails the build. Errors of `feed` are returned as they are; those of the build become `E`
+/// through `From<BuildError>`.
+pub async fn build_tree<E, F>(
+    tree: TreeBuild,
+    feed: F,
+    store: &dyn BlobStore,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, E>
+where
+    E: From<BuildError> + Send + 'static,
+    F: FnOnce(&mut dyn FileSink) -> Result<(), E> + Send + 'static,
+{
+    run_build(
+        move |index, popts, tx| pack::pack_tree(tree, feed, index, popts, tx),
+        store,
+        opts,
+        None,
+        progress,
+    )
+    .await
+}
+
+/// The async half shared by every source: loads the dedup index, runs `job` (the blocking packer) while
+/// uploading the blobs it seals, then stores the manifest and the tag.
+async fn run_build<E, J>(
+    job: J,
+    store: &dyn BlobStore,
+    opts: &BuildOptions,
+    trace: Option<&Trace>,
+    progress: &dyn Progress,
+) -> Result<BuildReport, E>
+where
+    E: From<BuildError> + Send + 'static,
+    J: FnOnce(Arc<StoreIndex>, PackOptions, mpsc::Sender<Event>) -> Result<pack::Packed, E>
+        + Send
+        + 'static,
+{
     if let Some(tag) = &opts.tag {
         // Refuse a bad tag before spending the build on it.
         keys::validate_tag(tag).map_err(|source| BuildError::BadTag {
@@ -152,8 +212,7 @@ pub async fn build_dir_with_trace(
         blob_target_size: opts.blob_target_size.max(1),
         threads: opts.threads,
     };
-    let src_owned = src.to_path_buf();
-    let worker = tokio::task::spawn_blocking(move || pack::run(&src_owned, index, popts, tx));
+    let worker = tokio::task::spawn_blocking(move || job(index, popts, tx));
 
     let mut new_blobs = 0u64;
     let mut stored_bytes = 0u64;
@@ -182,7 +241,7 @@ pub async fn build_dir_with_trace(
         .await
         .map_err(|e| BuildError::Worker(format!("build thread failed: {e}")));
     if let Some(e) = upload_error {
-        return Err(e);
+        return Err(e.into());
     }
     let packed = packed??;
 

@@ -521,3 +521,154 @@ async fn a_trace_becomes_a_plan_at_build_time_or_attached_later() {
     .unwrap_err();
     assert!(err.to_string().contains("manifests/"), "{err}");
 }
+
+fn meta(mode: u32) -> hydrate_format::NodeMeta {
+    hydrate_format::NodeMeta {
+        mode,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn build_tree_fed_from_the_walk_equals_build_dir() {
+    let src = tempfile::tempdir().unwrap();
+    create(src.path(), &specs());
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store1, store2) = (
+        LocalStore::open(s1.path()).unwrap(),
+        LocalStore::open(s2.path()).unwrap(),
+    );
+    let by_dir = build_dir(src.path(), &store1, &opts(), &NoProgress)
+        .await
+        .unwrap();
+    let walked = walk::walk(src.path()).unwrap();
+    let files: Vec<(hydrate_format::NodeId, std::path::PathBuf, u64)> = walked
+        .files
+        .iter()
+        .map(|f| (f.node, f.path.clone(), f.size))
+        .collect();
+    let progress = CountingProgress::default();
+    let by_tree = build_tree(
+        walked.tree,
+        move |sink: &mut dyn FileSink| -> Result<(), BuildError> {
+            for (node, path, size) in files {
+                let mut f = fs::File::open(&path).unwrap();
+                sink.add(node, &mut f, size, &path.display().to_string())?;
+            }
+            Ok(())
+        },
+        &store2,
+        &opts(),
+        &progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_tree, by_dir, "one packer, one result");
+    assert_eq!(progress.done.load(Ordering::Relaxed), by_dir.logical_bytes);
+}
+
+/// A feed's own error type, to check that `build_tree` passes it through untouched.
+#[derive(Debug)]
+enum FeedError {
+    Build(Box<BuildError>),
+    Source(&'static str),
+}
+
+impl From<BuildError> for FeedError {
+    fn from(e: BuildError) -> Self {
+        FeedError::Build(Box::new(e))
+    }
+}
+
+#[tokio::test]
+async fn build_tree_enforces_the_feed_contract() {
+    let sdir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(sdir.path()).unwrap();
+    type Feed = Box<dyn FnOnce(&mut dyn FileSink) -> Result<(), FeedError> + Send>;
+    type TestFeed = Box<
+        dyn FnOnce(&mut dyn FileSink, [hydrate_format::NodeId; 3]) -> Result<(), FeedError> + Send,
+    >;
+    // Tree: /d/a (3 bytes), /b (2 bytes); `feed` gets (d, a, b).
+    let run = |feed: TestFeed| {
+        let mut tree = TreeBuild::new(meta(0o755));
+        let d = tree.add_dir(tree.root(), b"d", meta(0o755)).unwrap();
+        let a = tree.add_file(d, b"a", meta(0o644), 3).unwrap();
+        let b = tree.add_file(tree.root(), b"b", meta(0o644), 2).unwrap();
+        tree.add_link(d, b"a2", a).unwrap();
+        assert_eq!(
+            tree.counts(),
+            BuildCounts {
+                files: 2,
+                dirs: 2,
+                symlinks: 0,
+                other: 0,
+                logical_bytes: 5
+            }
+        );
+        let f: Feed = Box::new(move |sink| feed(sink, [d, a, b]));
+        let store = &store;
+        async move { build_tree(tree, f, store, &opts(), &NoProgress).await }
+    };
+    let msg = |r: Result<BuildReport, FeedError>| match r {
+        Err(FeedError::Build(e)) => e.to_string(),
+        other => panic!("expected a build error, got {other:?}"),
+    };
+
+    let ok = run(Box::new(|s, [_, a, b]| {
+        s.add(b, &mut &b"bb"[..], 2, "b")?;
+        s.add(a, &mut &b"aaa"[..], 3, "a")?;
+        Ok(())
+    }))
+    .await
+    .unwrap();
+    assert_eq!((ok.files, ok.logical_bytes), (2, 5));
+    let m = load_manifest(&store, &ok.image).await;
+    let a = m.resolve(b"d/a").unwrap();
+    assert_eq!(m.resolve(b"d/a2"), Some(a));
+    assert_eq!(m.attr(a).unwrap().nlink, 2);
+    assert_eq!(read_file(&store, &m, a).await, b"aaa");
+    assert_eq!(read_file(&store, &m, m.resolve(b"b").unwrap()).await, b"bb");
+
+    let e = msg(run(Box::new(|s, [_, a, _]| {
+        Ok(s.add(a, &mut &b"aaa"[..], 3, "a")?)
+    }))
+    .await);
+    assert!(e.contains("/b") && e.contains("never fed"), "{e}");
+    let e = msg(run(Box::new(|s, [_, a, _]| {
+        s.add(a, &mut &b"aaa"[..], 3, "a")?;
+        Ok(s.add(a, &mut &b"aaa"[..], 3, "again")?)
+    }))
+    .await);
+    assert!(e.contains("again") && e.contains("fed twice"), "{e}");
+    let e = msg(run(Box::new(|s, [_, a, _]| {
+        Ok(s.add(a, &mut &b"aa"[..], 2, "short")?)
+    }))
+    .await);
+    assert!(e.contains("short") && e.contains("declared with 3"), "{e}");
+    let e = msg(run(Box::new(|s, [_, a, _]| {
+        Ok(s.add(a, &mut &b"aaaa"[..], 3, "long")?)
+    }))
+    .await);
+    assert!(e.contains("long") && e.contains("4 bytes were read"), "{e}");
+    let e = msg(run(Box::new(|s, [d, _, _]| {
+        Ok(s.add(d, &mut &b""[..], 0, "dir")?)
+    }))
+    .await);
+    assert!(e.contains("dir") && e.contains("not a regular file"), "{e}");
+    let e = msg(run(Box::new(|s, [_, a, b]| {
+        let _ignored = s.add(a, &mut &b"x"[..], 3, "a");
+        let _ignored = s.add(b, &mut &b"bb"[..], 2, "b");
+        Ok(())
+    }))
+    .await);
+    assert!(e.contains("continued after an error"), "{e}");
+    assert!(matches!(
+        run(Box::new(|_, _| Err(FeedError::Source("layer truncated")))).await,
+        Err(FeedError::Source("layer truncated"))
+    ));
+    assert_eq!(
+        store.list(keys::MANIFESTS_PREFIX).await.unwrap().len(),
+        1,
+        "only the good build stored a manifest"
+    );
+}

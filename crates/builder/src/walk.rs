@@ -14,9 +14,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use hydrate_format::{ContentId, Digest, FileKind, ManifestWriter, NodeId, NodeMeta};
+use hydrate_format::{FileKind, NodeId, NodeMeta};
 
-use crate::BuildError;
+use crate::{BuildError, TreeBuild};
 
 /// A regular file whose content still has to be chunked.
 #[derive(Debug)]
@@ -30,19 +30,9 @@ pub(crate) struct FileJob {
     pub mtime: (i64, i64),
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Counts {
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub other: u64,
-    pub logical_bytes: u64,
-}
-
 pub(crate) struct Walked {
-    pub writer: ManifestWriter,
+    pub tree: TreeBuild,
     pub files: Vec<FileJob>,
-    pub counts: Counts,
 }
 
 fn meta_of(path: &Path, md: &Metadata) -> Result<NodeMeta, BuildError> {
@@ -108,14 +98,10 @@ pub(crate) fn walk(src: &Path) -> Result<Walked, BuildError> {
             detail: "the build source is not a directory".into(),
         });
     }
-    let mut writer = ManifestWriter::new(meta_of(src, &root_md)?);
+    let mut tree = TreeBuild::new(meta_of(src, &root_md)?);
     let mut files = Vec::new();
-    let mut counts = Counts {
-        dirs: 1,
-        ..Counts::default()
-    };
     let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
-    let mut stack = vec![(src.to_path_buf(), writer.root())];
+    let mut stack = vec![(src.to_path_buf(), tree.root())];
     while let Some((dir, dir_node)) = stack.pop() {
         let mut subdirs = Vec::new();
         for name in sorted_names(&dir)? {
@@ -134,22 +120,19 @@ pub(crate) fn walk(src: &Path) -> Result<Walked, BuildError> {
             };
             if !ft.is_dir() && md.nlink() > 1 {
                 if let Some(&existing) = links.get(&(md.dev(), md.ino())) {
-                    writer.add_link(dir_node, name, existing).map_err(fmt_err)?;
+                    tree.add_link(dir_node, name, existing).map_err(fmt_err)?;
                     continue;
                 }
             }
             let meta = meta_of(&path, &md)?;
             let node = if ft.is_dir() {
-                counts.dirs += 1;
-                let node = writer.add_dir(dir_node, name, meta).map_err(fmt_err)?;
+                let node = tree.add_dir(dir_node, name, meta).map_err(fmt_err)?;
                 subdirs.push((path.clone(), node));
                 node
             } else if ft.is_file() {
-                counts.files += 1;
-                counts.logical_bytes += md.size();
-                // Content is set once the file is chunked.
-                let node = writer
-                    .add_file(dir_node, name, meta, ContentId(Digest::ZERO), Vec::new())
+                // Content is fed once the tree is complete.
+                let node = tree
+                    .add_file(dir_node, name, meta, md.size())
                     .map_err(fmt_err)?;
                 files.push(FileJob {
                     node,
@@ -161,11 +144,9 @@ pub(crate) fn walk(src: &Path) -> Result<Walked, BuildError> {
                 });
                 node
             } else if ft.is_symlink() {
-                counts.symlinks += 1;
                 let target = std::fs::read_link(&path)
                     .map_err(|e| BuildError::io("reading symlink", &path, e))?;
-                writer
-                    .add_symlink(dir_node, name, meta, target.as_os_str().as_bytes())
+                tree.add_symlink(dir_node, name, meta, target.as_os_str().as_bytes())
                     .map_err(fmt_err)?
             } else {
                 let kind = if ft.is_char_device() {
@@ -182,9 +163,7 @@ pub(crate) fn walk(src: &Path) -> Result<Walked, BuildError> {
                         detail: format!("unknown file type (mode {:#o})", md.mode()),
                     });
                 };
-                counts.other += 1;
-                writer
-                    .add_special(dir_node, name, meta, kind, md.rdev())
+                tree.add_special(dir_node, name, meta, kind, md.rdev())
                     .map_err(fmt_err)?
             };
             if !ft.is_dir() && md.nlink() > 1 {
@@ -194,9 +173,5 @@ pub(crate) fn walk(src: &Path) -> Result<Walked, BuildError> {
         // Reversed so that popping visits subdirectories in name order.
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok(Walked {
-        writer,
-        files,
-        counts,
-    })
+    Ok(Walked { tree, files })
 }
