@@ -10,12 +10,14 @@
 //! - [`nginx`]: nginx serving a directory, or proxying to an upstream.
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, resets, stalls, truncation, bit flips, HTTP 500s).
 //! - `registry`: the OCI registry launcher (Debian `docker-registry`).
+//! - [`oci_image`]: OCI image layouts with hand-made layers (whiteouts, links, devices, xattrs) or host programs.
 //! - [`rng`]: deterministic, incompressible test data (also used by the benchmark).
 
 #![forbid(unsafe_code)]
 
 pub mod garage;
 pub mod nginx;
+pub mod oci_image;
 pub mod proxy;
 pub mod registry;
 pub mod rng;

@@ -41,7 +41,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
         Failure {
             kind,
             auth: false,
@@ -49,7 +49,7 @@ impl Failure {
         }
     }
 
-    fn transport(what: &str, e: &reqwest::Error) -> Failure {
+    pub(crate) fn transport(what: &str, e: &reqwest::Error) -> Failure {
         // Connection, timeout and body errors are the network's; a request that could not
         // even be built or redirected sensibly will fail the same way again.
         let kind = if e.is_builder() || e.is_redirect() {
@@ -318,6 +318,70 @@ impl RegistryClient {
             }
         }
         Ok(Some(body))
+    }
+
+    /// The raw manifest for `reference` with the media type the registry gave it, accepting any
+    /// of `accept` (for reading container images, which come as OCI or Docker manifests and
+    /// indexes). The body is checked against a digest `reference` and against the advertised
+    /// `Docker-Content-Digest`.
+    pub async fn get_manifest_typed(
+        &self,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Option<(Bytes, Option<String>)>, Failure> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let mut headers = HeaderMap::new();
+        let accept = HeaderValue::from_str(accept).map_err(|_| {
+            Failure::new(
+                ErrorKind::Permanent,
+                format!("bad Accept header {accept:?}"),
+            )
+        })?;
+        headers.insert(reqwest::header::ACCEPT, accept);
+        let response = self
+            .send(Method::GET, &url, headers, None, Access::Pull)
+            .await?;
+        let Some(response) = found(&url, response).await? else {
+            return Ok(None);
+        };
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let advertised = header("docker-content-digest");
+        let media_type = header("content-type").map(|t| {
+            // "application/json; charset=utf-8" style parameters are not part of the type.
+            t.split(';').next().unwrap_or_default().trim().to_owned()
+        });
+        let body = read_body(&url, response).await?;
+        let actual = sha256_digest(&body);
+        let expected = advertised
+            .iter()
+            .map(String::as_str)
+            .chain(reference.starts_with("sha256:").then_some(reference));
+        for want in expected.filter(|d| d.starts_with("sha256:")) {
+            if want != actual {
+                return Err(Failure::new(
+                    ErrorKind::Temporary,
+                    format!("GET {url}: manifest digest {actual} differs from {want}"),
+                ));
+            }
+        }
+        Ok(Some((body, media_type)))
+    }
+
+    /// Starts a GET of the whole blob `digest`: the caller streams the body (and verifies it).
+    pub async fn open_blob(&self, digest: &str) -> Result<Response, Failure> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let response = self
+            .send(Method::GET, &url, HeaderMap::new(), None, Access::Pull)
+            .await?;
+        found(&url, response)
+            .await?
+            .ok_or_else(|| Failure::new(ErrorKind::NotFound, format!("GET {url}: not found")))
     }
 
     /// Stores `body` as the manifest tagged `tag`.

@@ -21,6 +21,7 @@ mod address;
 pub(crate) mod artifact;
 mod auth;
 mod client;
+mod source;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -34,6 +35,7 @@ pub use address::OciAddress;
 use artifact::{Artifact, Located, OCI_MANIFEST_MEDIA_TYPE};
 use auth::AuthEnv;
 use client::{sha256_digest, Failure, RegistryClient};
+pub use source::{ImageReference, ImageSource, SourceManifest};
 
 use crate::error::{ErrorKind, StoreError};
 use crate::keys;
@@ -138,27 +140,7 @@ impl OciStore {
     /// Turns a request failure into a store error; authentication failures name the registry
     /// and where the credentials came from (or where none were found).
     fn fail(&self, key: &str, f: Failure) -> StoreError {
-        if f.kind == ErrorKind::NotFound && !f.auth {
-            return StoreError::not_found(&self.description, key);
-        }
-        let message = if f.auth {
-            let registry = self.client.registry();
-            match self.client.credentials() {
-                Some(c) => format!(
-                    "authentication failed: registry {registry} refused user {:?} from {} ({})",
-                    c.username, c.source, f.message
-                ),
-                None => format!(
-                    "authentication failed: registry {registry} requires credentials and none were \
-                     found for it (searched {}; docker login or podman login writes them) ({})",
-                    self.searched.join(", "),
-                    f.message
-                ),
-            }
-        } else {
-            f.message
-        };
-        StoreError::new(f.kind, &self.description, key, message)
+        failure_to_error(&self.client, &self.searched, &self.description, key, f)
     }
 
     fn lookup(&self, id: &Digest) -> Option<Located> {
@@ -464,6 +446,38 @@ fn slice(store: &str, key: &str, data: Bytes, range: Range<u64>) -> Result<Bytes
         ));
     }
     Ok(data.slice(range.start as usize..range.end as usize))
+}
+
+/// Turns a request failure into a store error; authentication failures name the registry and
+/// where the credentials came from (or which files were searched when none were found).
+fn failure_to_error(
+    client: &RegistryClient,
+    searched: &[String],
+    description: &str,
+    key: &str,
+    f: Failure,
+) -> StoreError {
+    if f.kind == ErrorKind::NotFound && !f.auth {
+        return StoreError::not_found(description, key);
+    }
+    let message = if f.auth {
+        let registry = client.registry();
+        match client.credentials() {
+            Some(c) => format!(
+                "authentication failed: registry {registry} refused user {:?} from {} ({})",
+                c.username, c.source, f.message
+            ),
+            None => format!(
+                "authentication failed: registry {registry} requires credentials and none were \
+                 found for it (searched {}; docker login or podman login writes them) ({})",
+                searched.join(", "),
+                f.message
+            ),
+        }
+    } else {
+        f.message
+    };
+    StoreError::new(f.kind, description, key, message)
 }
 
 /// The image an `oci://` address names by default (its `:tag`), if it names one.
