@@ -53,6 +53,11 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Tier a local directory to a store: archive, release to stubs, recall on access (see docs/hsm.md).
     Hsm(crate::cmd_hsm::HsmArgs),
+    /// Prepare an OCI runtime bundle from an image (lazy lower, writable upper) for `runc run --bundle`.
+    Rootfs(crate::cmd_rootfs::RootfsArgs),
+    /// Convert a container image (registry or OCI layout) into a hydrate image: layers applied and flattened,
+    /// the source digest and image config recorded (see docs/containers.md).
+    Convert(ConvertArgs),
 }
 
 #[derive(ClapArgs, Debug)]
@@ -199,6 +204,38 @@ pub struct MountArgs {
     /// Do not replay the image's prefetch plan.
     #[arg(long)]
     pub no_prefetch: bool,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ConvertArgs {
+    /// Image to convert: docker://HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST] (a registry; credentials as for
+    /// oci:// stores) or oci-layout:DIR[:REF] (an OCI image layout directory, as `skopeo copy … oci:DIR:REF`
+    /// writes; `oci:DIR[:REF]` is accepted too).
+    pub source: String,
+    /// Store to write the hydrate image to, with its tag: oci://HOST/REPOSITORY:TAG (e.g. next to the source in
+    /// the same repository), or any store address together with --tag. Alternatively use --store.
+    pub dest: Option<String>,
+    /// Store to write to (a directory path, s3://…, oci://…), instead of DEST.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Tag to give the image [default: the tag in an oci:// DEST].
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Platform to pick from a multi-platform image, OS/ARCH[/VARIANT] [default: this machine's].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Directory for downloaded layers while converting [default: $TMPDIR or /tmp].
+    #[arg(long)]
+    pub tmp_dir: Option<std::path::PathBuf>,
+    /// zstd compression level for chunks (1-19).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    /// Target size of a blob, e.g. 32M.
+    #[arg(long, default_value = "32M")]
+    pub blob_size: String,
+    /// Compression threads (default: available cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(ClapArgs, Debug)]

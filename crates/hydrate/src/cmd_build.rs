@@ -9,8 +9,26 @@ use hydrate_format::PlanOptions;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
-/// indicatif draws only when stderr is a terminal, so scripts and CI logs get just the summary.
-struct Bar(ProgressBar);
+/// A byte progress bar on stderr. indicatif draws only when stderr is a terminal, so scripts and CI logs get
+/// just the summary. Shared by build, convert and push.
+pub(crate) struct Bar(pub(crate) ProgressBar);
+
+impl Bar {
+    pub(crate) fn new() -> Bar {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .expect("static progress template"),
+        );
+        Bar(bar)
+    }
+
+    pub(crate) fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
 
 impl Progress for Bar {
     fn total(&self, bytes: u64) {
@@ -53,14 +71,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
         threads,
         tag: args.tag.clone(),
     };
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .expect("static progress template"),
-    );
-    let progress = Bar(bar);
+    let progress = Bar::new();
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,38 +7,14 @@ use hydrate_format::{FileKind, ImageId, Ino, Manifest};
 use std::collections::HashSet;
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let store =
-        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let (id, bytes) = rt.block_on(async {
-        let id = hydrate_store::resolve(store.as_ref(), &args.image)
-            .await
-            .with_context(|| format!("image {:?}", args.image))?;
-        let bytes = store
-            .get(&hydrate_store::keys::manifest(&id))
-            .await
-            .with_context(|| format!("manifest of image {id}"))?;
-        anyhow::Ok((id, bytes))
-    })?;
-    let actual = ImageId(hydrate_format::Digest::of(&bytes));
-    if actual != id {
-        bail!(
-            "manifest of image {id} in {} has digest {actual}: the store holds a damaged copy",
-            store.describe()
-        );
-    }
-    let manifest =
-        Manifest::parse(bytes.as_ref()).with_context(|| format!("manifest of image {id}"))?;
+    let (id, manifest) = load_manifest(&args.store, &args.image)?;
     let ino = match &args.path {
         None => Ino(1),
         Some(path) => resolve_path(&manifest, path)?,
     };
     let attr = manifest.attr(ino).context("inode vanished")?;
     if args.path.is_none() && !args.tree {
-        return summary(&id, bytes.len(), &manifest);
+        return summary(&id, manifest.as_bytes().len(), &manifest);
     }
     match attr.kind {
         FileKind::Directory if args.tree => print_tree(&manifest, ino, &mut Vec::new()),
@@ -52,6 +28,38 @@ pub fn run(args: InspectArgs) -> Result<()> {
         _ => print_line(&manifest, ino, args.path.as_deref().unwrap_or("")),
     }
     Ok(())
+}
+
+/// Resolves `image` in `store` and reads its manifest, checked against its digest.
+pub(crate) fn load_manifest(
+    store_addr: &str,
+    image: &str,
+) -> Result<(ImageId, Manifest<bytes::Bytes>)> {
+    let store =
+        hydrate_store::open_store(store_addr).with_context(|| format!("store {store_addr}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (id, bytes) = rt.block_on(async {
+        let id = hydrate_store::resolve(store.as_ref(), image)
+            .await
+            .with_context(|| format!("image {image:?}"))?;
+        let bytes = store
+            .get(&hydrate_store::keys::manifest(&id))
+            .await
+            .with_context(|| format!("manifest of image {id}"))?;
+        anyhow::Ok((id, bytes))
+    })?;
+    let actual = ImageId(hydrate_format::Digest::of(&bytes));
+    if actual != id {
+        bail!(
+            "manifest of image {id} in {} has digest {actual}: the store holds a damaged copy",
+            store.describe()
+        );
+    }
+    let manifest = Manifest::parse(bytes).with_context(|| format!("manifest of image {id}"))?;
+    Ok((id, manifest))
 }
 
 fn resolve_path<B: AsRef<[u8]>>(manifest: &Manifest<B>, path: &str) -> Result<Ino> {
@@ -110,7 +118,35 @@ fn summary<B: AsRef<[u8]>>(id: &ImageId, manifest_len: usize, m: &Manifest<B>) -
         blobs.len(),
         m.blobs().len()
     );
+    print_annotations(m);
     Ok(())
+}
+
+/// What a converted image records about its source; other annotations by key. The image config is JSON of
+/// unbounded size, so only its size and digest are shown (`hydrate rootfs` is what uses it).
+fn print_annotations<B: AsRef<[u8]>>(m: &Manifest<B>) {
+    use hydrate_format::annotation;
+    let text = |key: &str| {
+        m.annotation(key)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    if let Some(source) = text(annotation::OCI_SOURCE) {
+        let digest = text(annotation::OCI_SOURCE_DIGEST).unwrap_or_else(|| "?".into());
+        println!("source     {source} ({digest})");
+    }
+    if let Some(config) = m.annotation(annotation::OCI_CONFIG) {
+        let digest = text(annotation::OCI_CONFIG_DIGEST).unwrap_or_else(|| "?".into());
+        println!("config     {} ({digest})", human(config.len() as u64));
+    }
+    let known = [
+        annotation::OCI_SOURCE,
+        annotation::OCI_SOURCE_DIGEST,
+        annotation::OCI_CONFIG,
+        annotation::OCI_CONFIG_DIGEST,
+    ];
+    for (key, value) in m.annotations().filter(|(k, _)| !known.contains(k)) {
+        println!("annotation {key}={}", String::from_utf8_lossy(value));
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

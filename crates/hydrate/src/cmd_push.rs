@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hydrate_format::{BlobId, Digest, ImageId, Manifest};
 use hydrate_store::{keys, BlobStore};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::cli::PushArgs;
 use crate::units::human;
@@ -46,13 +46,7 @@ pub fn run(args: PushArgs) -> Result<()> {
         hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
     let dest =
         hydrate_store::open_store(&args.dest).with_context(|| format!("store {}", args.dest))?;
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .expect("static progress template"),
-    );
+    let bar = crate::cmd_build::Bar::new().0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -6,14 +6,17 @@
 
 mod cli;
 mod cmd_build;
+mod cmd_convert;
 mod cmd_hsm;
 mod cmd_inspect;
 mod cmd_mount;
 mod cmd_push;
+mod cmd_rootfs;
 mod control;
 mod daemon;
 mod fetch_opts;
 mod metrics_http;
+mod runtime_spec;
 mod supervise;
 mod units;
 
@@ -36,10 +39,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hydrate: error: {err:#}");
+            eprintln!("hydrate: error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause that the message before it already ends with
+/// (library errors often quote their source in their own text and also expose it as `source()`).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain().map(|c| c.to_string()) {
+        if text.is_empty() {
+            text = cause;
+        } else if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(command: cli::Command) -> anyhow::Result<()> {
@@ -55,6 +73,8 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         cli::Command::Abort(a) => supervise::abort(a),
         cli::Command::Worker(a) => daemon::run_worker(a),
         cli::Command::Hsm(a) => cmd_hsm::run(a),
+        cli::Command::Rootfs(a) => cmd_rootfs::run(a),
+        cli::Command::Convert(a) => cmd_convert::run(a),
     }
 }
 
@@ -84,4 +104,21 @@ fn restore_sigpipe() {
     // SAFETY: called once at start, before any thread exists; SIG_DFL installs no handler code.
     #[allow(unsafe_code)]
     let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_skips_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let err = anyhow::Error::new(io)
+            .context("reading x: No such file")
+            .context("converting");
+        assert_eq!(
+            super::error_chain(&err),
+            "converting: reading x: No such file"
+        );
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_chain(&err), "outer: inner");
+    }
 }

@@ -1,0 +1,536 @@
+//! Containers end to end with real tools: images made as OCI layouts, moved with skopeo into a real registry
+//! (Debian `docker-registry`), converted by `hydrate convert`, checked against `umoci unpack` of the same image,
+//! and run with `runc` from a `hydrate rootfs` bundle (lazy FUSE lower + overlayfs upper).
+//!
+//! Needs root, /dev/fuse, overlayfs, and docker-registry, skopeo, umoci and runc (scripts/install-test-deps.sh).
+//! Without them a test is skipped loudly, unless HYDRATE_REQUIRE_SERVERS is set (CI), which makes it a failure.
+
+mod common;
+
+use common::*;
+use hydrate_testkit::oci_image::{
+    host_program_rootfs, Compression, Layer, Meta, OciLayout, RunConfig,
+};
+use hydrate_testkit::registry::Registry;
+use hydrate_testkit::require_binary;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// The tools of this file, or `None` (test skipped) when one is missing outside CI.
+struct Tools {
+    skopeo: PathBuf,
+    umoci: PathBuf,
+    runc: PathBuf,
+}
+
+fn tools(test: &str) -> Option<Tools> {
+    Some(Tools {
+        skopeo: require_binary("skopeo", test)?,
+        umoci: require_binary("umoci", test)?,
+        runc: require_binary("runc", test)?,
+    })
+}
+
+fn start_registry(test: &str) -> Option<Registry> {
+    let binary = Registry::binary(test)?;
+    Some(Registry::start(&binary).unwrap_or_else(|e| panic!("starting docker-registry: {e}")))
+}
+
+fn skopeo_copy(tools: &Tools, home: &Path, from: &str, to: &str) {
+    run(Command::new(&tools.skopeo)
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            from,
+            to,
+        ])
+        .env("HOME", home));
+}
+
+/// `umoci unpack` of `layout:tag` into `bundle`; returns the root filesystem it made.
+fn umoci_unpack(tools: &Tools, layout: &Path, tag: &str, bundle: &Path) -> PathBuf {
+    run(Command::new(&tools.umoci).args([
+        "unpack",
+        "--image",
+        &format!("{}:{tag}", layout.display()),
+        bundle.to_str().unwrap(),
+    ]));
+    bundle.join("rootfs")
+}
+
+/// Three layers with every case layer application must get right. Layer 2 whites out a file and a directory
+/// tree of layer 1, makes a directory opaque while adding to it, links to a layer-1 file, turns a file into a
+/// directory and a directory into a file; layer 3 makes a directory of layer 2 opaque again.
+fn layered_image(layout: &mut OciLayout, tag: &str, compressions: [Compression; 3]) -> String {
+    let d = Meta::new(0o755);
+    let f = Meta::new(0o644);
+    let mut shared = vec![0u8; 300 << 10];
+    Rng::new(7).fill(&mut shared);
+    let long = "l".repeat(120);
+
+    let mut l1 = Layer::new();
+    l1.dir("etc", d)
+        .file("etc/passwd", f, b"root:x:0:0:root:/root:/bin/sh\n")
+        .file("etc/old", f, b"to be whited out\n")
+        .dir("usr", d)
+        .dir("usr/bin", d)
+        .file_with_xattrs(
+            "usr/bin/tool",
+            Meta::new(0o755),
+            b"#!/bin/sh\necho tool\n",
+            &[
+                ("user.origin", b"layer1"),
+                // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted (the kernel checks the format).
+                (
+                    "security.capability",
+                    &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ),
+            ],
+        )
+        .hardlink("usr/bin/tool-link", "usr/bin/tool")
+        .symlink("usr/bin/sh", "tool")
+        .file("usr/bin/su", Meta::new(0o4755), b"setuid\n")
+        .dir("gone", d)
+        .dir("gone/sub", Meta::new(0o700))
+        .file("gone/sub/f", f, b"hidden later\n")
+        .dir("opq", Meta::new(0o750).owner(1000, 1000))
+        .file("opq/a", f, b"a1\n")
+        .file("opq/b", f, b"b1\n")
+        .dir("opq/keepdir", d)
+        .file("opq/keepdir/x", f, b"x1\n")
+        .dir("replace", d)
+        .file("replace/file-to-dir", f, b"a file first\n")
+        .dir("replace/dir-to-file", d)
+        .file("replace/dir-to-file/child", f, b"child\n")
+        .dir("dev", d)
+        .char_device("dev/zero", Meta::new(0o666), 1, 5)
+        .dir("run", d)
+        .fifo("run/fifo", Meta::new(0o600))
+        .dir("long", d)
+        .file(&format!("long/{long}"), f, b"long name\n")
+        .symlink("long/link", &format!("../{}/{long}", "long"))
+        .dir("shared", d)
+        .file("shared/data", f, &shared);
+
+    let mut l2 = Layer::new();
+    l2.whiteout("etc/old")
+        .whiteout("gone")
+        .dir("opq", Meta::new(0o755))
+        .opaque("opq")
+        .file("opq/c", f, b"c2\n")
+        .hardlink("etc/tool-again", "usr/bin/tool")
+        .dir("replace/file-to-dir", d)
+        .file("replace/file-to-dir/inside", f, b"now a dir\n")
+        .file("replace/dir-to-file", f, b"now a file\n")
+        .file(
+            "etc/passwd",
+            Meta::new(0o600).owner(0, 42),
+            b"root:x:0:0::/:/bin/sh\n",
+        )
+        .dir("usr/bin", Meta::new(0o750));
+
+    let mut l3 = Layer::new();
+    l3.dir("opq", d)
+        .opaque("opq")
+        .file("opq/d", f, b"d3\n")
+        .dir("newdir", d)
+        .file("newdir/z", f, b"z3\n");
+
+    let [c1, c2, c3] = compressions;
+    layout
+        .add_image(
+            tag,
+            vec![(l1, c1), (l2, c2), (l3, c3)],
+            &RunConfig {
+                cmd: vec!["/usr/bin/tool".into()],
+                ..RunConfig::default()
+            },
+        )
+        .unwrap()
+}
+
+/// The hydrate image id `hydrate convert` printed (second word of its first line).
+fn image_id(convert_output: &str) -> String {
+    convert_output
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no image id in {convert_output:?}"))
+        .to_owned()
+}
+
+#[test]
+fn converted_layers_match_umoci_unpack() {
+    let test = "converted_layers_match_umoci_unpack";
+    let Some(tools) = tools(test) else { return };
+    let Some(registry) = start_registry(test) else {
+        return;
+    };
+    let s = Scratch::new("hydrate-containers");
+    std::fs::create_dir_all(s.p("home")).unwrap();
+    let mut layout = OciLayout::create(&s.p("layout")).unwrap();
+    let source_digest = layered_image(
+        &mut layout,
+        "1",
+        [Compression::Gzip, Compression::None, Compression::Gzip],
+    );
+    layered_image(
+        &mut layout,
+        "zstd",
+        [Compression::Zstd, Compression::Zstd, Compression::Zstd],
+    );
+
+    // From the layout directory into a local store.
+    let store = s.s("store");
+    let out = hydrate_ok(&[
+        "convert",
+        &format!("oci-layout:{}:1", s.s("layout")),
+        "--store",
+        &store,
+        "--tag",
+        "layers:1",
+    ]);
+    assert!(
+        out.contains("2 whiteouts") && out.contains("2 opaque dirs"),
+        "{out}"
+    );
+    let local_id = image_id(&out);
+    let rootfs = umoci_unpack(&tools, &s.p("layout"), "1", &s.p("umoci"));
+    let mount = Mount::new(
+        Path::new(&store),
+        "layers:1",
+        &s.p("mnt"),
+        &s.p("cache"),
+        &[],
+    );
+    let compared = compare_trees(&rootfs, &mount.mountpoint);
+    assert!(compared >= 25, "only {compared} paths compared");
+    // Spot checks of the semantics, beyond agreeing with umoci.
+    let m = |rel: &str| mount.path(rel);
+    assert!(!m("etc/old").exists() && !m("gone").exists());
+    let opq: Vec<_> = std::fs::read_dir(m("opq"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(opq, ["d"], "layer 3 made opq opaque over layer 2's c");
+    use std::os::unix::fs::MetadataExt;
+    let tool = std::fs::metadata(m("usr/bin/tool")).unwrap();
+    assert_eq!(tool.nlink(), 3, "tool, tool-link and etc/tool-again");
+    assert_eq!(
+        std::fs::metadata(m("etc/tool-again")).unwrap().ino(),
+        tool.ino()
+    );
+    assert!(std::fs::read_dir(m("opq")).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".wh.")));
+    let inspect = hydrate_ok(&["inspect", "--store", &store, "layers:1"]);
+    assert!(
+        inspect.contains(&source_digest),
+        "source digest recorded: {inspect}"
+    );
+    mount.unmount();
+
+    // zstd layers give the same tree (umoci 0.4 cannot unpack zstd, so compare with the gzip conversion).
+    let out = hydrate_ok(&[
+        "convert",
+        &format!("oci-layout:{}:zstd", s.s("layout")),
+        "--store",
+        &store,
+        "--tag",
+        "layers:zstd",
+    ]);
+    assert!(
+        out.contains("new stored in 0 blobs"),
+        "identical content dedups (only the manifest is new): {out}"
+    );
+    let mount = Mount::new(
+        Path::new(&store),
+        "layers:zstd",
+        &s.p("mnt-zstd"),
+        &s.p("cache-zstd"),
+        &[],
+    );
+    compare_trees(&rootfs, &mount.mountpoint);
+    mount.unmount();
+
+    // Through the registry: skopeo pushes the image, convert reads it from there and stores the hydrate image
+    // next to it in the same repository, which mounts lazily and matches too.
+    let host = registry.host();
+    skopeo_copy(
+        &tools,
+        &s.p("home"),
+        &format!("oci:{}:1", s.s("layout")),
+        &format!("docker://{host}/library/layers:1"),
+    );
+    // skopeo re-encodes the manifest for the registry: the digest there is the source's identity now.
+    let registry_digest = |reference: &str| -> String {
+        let out = run(Command::new(&tools.skopeo)
+            .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+            .arg(format!("docker://{host}/{reference}"))
+            .env("HOME", s.p("home")));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let source_digest = registry_digest("library/layers:1");
+    let dest = format!("oci://{host}/library/layers:1-hydrate");
+    let out = hydrate_ok(&[
+        "convert",
+        &format!("docker://{host}/library/layers:1"),
+        &dest,
+    ]);
+    assert_ne!(image_id(&out), local_id);
+    let inspect = hydrate_ok(&["inspect", "--store", &dest, "-"]);
+    assert!(
+        inspect.contains(&format!(
+            "source     docker://{host}/library/layers:1 ({source_digest})"
+        )),
+        "{inspect}"
+    );
+    let mount = Mount::new(
+        Path::new(&dest),
+        "-",
+        &s.p("mnt-reg"),
+        &s.p("cache-reg"),
+        &[],
+    );
+    compare_trees(&rootfs, &mount.mountpoint);
+    mount.unmount();
+    // The source image is still there, unchanged, next to the hydrate image.
+    assert_eq!(registry_digest("library/layers:1"), source_digest);
+}
+
+#[test]
+fn convert_refuses_bad_sources() {
+    let s = Scratch::new("hydrate-containers-bad");
+    let store = s.s("store");
+    let err = hydrate_err(&["convert", "oci-layout:/nonexistent/x:1", "--store", &store]);
+    assert!(err.contains("/nonexistent/x"), "{err}");
+    let err = hydrate_err(&["convert", "docker://app:1", "--store", &store]);
+    assert!(err.contains("names no registry host"), "{err}");
+    let err = hydrate_err(&["convert", "docker://127.0.0.1:5000/a:1"]);
+    assert!(err.contains("destination"), "{err}");
+
+    // A layer whose bytes do not match its digest is refused, naming the layer, and nothing is tagged.
+    let mut layout = OciLayout::create(&s.p("layout")).unwrap();
+    let mut l = Layer::new();
+    l.file("a", Meta::new(0o644), b"data");
+    layout
+        .add_image("1", vec![(l, Compression::Gzip)], &RunConfig::default())
+        .unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.p("layout/index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.p(&format!(
+            "layout/blobs/sha256/{}",
+            manifest_digest.trim_start_matches("sha256:")
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let layer_path = s.p(&format!(
+        "layout/blobs/sha256/{}",
+        layer.trim_start_matches("sha256:")
+    ));
+    let mut bytes = std::fs::read(&layer_path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&layer_path, bytes).unwrap();
+    let err = hydrate_err(&[
+        "convert",
+        &format!("oci-layout:{}:1", s.s("layout")),
+        "--store",
+        &store,
+        "--tag",
+        "bad:1",
+    ]);
+    assert!(err.contains(&layer), "{err}");
+    let err = hydrate_err(&["inspect", "--store", &store, "bad:1"]);
+    assert!(err.contains("bad:1"), "{err}");
+}
+
+/// A bundle made by `hydrate rootfs`; dropping it deletes the container (if any) and removes the bundle, also
+/// when the test fails.
+struct Bundle {
+    path: PathBuf,
+    runc: PathBuf,
+    container: Option<String>,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Some(id) = &self.container {
+            let _ = Command::new(&self.runc).args(["delete", "-f", id]).output();
+        }
+        if self.path.join(".hydrate").exists() {
+            let out = hydrate(&[
+                "rootfs".as_ref(),
+                "--remove".as_ref(),
+                self.path.as_os_str(),
+            ]);
+            if !out.status.success() {
+                eprintln!(
+                    "cleanup: hydrate rootfs --remove failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let _ = nix::mount::umount2(
+                    &self.path.join("rootfs"),
+                    nix::mount::MntFlags::MNT_DETACH,
+                );
+                let lower = self.path.join(".hydrate/lower");
+                let _ = hydrate(&["umount".as_ref(), "--lazy".as_ref(), lower.as_os_str()]);
+            }
+        }
+    }
+}
+
+/// A root filesystem with this machine's python3, its libraries and its whole standard library, plus an app
+/// layer whose config runs it as `nobody` in /app with an environment variable set.
+fn python_image(layout: &mut OciLayout, s: &Scratch) -> String {
+    let root = s.p("pyroot");
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let stdlib = Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .unwrap();
+    let stdlib = PathBuf::from(String::from_utf8(stdlib.stdout).unwrap().trim());
+    host_program_rootfs(&root, &[Path::new("/usr/bin/python3"), &python], &[&stdlib]).unwrap();
+    let base = Layer::from_dir(&root).unwrap();
+    let mut app = Layer::new();
+    app.dir("app", Meta::new(0o755)).file(
+        "app/main.py",
+        Meta::new(0o644),
+        br#"import json, os, sys
+print(json.dumps({"uid": os.getuid(), "cwd": os.getcwd(), "greeting": os.environ.get("GREETING"),
+                  "args": sys.argv[1:]}))
+with open("/tmp/written-by-container", "w") as f:
+    f.write("hello from inside\n")
+"#,
+    );
+    layout
+        .add_image(
+            "1",
+            vec![(base, Compression::Gzip), (app, Compression::Gzip)],
+            &RunConfig {
+                entrypoint: vec!["/usr/bin/python3".into(), "/app/main.py".into()],
+                cmd: vec!["default-arg".into()],
+                env: vec!["GREETING=hi".into()],
+                working_dir: Some("/app".into()),
+                user: Some("nobody".into()),
+            },
+        )
+        .unwrap()
+}
+
+#[test]
+fn python_image_runs_with_runc_from_a_lazy_rootfs() {
+    let test = "python_image_runs_with_runc_from_a_lazy_rootfs";
+    let Some(tools) = tools(test) else { return };
+    let Some(registry) = start_registry(test) else {
+        return;
+    };
+    let s = Scratch::new("hydrate-containers-py");
+    std::fs::create_dir_all(s.p("home")).unwrap();
+    let mut layout = OciLayout::create(&s.p("layout")).unwrap();
+    python_image(&mut layout, &s);
+    let host = registry.host();
+    skopeo_copy(
+        &tools,
+        &s.p("home"),
+        &format!("oci:{}:1", s.s("layout")),
+        &format!("docker://{host}/library/py:1"),
+    );
+    let dest = format!("oci://{host}/library/py:1-hydrate");
+    let out = hydrate_ok(&["convert", &format!("docker://{host}/library/py:1"), &dest]);
+    let image = image_id(&out);
+
+    let mut bundle = Bundle {
+        path: s.p("bundle"),
+        runc: tools.runc.clone(),
+        container: None,
+    };
+    hydrate_ok(&[
+        "rootfs",
+        &dest,
+        bundle.path.to_str().unwrap(),
+        "--cache-dir",
+        &s.s("cache"),
+    ]);
+    let id = format!("hydrate-test-{}", std::process::id());
+    bundle.container = Some(id.clone());
+    let out = run(Command::new(&tools.runc).args([
+        "run",
+        "--bundle",
+        bundle.path.to_str().unwrap(),
+        &id,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap_or_default();
+    let seen: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("container printed {stdout:?}: {e}"));
+    assert_eq!(seen["uid"], 65534, "runs as nobody: {line}");
+    assert_eq!(seen["cwd"], "/app", "{line}");
+    assert_eq!(seen["greeting"], "hi", "{line}");
+    assert_eq!(seen["args"], serde_json::json!(["default-arg"]), "{line}");
+    // `runc run` (not detached) deletes the container when it exits.
+    bundle.container = None;
+
+    // The write went to the upper directory; the image (lower) is unchanged.
+    let upper = bundle.path.join(".hydrate/upper/tmp/written-by-container");
+    assert_eq!(
+        std::fs::read_to_string(&upper).unwrap(),
+        "hello from inside\n"
+    );
+    assert!(!bundle
+        .path
+        .join(".hydrate/lower/tmp/written-by-container")
+        .exists());
+    let again = hydrate_ok(&["inspect", "--store", &dest, "-"]);
+    assert!(again.contains(&image), "{again}");
+
+    // Arguments after -- replace the image's Cmd (the entrypoint stays).
+    hydrate_ok(&["rootfs", "--remove", bundle.path.to_str().unwrap()]);
+    assert!(!bundle.path.exists(), "the bundle is gone after --remove");
+    hydrate_ok(&[
+        "rootfs",
+        &dest,
+        bundle.path.to_str().unwrap(),
+        "--cache-dir",
+        &s.s("cache"),
+        "--",
+        "x",
+        "y",
+    ]);
+    bundle.container = Some(id.clone());
+    let out = run(Command::new(&tools.runc).args([
+        "run",
+        "--bundle",
+        bundle.path.to_str().unwrap(),
+        &id,
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
+    bundle.container = None;
+}
