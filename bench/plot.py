@@ -5,7 +5,7 @@
 
 Panels (each drawn only if its section is in the JSON): hydrate/ext4 ratios of the hot and metadata figures;
 cold start over the emulated link (full download + unpack vs hydrate without and with a learned plan); mount
-time and daemon RSS by image size. Needs matplotlib (bench/run.sh --plot installs it into a virtualenv).
+time and daemon RSS by image size; container start from a registry (full pull + runc vs hydrate rootfs + runc). Needs matplotlib (bench/run.sh --plot installs it into a virtualenv).
 """
 
 import json
@@ -46,6 +46,8 @@ def main():
         panels.append("cold")
     if startup.get("scale"):
         panels.append("scale")
+    if results.get("containers"):
+        panels.append("containers")
     if not panels:
         sys.exit("nothing to plot in " + sys.argv[1])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
@@ -72,6 +74,22 @@ def main():
                 f"Cold start, {startup['one_way_ms']:.0f} ms / {startup['link_mbit']:.0f} Mbit/s link\n"
                 f"image {c['image_bytes'] / 2**30:.1f} GiB, workload reads "
                 f"{100 * c['read_bytes'] / c['image_bytes']:.1f}%"
+            )
+            ax.set_ylim(0, max(secs) * 1.3)
+        elif panel == "containers":
+            c = results["containers"]
+            names = ["skopeo + umoci\n+ runc", "hydrate rootfs\n+ runc, no plan", "hydrate rootfs\n+ runc, plan"]
+            runs = [c["full_pull"], c["no_plan"], c["with_plan"]]
+            secs = [r["first_output_secs"] for r in runs]
+            ax.bar(names, secs, color=["#999999", "#dd8452", "#55a868"])
+            for i, r in enumerate(runs):
+                ax.text(i, secs[i], f"{secs[i]:.2f} s ({secs[i] / secs[0]:.3f}x)\n"
+                        f"{r['link_bytes'] / 2**20:.0f} MiB", ha="center", va="bottom", fontsize=8)
+            ax.set_ylabel("seconds to the container's first output")
+            ax.set_title(
+                f"Container start from a registry, {c['one_way_ms']:.0f} ms / {c['link_mbit']:.0f} Mbit/s\n"
+                f"image {c['image_bytes'] / 2**30:.1f} GiB, reads {100 * c['read_bytes'] / c['image_bytes']:.1f}% "
+                "before its output"
             )
             ax.set_ylim(0, max(secs) * 1.3)
         else:

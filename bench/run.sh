@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The hydrate benchmark in one command: builds the release binaries, then measures build throughput, cold and
 # hot sequential reads (passthrough and not), cold and hot 4 KiB random reads, a metadata walk, mount time and
-# RSS by image size, and a cold start over an emulated link with and without a learned prefetch plan, against
-# native ext4 (or a full download) in the same run; then plots the results (docs/benchmarks.md).
+# RSS by image size, a cold start over an emulated link with and without a learned prefetch plan, and a
+# container start from a registry (skopeo + umoci + runc vs hydrate rootfs + runc), against native ext4 (or a
+# full download) in the same run; then plots the results (docs/benchmarks.md).
 #
 #   sudo bench/run.sh                      # full run: 1 GiB file + 3000 small files, 2 GB cold start, images of
 #                                          # 10k/100k/1M files (20-30 minutes)
@@ -22,13 +23,13 @@ source "$repo/scripts/lib.sh"
 
 # The full run includes the worker-takeover section (issue 5) and the start-up section (issue 4); `--takeover-only`
 # and `--startup-only` measure just one of them.
-args=(--takeover --startup)
+args=(--takeover --startup --containers)
 json=""
 plot=""
 while (($#)); do
     case $1 in
         --quick) args+=(--big-size 128M --small-files 300 --random-reads 500 --walk-files 10000
-                        --scale-files 10000 --startup-image-size 256M) ;;
+                        --scale-files 10000 --startup-image-size 256M --container-image-size 256M) ;;
         --plot) [[ $# -ge 2 ]] || die "--plot needs a path"; plot=$2; shift ;;
         --json) [[ $# -ge 2 ]] || die "--json needs a path"; json=$2; shift ;;
         --json=*) json=${1#--json=} ;;

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod cancel;
+mod containers;
 mod hsm;
 mod hydrate;
 mod link;
@@ -118,6 +119,16 @@ struct Args {
     /// Size of the cold-start image (python stdlib + large files; 0 skips the cold start).
     #[arg(long, default_value = "2G")]
     startup_image_size: String,
+    /// Also measure container start from a registry over the emulated link: full pull (skopeo + umoci) + runc vs
+    /// `hydrate rootfs` + runc without and with a learned plan (needs docker-registry, skopeo, umoci, runc).
+    #[arg(long)]
+    containers: bool,
+    /// Measure only the container section.
+    #[arg(long)]
+    containers_only: bool,
+    /// Size of the container image (python + stdlib + large data files).
+    #[arg(long, default_value = "2G")]
+    container_image_size: String,
 }
 
 fn main() -> ExitCode {
@@ -199,6 +210,28 @@ fn run(args: &Args) -> Result<()> {
         }
         return Ok(());
     }
+    if args.containers_only {
+        let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
+        let outcome = measure_containers(args, &hydrate, work.path());
+        let load_end = loadavg();
+        if hydrate::mounts_under(work.path())?.is_empty() {
+            work.close().context("removing the work directory")?;
+        }
+        let result = outcome?;
+        print!(
+            "\n{date} UTC, load average {load_start} at the start, {load_end} at the end\n{}",
+            result.table()
+        );
+        if let Some(path) = &args.json {
+            let mut value = json!({ "containers": result.to_json() });
+            value["containers"]["date_utc"] = json!(date);
+            value["containers"]["loadavg"] = json!([load_start, load_end]);
+            let text = serde_json::to_string_pretty(&value)?;
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if args.link_only {
         let outcome = measure_link(args, &hydrate, work.path(), big_size);
         work.close().context("removing the work directory")?;
@@ -218,6 +251,10 @@ fn run(args: &Args) -> Result<()> {
     };
     let startup = match (&outcome, args.startup) {
         (Ok(_), true) => Some(measure_startup(args, &hydrate, work.path())),
+        _ => None,
+    };
+    let containers = match (&outcome, args.containers) {
+        (Ok(_), true) => Some(measure_containers(args, &hydrate, work.path())),
         _ => None,
     };
     let takeover = match (&outcome, args.takeover) {
@@ -247,6 +284,10 @@ fn run(args: &Args) -> Result<()> {
         print!("\n{}", startup.table());
         value["startup"] = startup.to_json();
     }
+    if let Some(containers) = containers.transpose()? {
+        print!("\n{}", containers.table());
+        value["containers"] = containers.to_json();
+    }
     let takeover = takeover.transpose()?;
     if let Some(takeover) = &takeover {
         print!("\n{}", takeover.table());
@@ -263,6 +304,24 @@ fn run(args: &Args) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The container section with the run's link settings.
+fn measure_containers(
+    args: &Args,
+    hydrate: &Hydrate,
+    work: &Path,
+) -> Result<containers::ContainerResult> {
+    containers::run(
+        hydrate,
+        work,
+        &containers::ContainerPlan {
+            image_size: parse_size(&args.container_image_size).context("--container-image-size")?,
+            one_way: std::time::Duration::from_millis(args.link_latency_ms),
+            bytes_per_sec: args.link_mbit * 1_000_000 / 8,
+            seed: args.seed,
+        },
+    )
 }
 
 /// The takeover section with the run's sizes: the cold file is the big file's size, at most 1 GiB (its 4096

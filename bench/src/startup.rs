@@ -482,7 +482,7 @@ fn cold_start(hydrate: &Hydrate, dir: &Path, plan: &StartupPlan) -> Result<ColdS
 }
 
 /// Distinct bytes the traced workload read (the sum of the trace's first-read ranges).
-fn trace_read_bytes(trace: &Path) -> Result<u64> {
+pub(crate) fn trace_read_bytes(trace: &Path) -> Result<u64> {
     let text =
         std::fs::read_to_string(trace).with_context(|| format!("reading {}", trace.display()))?;
     Ok(text
