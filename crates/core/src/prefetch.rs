@@ -26,6 +26,9 @@ const PLAN_BATCH_BYTES: u64 = 8 << 20;
 const PLAN_BATCH_FILES: usize = 64;
 /// Listed directories remembered before the set is cleared.
 const LISTED_DIRS_MAX: usize = 1 << 16;
+/// A directory's prefetch window doubles on each open outside the earlier ones, up to this many times the
+/// configured budget.
+const DIR_WINDOW_GROWTH_MAX: u64 = 8;
 
 /// A unit of background work: a chunk to fetch and where in which cache file it goes.
 pub(crate) type Work = (Arc<CacheFile>, u64, ChunkLoc);
@@ -171,20 +174,38 @@ impl Volume {
         self.config.dir_prefetch_file_max > 0 && self.manifest.prefetch().is_empty()
     }
 
-    /// Remembers that regular file `ino` was looked up in `dir`, for [`Volume::prefetch_neighbours`].
-    pub(crate) fn note_parent(&self, ino: Ino, dir: Ino) {
+    /// Remembers that regular file `ino` was looked up as `name` in `dir`, for [`Volume::prefetch_neighbours`].
+    pub(crate) fn note_parent(&self, ino: Ino, dir: Ino, name: &[u8]) {
         if !self.directory_heuristic_on() {
             return;
         }
+        // Entries are sorted by name: binary search for the entry's index (O(log n), no allocation).
+        let (mut lo, mut hi) = (0, self.manifest.dir_len(dir));
+        let mut index = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some((entry, _)) = self.manifest.dir_entry(dir, mid) else {
+                return;
+            };
+            match entry.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    index = Some(mid);
+                    break;
+                }
+            }
+        }
+        let Some(index) = index else { return };
         let mut parents = self.parents.lock().expect("parent map poisoned");
         if parents.len() >= LISTED_DIRS_MAX {
             parents.clear();
         }
-        parents.insert(ino, dir);
+        parents.insert(ino, (dir, index));
     }
 
-    /// The directory heuristic (see `VolumeConfig`): on the first open of a file of a directory, in an image
-    /// without a plan, fetch the directory's small files in the background.
+    /// The directory heuristic (see `VolumeConfig`): on an open of a file of a directory, in an image without
+    /// a plan, fetch a window of the directory's small files in the background unless one already covers it.
     pub(crate) fn prefetch_neighbours(&self, ino: Ino) {
         if !self.directory_heuristic_on() {
             return;
@@ -195,45 +216,61 @@ impl Volume {
             .expect("parent map poisoned")
             .get(&ino)
             .copied();
-        if let Some(dir) = parent {
-            self.prefetch_dir(dir);
+        if let Some((dir, index)) = parent {
+            self.prefetch_dir(dir, index);
         }
     }
 
-    /// Fetches the small files of `dir` in the background, once. Only chunk maps are gathered here; cache
-    /// files are opened in the background task, so the open that triggers it costs no more than before.
-    fn prefetch_dir(&self, dir: Ino) {
+    /// Fetches, in the background, the small files of `dir` from entry `index` on, unless a window of the
+    /// directory already covers `index`. Only chunk maps are gathered here; cache files are opened in the
+    /// background task, so the open that triggers it costs no more than before.
+    fn prefetch_dir(&self, dir: Ino, index: usize) {
         let max = self.config.dir_prefetch_file_max;
+        let mut files: Vec<Ino> = Vec::new();
         {
             let mut listed = self.listed.lock().expect("listed set poisoned");
             if listed.len() >= LISTED_DIRS_MAX {
                 listed.clear();
             }
-            if !listed.insert(dir) {
+            let first = !listed.contains_key(&dir);
+            let windows = listed.entry(dir).or_insert_with(|| DirWindows {
+                covered: Vec::new(),
+                budget: self.config.dir_prefetch_budget,
+            });
+            if windows.covered.iter().any(|r| r.contains(&index)) {
                 return;
             }
-        }
-        let mut budget = self.config.dir_prefetch_budget;
-        let mut files: Vec<Ino> = Vec::new();
-        for index in 0..self.manifest.dir_len(dir) {
-            let Some((_, ino)) = self.manifest.dir_entry(dir, index) else {
-                break;
-            };
-            match self.manifest.attr(ino) {
-                Some(a) if a.kind == FileKind::Regular && a.size > 0 && a.size <= max => {
-                    if a.size > budget {
-                        break;
+            let mut budget = windows.budget;
+            let mut end = index;
+            while let Some((_, ino)) = self.manifest.dir_entry(dir, end) {
+                if let Some(a) = self.manifest.attr(ino) {
+                    if a.kind == FileKind::Regular && a.size > 0 && a.size <= max {
+                        if a.size > budget {
+                            break;
+                        }
+                        budget -= a.size;
+                        files.push(ino);
                     }
-                    budget -= a.size;
-                    files.push(ino);
                 }
-                _ => {}
+                end += 1;
             }
+            // The opened file itself always counts as covered, even if it alone exceeds the budget.
+            windows.covered.push(index..end.max(index + 1));
+            windows.budget = windows.budget.saturating_mul(2).min(
+                self.config
+                    .dir_prefetch_budget
+                    .saturating_mul(DIR_WINDOW_GROWTH_MAX),
+            );
+            if files.is_empty() {
+                return;
+            }
+            if first {
+                self.stats.dir_prefetch_dirs.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats
+                .dir_prefetch_windows
+                .fetch_add(1, Ordering::Relaxed);
         }
-        if files.is_empty() {
-            return;
-        }
-        self.stats.dir_prefetch_dirs.fetch_add(1, Ordering::Relaxed);
         // Chunk maps from the manifest now (cheap), cache files in the task.
         let wanted: Vec<WholeFile> = files
             .iter()
@@ -274,6 +311,14 @@ impl Volume {
             fetch_into(&engine, &stats, work).await;
         });
     }
+}
+
+/// The directory heuristic's state for one directory: the entry index ranges already prefetched (or being
+/// prefetched), and the budget of its next window.
+#[derive(Debug)]
+pub(crate) struct DirWindows {
+    covered: Vec<std::ops::Range<usize>>,
+    budget: u64,
 }
 
 fn add(outcome: &mut PlanOutcome, done: Option<Result<(u64, u64, u64), tokio::task::JoinError>>) {

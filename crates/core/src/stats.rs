@@ -52,6 +52,8 @@ counters! {
     plan_done,
     /// Directories whose small files were prefetched when one of their files was first opened (no plan).
     dir_prefetch_dirs,
+    /// Prefetch windows started in those directories (the first of each, and one per open outside them).
+    dir_prefetch_windows,
     /// Chunks fetched by those directory prefetches.
     dir_prefetch_chunks,
     /// Background prefetch chunks that failed (the on-demand read fetches and reports them again).

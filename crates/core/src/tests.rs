@@ -452,3 +452,44 @@ fn a_100k_file_image_walks_correctly() {
     }
     assert_eq!(stat(&vol, "ondemand_chunks"), 1);
 }
+
+#[test]
+fn directory_prefetch_windows_start_at_the_opened_file_and_grow() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            readahead_max: 0,
+            dir_prefetch_file_max: 30_000,
+            dir_prefetch_budget: 16 << 10,
+            ..VolumeConfig::default()
+        },
+    );
+    let lib = resolve(&vol, "lib");
+    let open = |name: &str| {
+        let attr = vol.lookup(lib, name.as_bytes()).unwrap();
+        let f = vol.open(attr.ino).unwrap();
+        vol.release(f.fh);
+        f.complete
+    };
+    // mod00..mod04 (14,970 bytes) fit the first 16 KiB window; mod03 is inside it.
+    open("mod00.py");
+    open("mod03.py");
+    assert_eq!(stat(&vol, "dir_prefetch_windows"), 1);
+    // mod20 is outside: a second window starts there, twice as large (mod20 + mod21 fit in 32 KiB).
+    open("mod20.py");
+    open("mod21.py");
+    assert_eq!(stat(&vol, "dir_prefetch_windows"), 2);
+    assert_eq!(stat(&vol, "dir_prefetch_dirs"), 1);
+    wait_until("the windows' files", || {
+        ["mod01.py", "mod04.py", "mod21.py"]
+            .iter()
+            .all(|name| open(name))
+    });
+    // Between the windows nothing was fetched.
+    let f = vol.open(resolve(&vol, "lib/mod10.py")).unwrap();
+    assert!(!f.complete, "mod10 lies outside both windows");
+    vol.release(f.fh);
+}

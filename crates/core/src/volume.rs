@@ -8,7 +8,7 @@ use crate::trace::TraceRecorder;
 use hydrate_cache::{CacheFile, DiskCache};
 use hydrate_fetch::{ChunkLoc, FetchEngine, Priority};
 use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,11 +23,14 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 /// amplification is bounded by the chunk size (at most CHUNK_MAX; counter `random_reads`).
 ///
 /// Prefetch: an image's plan is replayed by [`Volume::start_plan`] when `replay_plan` is set. An image without
-/// a plan prefetches, when a file of a directory is first opened, the directory's regular files of at most
-/// `dir_prefetch_file_max` bytes (0 disables), up to `dir_prefetch_budget` bytes per directory: files used
-/// together tend to live together, and an interpreter or loader that opens one file of a directory (Python's
-/// import system: a package's modules and their `__pycache__`) soon opens its neighbours. Listing or stat'ing
-/// files starts nothing, so `find` or `ls -lR` over an image fetches no data.
+/// a plan prefetches, when a file of a directory is opened, a window of the directory's regular files of at
+/// most `dir_prefetch_file_max` bytes (0 disables), starting at the opened file in name order and holding up
+/// to `dir_prefetch_budget` bytes: files used together tend to live together, and an interpreter or loader
+/// that opens one file of a directory (Python's import system: a package's modules and their `__pycache__`)
+/// soon opens its neighbours. An open outside every window of its directory (the window did not reach it)
+/// starts another window there, twice as large, up to 8 × `dir_prefetch_budget`: a directory the workload
+/// keeps coming back to is covered in a few steps, while one touched once costs one small window. Listing or
+/// stat'ing files starts nothing, so `find` or `ls -lR` over an image fetches no data.
 #[derive(Debug, Clone)]
 pub struct VolumeConfig {
     pub readahead_min: u64,
@@ -100,12 +103,13 @@ pub struct Volume {
     totals: OnceLock<FsTotals>,
     pub(crate) stats: Arc<VolumeStats>,
     pub(crate) trace: Option<Arc<TraceRecorder>>,
-    /// Directories whose small files were already prefetched (bounded: cleared when it grows large, which at
-    /// worst prefetches a directory's small files twice).
-    pub(crate) listed: Mutex<HashSet<Ino>>,
-    /// The directory each recently looked-up regular file was found in (a file may have several: the last
-    /// lookup wins); bounded like `listed`. Only kept while the directory heuristic is on.
-    pub(crate) parents: Mutex<HashMap<Ino, Ino>>,
+    /// The prefetch windows of each directory so far (bounded: cleared when it grows large, which at worst
+    /// prefetches some small files twice).
+    pub(crate) listed: Mutex<HashMap<Ino, crate::prefetch::DirWindows>>,
+    /// The directory each recently looked-up regular file was found in and its entry index there (a file may
+    /// have several names: the last lookup wins); bounded like `listed`. Only kept while the directory
+    /// heuristic is on.
+    pub(crate) parents: Mutex<HashMap<Ino, (Ino, usize)>>,
 }
 
 impl Volume {
@@ -129,7 +133,7 @@ impl Volume {
             totals: OnceLock::new(),
             stats: Arc::new(VolumeStats::default()),
             trace: None,
-            listed: Mutex::new(HashSet::new()),
+            listed: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
         }
     }
@@ -184,7 +188,7 @@ impl Volume {
             })?;
         let attr = self.attr(ino)?;
         if attr.kind == FileKind::Regular {
-            self.note_parent(ino, parent);
+            self.note_parent(ino, parent, name);
         }
         Ok(attr)
     }

@@ -197,9 +197,10 @@ pub struct MountArgs {
     /// resets on a seek); 0 turns readahead off.
     #[arg(long, default_value = "16M")]
     pub readahead: String,
-    /// When a file of a directory is first opened, prefetch the directory's files up to this size (at most 2M
-    /// per directory); only for images without a prefetch plan; 0 turns it off.
-    #[arg(long, default_value = "64K")]
+    /// When a file of a directory is opened, prefetch the directory's files up to this size that follow it in
+    /// name order (a 2M window; an open outside the windows so far starts another, twice as large, up to 16M);
+    /// only for images without a prefetch plan; 0 turns it off.
+    #[arg(long, default_value = "256K")]
     pub dir_prefetch: String,
     /// Do not replay the image's prefetch plan.
     #[arg(long)]
