@@ -55,6 +55,10 @@ pub struct StartRun {
     pub link_bytes: u64,
     /// Preparation part (pull + unpack, or `hydrate rootfs`).
     pub prepare_secs: f64,
+    /// hydrate runs: store requests, and chunks fetched on demand (a read waited for them), by the time the
+    /// container exited.
+    pub requests: u64,
+    pub ondemand_chunks: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -257,6 +261,7 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         first_output_secs: first,
         link_bytes: link_bytes() - bytes0,
         prepare_secs,
+        ..StartRun::default()
     };
     std::fs::remove_dir_all(&pulled)?;
     std::fs::remove_dir_all(&full_bundle)?;
@@ -279,14 +284,34 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         let prepare_secs = started.elapsed().as_secs_f64();
         let outcome = run_container(&tools.runc, &bundle, &format!("bench-{name}"), started);
         let bytes = link_bytes() - bytes0;
+        let lower = bundle.join(".hydrate/lower");
+        let metrics = hydrate
+            .run(&["status".as_ref(), "--metrics".as_ref(), lower.as_os_str()])
+            .map(|text| crate::hydrate::Metrics::parse(&text));
         let removed = hydrate.run(&["rootfs".as_ref(), "--remove".as_ref(), bundle.as_os_str()]);
         let first = outcome?;
         removed?;
+        let metrics = metrics?;
+        let counters: Vec<String> = [
+            "volume_ondemand_chunks",
+            "volume_readahead_chunks",
+            "volume_dir_prefetch_windows",
+            "volume_dir_prefetch_chunks",
+            "volume_plan_chunks",
+            "volume_opens",
+            "fetch_requests",
+        ]
+        .iter()
+        .map(|name| format!("{name}={}", metrics.0.get(*name).copied().unwrap_or(0)))
+        .collect();
+        step(&format!("{name}: {}", counters.join(" ")));
         std::fs::remove_dir_all(&cache).ok();
         Ok(StartRun {
             first_output_secs: first,
             link_bytes: bytes,
             prepare_secs,
+            requests: metrics.require("fetch_requests")?,
+            ondemand_chunks: metrics.require("volume_ondemand_chunks")?,
         })
     };
     step("hydrate lazy, no plan: hydrate rootfs + runc run");
@@ -341,12 +366,14 @@ impl ContainerResult {
         let row = |name: &str, r: &StartRun| {
             format!(
                 "  {name}: first output after {:.2} s = {:.3} of the full pull (prepare {:.2} s), {} over the link \
-                 ({:.3} of the full pull's)\n",
+                 ({:.3} of the full pull's), {} store requests, {} chunks fetched on demand\n",
                 r.first_output_secs,
                 r.first_output_secs / full,
                 r.prepare_secs,
                 human(r.link_bytes),
-                r.link_bytes as f64 / self.full_pull.link_bytes.max(1) as f64
+                r.link_bytes as f64 / self.full_pull.link_bytes.max(1) as f64,
+                r.requests,
+                r.ondemand_chunks
             )
         };
         let mut out = format!(
@@ -380,7 +407,8 @@ impl ContainerResult {
     pub fn to_json(&self) -> Value {
         let run = |r: &StartRun| {
             json!({"first_output_secs": r.first_output_secs, "link_bytes": r.link_bytes,
-                   "prepare_secs": r.prepare_secs})
+                   "prepare_secs": r.prepare_secs, "requests": r.requests,
+                   "ondemand_chunks": r.ondemand_chunks})
         };
         json!({
             "one_way_ms": self.one_way_ms, "link_mbit": self.link_mbit, "image_bytes": self.image_bytes,
