@@ -23,8 +23,8 @@ use crate::units::{human, parse_size};
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Layers downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
-/// Attempts per layer download (temporary errors only).
-const LAYER_ATTEMPTS: u32 = 3;
+/// Attempts per registry read (manifest, config, layer; temporary errors only), with backoff from 200 ms.
+const ATTEMPTS: u32 = 5;
 
 /// Where the image comes from.
 enum Source {
@@ -178,6 +178,26 @@ fn parse_platform(text: &str) -> Result<Platform> {
     }
 }
 
+/// Runs `op` until it succeeds, fails with a non-temporary error, or `ATTEMPTS` attempts failed; `what`
+/// names the object in the warning logged before each retry.
+async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, hydrate_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, hydrate_store::StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if e.kind() == ErrorKind::Temporary && attempt < ATTEMPTS => {
+                tracing::warn!(what, attempt, error = %e, "registry read failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Resolves `image` to this platform's manifest and downloads its config and layers into `tmp`.
 async fn fetch_registry(
     image: &ImageReference,
@@ -185,13 +205,13 @@ async fn fetch_registry(
     tmp: &Path,
 ) -> Result<SourceImage> {
     let source = Arc::new(ImageSource::open(image, &RemoteOptions::default())?);
-    let mut manifest = source.manifest(&image.reference).await?;
+    let mut manifest = with_retries(&image.reference, || source.manifest(&image.reference)).await?;
     let mut parsed =
         hydrate_convert::parse_manifest(&manifest.bytes, manifest.media_type.as_deref())?;
     // An index (multi-platform image) names one manifest per platform; nested indexes are not followed.
     if let ParsedManifest::Index(entries) = &parsed {
         let chosen = hydrate_convert::select_platform(entries, platform)?;
-        manifest = source.manifest(&chosen.digest).await?;
+        manifest = with_retries(&chosen.digest, || source.manifest(&chosen.digest)).await?;
         if manifest.digest != chosen.digest {
             bail!(
                 "the registry answered manifest {} for {}",
@@ -214,7 +234,10 @@ async fn fetch_registry(
             config.size
         );
     }
-    let config_bytes = source.small_blob(&config.digest, config.size).await?;
+    let config_bytes = with_retries(&config.digest, || {
+        source.small_blob(&config.digest, config.size)
+    })
+    .await?;
 
     let total: u64 = layers.iter().map(|l| l.size).sum();
     let bar = Bar::new();
@@ -278,11 +301,11 @@ async fn download_layer(
                     .with_context(|| format!("writing {}", path.display()))?;
                 return Ok(());
             }
-            Err(e) if e.kind() == ErrorKind::Temporary && attempt < LAYER_ATTEMPTS => {
+            Err(e) if e.kind() == ErrorKind::Temporary && attempt < ATTEMPTS => {
                 tracing::warn!(%digest, attempt, error = %e, "layer download failed; retrying");
                 bar.0.dec(received);
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             Err(e) => return Err(e).with_context(|| format!("downloading layer {digest}")),
         }

@@ -73,16 +73,13 @@ fn umoci_unpack(tools: &Tools, layout: &Path, tag: &str, bundle: &Path) -> PathB
     bundle.join("rootfs")
 }
 
-/// Three layers with every case layer application must get right. Layer 2 whites out a file and a directory
-/// tree of layer 1, makes a directory opaque while adding to it, links to a layer-1 file, turns a file into a
-/// directory and a directory into a file; layer 3 makes a directory of layer 2 opaque again.
-fn layered_image(layout: &mut OciLayout, tag: &str, compressions: [Compression; 3]) -> String {
+/// Layer 1 of the layered images: the base that several images share.
+fn base_layer() -> Layer {
     let d = Meta::new(0o755);
     let f = Meta::new(0o644);
     let mut shared = vec![0u8; 300 << 10];
     Rng::new(7).fill(&mut shared);
     let long = "l".repeat(120);
-
     let mut l1 = Layer::new();
     l1.dir("etc", d)
         .file("etc/passwd", f, b"root:x:0:0:root:/root:/bin/sh\n")
@@ -126,6 +123,16 @@ fn layered_image(layout: &mut OciLayout, tag: &str, compressions: [Compression; 
         .symlink("long/link", &format!("../{}/{long}", "long"))
         .dir("shared", d)
         .file("shared/data", f, &shared);
+    l1
+}
+
+/// Three layers with every case layer application must get right. Layer 2 whites out a file and a directory
+/// tree of layer 1, makes a directory opaque while adding to it, links to a layer-1 file, turns a file into a
+/// directory and a directory into a file; layer 3 makes a directory of layer 2 opaque again.
+fn layered_image(layout: &mut OciLayout, tag: &str, compressions: [Compression; 3]) -> String {
+    let d = Meta::new(0o755);
+    let f = Meta::new(0o644);
+    let l1 = base_layer();
 
     let mut l2 = Layer::new();
     l2.whiteout("etc/old")
@@ -249,6 +256,43 @@ fn converted_layers_match_umoci_unpack() {
     );
     mount.unmount();
 
+    // Another image on the same base layer stores only what its own layer adds: the base's chunks are
+    // found in the store (flattened images still share base layers, chunk by chunk).
+    let mut top = Layer::new();
+    let mut extra = vec![0u8; 1 << 20];
+    Rng::new(8).fill(&mut extra);
+    top.file("app.bin", Meta::new(0o644), &extra);
+    layout
+        .add_image(
+            "sibling",
+            vec![(base_layer(), Compression::Gzip), (top, Compression::Gzip)],
+            &RunConfig::default(),
+        )
+        .unwrap();
+    let out = hydrate_ok(&[
+        "convert",
+        &format!("oci-layout:{}:sibling", s.s("layout")),
+        "--store",
+        &store,
+        "--tag",
+        "layers:sibling",
+    ]);
+    let reused: u64 = out
+        .split(" chunks reused")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reuse count in {out}"));
+    assert!(reused >= 5, "the base's chunks are reused: {out}");
+    let stored_blobs: u64 = std::fs::read_dir(s.p("store/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        stored_blobs < (300 << 10) + (1 << 20) + (200 << 10),
+        "the base's 300 KiB file is stored once: {stored_blobs} bytes of blobs"
+    );
+
     // zstd layers give the same tree (umoci 0.4 cannot unpack zstd, so compare with the gzip conversion).
     let out = hydrate_ok(&[
         "convert",
@@ -315,6 +359,60 @@ fn converted_layers_match_umoci_unpack() {
     mount.unmount();
     // The source image is still there, unchanged, next to the hydrate image.
     assert_eq!(registry_digest("library/layers:1"), source_digest);
+
+    // A registry that misbehaves: every answer a 500 or every byte stream corrupted fails the conversion with
+    // the cause named and nothing tagged; occasional 500s, resets and flipped bits are retried away.
+    let proxy =
+        hydrate_testkit::proxy::FaultProxy::start(registry.host().parse().unwrap()).unwrap();
+    let far = proxy.addr();
+    let via_proxy = |tag: &str| {
+        hydrate(&[
+            "convert".as_ref(),
+            format!("docker://{far}/library/layers:1").as_ref(),
+            "--store".as_ref(),
+            store.as_ref(),
+            "--tag".as_ref(),
+            tag.as_ref(),
+        ])
+    };
+    let faults = proxy.faults();
+    faults.set_http_500_probability(1.0);
+    let out = via_proxy("faulty:500");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("500"), "{err}");
+    faults.clear();
+    faults.set_flip_probability(1.0);
+    let out = via_proxy("faulty:flips");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("digest"), "{err}");
+    for tag in ["faulty:500", "faulty:flips"] {
+        let err = hydrate_err(&["inspect", "--store", &store, tag]);
+        assert!(err.contains(tag), "{err}");
+    }
+    faults.clear();
+    faults.set_http_500_probability(0.2);
+    faults.set_reset_probability(0.05);
+    faults.set_flip_probability(0.02);
+    let out = via_proxy("faulty:ok");
+    assert!(
+        out.status.success(),
+        "occasional faults are retried: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = faults.stats();
+    eprintln!("injected: {stats:?}");
+    faults.clear();
+    let inspect = hydrate_ok(&["inspect", "--store", &store, "faulty:ok"]);
+    assert!(inspect.contains(&source_digest), "{inspect}");
+    let mount = Mount::new(
+        Path::new(&store),
+        "faulty:ok",
+        &s.p("mnt-faulty"),
+        &s.p("cache-faulty"),
+        &[],
+    );
+    compare_trees(&rootfs, &mount.mountpoint);
+    mount.unmount();
 }
 
 #[test]
