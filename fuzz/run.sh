@@ -14,7 +14,7 @@ shift || true
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(manifest chunk)
+    targets=(manifest chunk layers)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -226,3 +226,37 @@ fn annotate(tree: &mut TreeBuild, src: &SourceImage) -> Result<(), ConvertError>
     }
     Ok(())
 }
+
+/// Entry point of the `layers` fuzz target (`fuzz/`): the layer rules applied to raw, uncompressed tar
+/// layers, then the merged tree emitted into a manifest tree. The digest checks are left out (a fuzzer cannot
+/// forge SHA-256); everything after them is the code `convert` runs. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io::Read;
+
+    use crate::layer::{entry_info, stream_error, HashingReader};
+    use crate::merge::Merged;
+    use crate::ConvertError;
+
+    /// Applies `layers` (bottom first) and emits the result; the error a hostile layer gets.
+    pub fn merge_tar_layers(layers: &[&[u8]]) -> Result<(), ConvertError> {
+        let mut merged = Merged::new();
+        for (index, bytes) in layers.iter().enumerate() {
+            let what = format!("layer {}", index + 1);
+            let reader: Box<dyn Read> = Box::new(std::io::Cursor::new(bytes.to_vec()));
+            let mut archive = tar::Archive::new(HashingReader::unchecked(reader));
+            let entries = archive.entries().map_err(|e| stream_error(&what, e))?;
+            for (ordinal, entry) in entries.enumerate() {
+                let mut entry = entry.map_err(|e| stream_error(&what, e))?;
+                let Some(info) = entry_info(&mut entry, &what)? else {
+                    continue;
+                };
+                merged
+                    .apply(index, ordinal as u64, info)
+                    .map_err(|detail| ConvertError::corrupt(what.clone(), detail))?;
+            }
+            merged.end_layer(index);
+        }
+        merged.emit().map(drop)
+    }
+}
