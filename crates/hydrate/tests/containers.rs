@@ -49,6 +49,17 @@ fn start_registry(test: &str) -> Option<Registry> {
     Some(Registry::start(&binary).unwrap_or_else(|e| panic!("starting docker-registry: {e}")))
 }
 
+/// The tools, a registry, a scratch directory (with a `home` for skopeo) and an empty OCI layout in it; `None`
+/// when the test is skipped (a tool is missing outside CI).
+fn setup(test: &str) -> Option<(Tools, Registry, Scratch, OciLayout)> {
+    let tools = tools(test)?;
+    let registry = start_registry(test)?;
+    let s = Scratch::new("hydrate-containers");
+    std::fs::create_dir_all(s.p("home")).unwrap();
+    let layout = OciLayout::create(&s.p("layout")).unwrap();
+    Some((tools, registry, s, layout))
+}
+
 fn skopeo_copy(tools: &Tools, home: &Path, from: &str, to: &str) {
     run(Command::new(&tools.skopeo)
         .args([
@@ -183,14 +194,10 @@ fn image_id(convert_output: &str) -> String {
 
 #[test]
 fn converted_layers_match_umoci_unpack() {
-    let test = "converted_layers_match_umoci_unpack";
-    let Some(tools) = tools(test) else { return };
-    let Some(registry) = start_registry(test) else {
+    let Some((tools, registry, s, mut layout)) = setup("converted_layers_match_umoci_unpack")
+    else {
         return;
     };
-    let s = Scratch::new("hydrate-containers");
-    std::fs::create_dir_all(s.p("home")).unwrap();
-    let mut layout = OciLayout::create(&s.p("layout")).unwrap();
     let source_digest = layered_image(
         &mut layout,
         "1",
@@ -544,14 +551,11 @@ with open("/tmp/written-by-container", "w") as f:
 
 #[test]
 fn python_image_runs_with_runc_from_a_lazy_rootfs() {
-    let test = "python_image_runs_with_runc_from_a_lazy_rootfs";
-    let Some(tools) = tools(test) else { return };
-    let Some(registry) = start_registry(test) else {
+    let Some((tools, registry, s, mut layout)) =
+        setup("python_image_runs_with_runc_from_a_lazy_rootfs")
+    else {
         return;
     };
-    let s = Scratch::new("hydrate-containers-py");
-    std::fs::create_dir_all(s.p("home")).unwrap();
-    let mut layout = OciLayout::create(&s.p("layout")).unwrap();
     python_image(&mut layout, &s);
     let host = registry.host();
     skopeo_copy(
