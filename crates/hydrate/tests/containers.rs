@@ -182,6 +182,31 @@ fn layered_image(layout: &mut OciLayout, tag: &str, compressions: [Compression; 
         .unwrap()
 }
 
+/// Mounts `image` of `store` under `s`, checks it equals `rootfs` path by path, unmounts.
+fn assert_mounted_equals(s: &Scratch, store: &str, image: &str, name: &str, rootfs: &Path) {
+    let mount = Mount::new(
+        Path::new(store),
+        image,
+        &s.p(&format!("mnt-{name}")),
+        &s.p(&format!("cache-{name}")),
+        &[],
+    );
+    compare_trees(rootfs, &mount.mountpoint);
+    mount.unmount();
+}
+
+/// `hydrate convert oci-layout:<s>/layout:REF --store STORE --tag TAG`; its output.
+fn convert_layout(s: &Scratch, reference: &str, store: &str, tag: &str) -> String {
+    hydrate_ok(&[
+        "convert",
+        &format!("oci-layout:{}:{reference}", s.s("layout")),
+        "--store",
+        store,
+        "--tag",
+        tag,
+    ])
+}
+
 /// The hydrate image id `hydrate convert` printed (second word of its first line).
 fn image_id(convert_output: &str) -> String {
     convert_output
@@ -211,14 +236,7 @@ fn converted_layers_match_umoci_unpack() {
 
     // From the layout directory into a local store.
     let store = s.s("store");
-    let out = hydrate_ok(&[
-        "convert",
-        &format!("oci-layout:{}:1", s.s("layout")),
-        "--store",
-        &store,
-        "--tag",
-        "layers:1",
-    ]);
+    let out = convert_layout(&s, "1", &store, "layers:1");
     assert!(
         out.contains("2 whiteouts") && out.contains("2 opaque dirs"),
         "{out}"
@@ -276,14 +294,7 @@ fn converted_layers_match_umoci_unpack() {
             &RunConfig::default(),
         )
         .unwrap();
-    let out = hydrate_ok(&[
-        "convert",
-        &format!("oci-layout:{}:sibling", s.s("layout")),
-        "--store",
-        &store,
-        "--tag",
-        "layers:sibling",
-    ]);
+    let out = convert_layout(&s, "sibling", &store, "layers:sibling");
     let reused: u64 = out
         .split(" chunks reused")
         .next()
@@ -301,27 +312,12 @@ fn converted_layers_match_umoci_unpack() {
     );
 
     // zstd layers give the same tree (umoci 0.4 cannot unpack zstd, so compare with the gzip conversion).
-    let out = hydrate_ok(&[
-        "convert",
-        &format!("oci-layout:{}:zstd", s.s("layout")),
-        "--store",
-        &store,
-        "--tag",
-        "layers:zstd",
-    ]);
+    let out = convert_layout(&s, "zstd", &store, "layers:zstd");
     assert!(
         out.contains("new stored in 0 blobs"),
         "identical content dedups (only the manifest is new): {out}"
     );
-    let mount = Mount::new(
-        Path::new(&store),
-        "layers:zstd",
-        &s.p("mnt-zstd"),
-        &s.p("cache-zstd"),
-        &[],
-    );
-    compare_trees(&rootfs, &mount.mountpoint);
-    mount.unmount();
+    assert_mounted_equals(&s, &store, "layers:zstd", "zstd", &rootfs);
 
     // Through the registry: skopeo pushes the image, convert reads it from there and stores the hydrate image
     // next to it in the same repository, which mounts lazily and matches too.
@@ -355,15 +351,7 @@ fn converted_layers_match_umoci_unpack() {
         )),
         "{inspect}"
     );
-    let mount = Mount::new(
-        Path::new(&dest),
-        "-",
-        &s.p("mnt-reg"),
-        &s.p("cache-reg"),
-        &[],
-    );
-    compare_trees(&rootfs, &mount.mountpoint);
-    mount.unmount();
+    assert_mounted_equals(&s, &dest, "-", "reg", &rootfs);
     // The source image is still there, unchanged, next to the hydrate image.
     assert_eq!(registry_digest("library/layers:1"), source_digest);
 
@@ -411,15 +399,7 @@ fn converted_layers_match_umoci_unpack() {
     faults.clear();
     let inspect = hydrate_ok(&["inspect", "--store", &store, "faulty:ok"]);
     assert!(inspect.contains(&source_digest), "{inspect}");
-    let mount = Mount::new(
-        Path::new(&store),
-        "faulty:ok",
-        &s.p("mnt-faulty"),
-        &s.p("cache-faulty"),
-        &[],
-    );
-    compare_trees(&rootfs, &mount.mountpoint);
-    mount.unmount();
+    assert_mounted_equals(&s, &store, "faulty:ok", "faulty", &rootfs);
 }
 
 #[test]
@@ -479,6 +459,35 @@ struct Bundle {
     path: PathBuf,
     runc: PathBuf,
     container: Option<String>,
+}
+
+impl Bundle {
+    /// `hydrate rootfs IMAGE_ADDR BUNDLE --cache-dir CACHE [-- ARGS]`, then `runc run` of it (which deletes the
+    /// container when it exits); the container's standard output.
+    fn prepare_and_run(&mut self, image: &str, cache: &str, args: &[&str]) -> String {
+        let mut rootfs = vec![
+            "rootfs",
+            image,
+            self.path.to_str().unwrap(),
+            "--cache-dir",
+            cache,
+        ];
+        if !args.is_empty() {
+            rootfs.push("--");
+            rootfs.extend(args);
+        }
+        hydrate_ok(&rootfs);
+        let id = format!("hydrate-test-{}", std::process::id());
+        self.container = Some(id.clone());
+        let out = run(Command::new(&self.runc).args([
+            "run",
+            "--bundle",
+            self.path.to_str().unwrap(),
+            &id,
+        ]));
+        self.container = None;
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Bundle {
@@ -573,22 +582,7 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
         runc: tools.runc.clone(),
         container: None,
     };
-    hydrate_ok(&[
-        "rootfs",
-        &dest,
-        bundle.path.to_str().unwrap(),
-        "--cache-dir",
-        &s.s("cache"),
-    ]);
-    let id = format!("hydrate-test-{}", std::process::id());
-    bundle.container = Some(id.clone());
-    let out = run(Command::new(&tools.runc).args([
-        "run",
-        "--bundle",
-        bundle.path.to_str().unwrap(),
-        &id,
-    ]));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = bundle.prepare_and_run(&dest, &s.s("cache"), &[]);
     let line = stdout.lines().next().unwrap_or_default();
     let seen: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("container printed {stdout:?}: {e}"));
@@ -596,8 +590,6 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     assert_eq!(seen["cwd"], "/app", "{line}");
     assert_eq!(seen["greeting"], "hi", "{line}");
     assert_eq!(seen["args"], serde_json::json!(["default-arg"]), "{line}");
-    // `runc run` (not detached) deletes the container when it exits.
-    bundle.container = None;
 
     // The write went to the upper directory; the image (lower) is unchanged.
     let upper = bundle.path.join(".hydrate/upper/tmp/written-by-container");
@@ -615,24 +607,6 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     // Arguments after -- replace the image's Cmd (the entrypoint stays).
     hydrate_ok(&["rootfs", "--remove", bundle.path.to_str().unwrap()]);
     assert!(!bundle.path.exists(), "the bundle is gone after --remove");
-    hydrate_ok(&[
-        "rootfs",
-        &dest,
-        bundle.path.to_str().unwrap(),
-        "--cache-dir",
-        &s.s("cache"),
-        "--",
-        "x",
-        "y",
-    ]);
-    bundle.container = Some(id.clone());
-    let out = run(Command::new(&tools.runc).args([
-        "run",
-        "--bundle",
-        bundle.path.to_str().unwrap(),
-        &id,
-    ]));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = bundle.prepare_and_run(&dest, &s.s("cache"), &["x", "y"]);
     assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
-    bundle.container = None;
 }
