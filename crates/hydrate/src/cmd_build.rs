@@ -137,8 +137,8 @@ pub fn attach_trace(args: AttachTraceArgs) -> Result<()> {
     if let Some(tag) = &args.tag {
         hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
     }
-    let store =
-        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
+    let store = hydrate_store::open_existing_store(&args.store)
+        .with_context(|| format!("store {}", args.store))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -35,8 +35,8 @@ pub(crate) fn load_manifest(
     store_addr: &str,
     image: &str,
 ) -> Result<(ImageId, Manifest<bytes::Bytes>)> {
-    let store =
-        hydrate_store::open_store(store_addr).with_context(|| format!("store {store_addr}"))?;
+    let store = hydrate_store::open_existing_store(store_addr)
+        .with_context(|| format!("store {store_addr}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

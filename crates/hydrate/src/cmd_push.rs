@@ -42,8 +42,8 @@ pub fn run(args: PushArgs) -> Result<()> {
         );
     }
     let tag = dest_tag(&args)?;
-    let src =
-        hydrate_store::open_store(&args.store).with_context(|| format!("store {}", args.store))?;
+    let src = hydrate_store::open_existing_store(&args.store)
+        .with_context(|| format!("store {}", args.store))?;
     let dest =
         hydrate_store::open_store(&args.dest).with_context(|| format!("store {}", args.dest))?;
     let bar = crate::cmd_build::Bar::new().0;

@@ -141,9 +141,11 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut inner =
-        hydrate_store::open_store_with(&args.store, &crate::fetch_opts::from_args(args)?.1)
-            .with_context(|| format!("store {}", args.store))?;
+    let mut inner = hydrate_store::open_existing_store_with(
+        &args.store,
+        &crate::fetch_opts::from_args(args)?.1,
+    )
+    .with_context(|| format!("store {}", args.store))?;
     if args.test_store_latency_ms > 0 {
         let slow = FaultyStore::new(inner);
         slow.set_read_delay(Duration::from_millis(args.test_store_latency_ms));

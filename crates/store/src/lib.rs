@@ -89,6 +89,35 @@ pub fn open_store(addr: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
     open_store_with(addr, &RemoteOptions::default())
 }
 
+/// [`open_store_with`] for commands that only read: a local store directory must already exist (a typo in
+/// `--store` is reported as a missing store instead of creating an empty directory that then has no image).
+pub fn open_existing_store_with(
+    addr: &str,
+    remote: &RemoteOptions,
+) -> Result<Arc<dyn BlobStore>, StoreError> {
+    let local = addr.strip_prefix("file://").or(if addr.contains("://") {
+        None
+    } else {
+        Some(addr)
+    });
+    if let Some(path) = local.filter(|p| !p.is_empty()) {
+        if !Path::new(path).is_dir() {
+            return Err(StoreError::new(
+                ErrorKind::NotFound,
+                format!("local:{path}"),
+                "",
+                "no store directory here (hydrate build or push creates one)",
+            ));
+        }
+    }
+    open_store_with(addr, remote)
+}
+
+/// [`open_existing_store_with`] with the default network options.
+pub fn open_existing_store(addr: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
+    open_existing_store_with(addr, &RemoteOptions::default())
+}
+
 /// Opens the store at `addr`: a directory path (or `file://` URL) opens a [`LocalStore`],
 /// `s3://bucket/prefix?endpoint=URL&region=NAME` an [`S3Store`], `http(s)://base` a
 /// read-only [`HttpStore`], `oci://host[:port]/repository[:tag]` an [`OciStore`]; `remote`
@@ -190,5 +219,29 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Permanent);
         let err = open_store("ftp://h").unwrap_err();
         assert!(err.to_string().contains("unknown store scheme"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn reading_commands_do_not_create_a_missing_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let Err(err) = open_existing_store(missing.to_str().unwrap()) else {
+            panic!("a missing store directory is an error");
+        };
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains("typo"), "{err}");
+        assert!(!missing.exists(), "nothing was created");
+        // An existing directory opens; network addresses are not checked locally.
+        open_existing_store(dir.path().to_str().unwrap()).unwrap();
+        open_existing_store(&format!("file://{}", dir.path().display())).unwrap();
+        open_existing_store("oci://127.0.0.1:5000/a/b").unwrap();
+        // Writers still create it.
+        open_store(missing.to_str().unwrap()).unwrap();
+        assert!(missing.is_dir());
     }
 }
