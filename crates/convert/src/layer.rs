@@ -14,7 +14,9 @@ use hydrate_format::{FileKind, NodeMeta};
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
-use crate::oci::{DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD};
+use crate::oci::{
+    DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
+};
 use crate::ConvertError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,7 @@ impl Compression {
     /// The compression of a layer media type; anything else is refused with the layer named.
     pub fn of(media_type: &str, what: &str) -> Result<Compression, ConvertError> {
         match media_type {
-            OCI_LAYER_TAR => Ok(Compression::None),
+            OCI_LAYER_TAR | DOCKER_LAYER_TAR => Ok(Compression::None),
             OCI_LAYER_GZIP | DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
             OCI_LAYER_ZSTD => Ok(Compression::Zstd),
             m if m.contains("nondistributable") || m.contains("foreign") => {

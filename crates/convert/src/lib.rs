@@ -38,8 +38,8 @@ pub use layout::open_layout;
 pub use merge::MergeStats;
 pub use oci::{
     parse_manifest, select_platform, sha256_digest, Descriptor, ParsedManifest, Platform,
-    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
-    OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME,
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME,
 };
 
 use layer::{entry_info, read_layer, Compression, LayerPlan};

@@ -355,6 +355,30 @@ fn converted_layers_match_umoci_unpack() {
     // The source image is still there, unchanged, next to the hydrate image.
     assert_eq!(registry_digest("library/layers:1"), source_digest);
 
+    // The same image as Docker pushes it (schema 2 manifest and media types) converts to the same tree.
+    run(Command::new(&tools.skopeo)
+        .args(["--insecure-policy", "copy", "--format", "v2s2"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", s.s("layout")))
+        .arg(format!("docker://{host}/library/layers-docker:1"))
+        .env("HOME", s.p("home")));
+    let raw = run(Command::new(&tools.skopeo)
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/library/layers-docker:1"))
+        .env("HOME", s.p("home")));
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
+    let docker_dest = format!("oci://{host}/library/layers-docker:1-hydrate");
+    hydrate_ok(&[
+        "convert",
+        &format!("docker://{host}/library/layers-docker:1"),
+        &docker_dest,
+    ]);
+    assert_mounted_equals(&s, &docker_dest, "-", "docker", &rootfs);
+
     // A registry that misbehaves: every answer a 500 or every byte stream corrupted fails the conversion with
     // the cause named and nothing tagged; occasional 500s, resets and flipped bits are retried away.
     let proxy =

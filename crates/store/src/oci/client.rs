@@ -28,8 +28,13 @@ use super::auth::Credentials;
 use crate::error::ErrorKind;
 use crate::remote::RemoteOptions;
 
-/// Media types accepted when reading a manifest.
-const ACCEPT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media types accepted when reading a manifest: hydrate images are OCI manifests, but a repository also holds
+/// ordinary images (Docker schema 2, indexes) that must be readable to be recognised and skipped; a registry
+/// asked for an OCI manifest only may answer 400 MANIFEST_INVALID for a Docker one (docker-registry 2.8 does).
+const ACCEPT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Why a registry request failed, before it is given a store and key.
 #[derive(Debug)]

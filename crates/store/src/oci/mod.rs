@@ -195,7 +195,17 @@ impl OciStore {
             .map_err(|f| self.fail(key, f))?;
         let mut tags = BTreeMap::new();
         for name in names {
-            match self.fetch_tag(&name).await? {
+            // One unreadable tag (a manifest kind the registry will not serve) must not hide the others; an
+            // authentication or temporary failure still fails the scan.
+            let fetched = match self.client.get_manifest(&name).await {
+                Ok(json) => json.map(|json| Artifact::from_oci_json(&json)),
+                Err(f) if !f.auth && f.kind == ErrorKind::Permanent => {
+                    tracing::warn!(store = %self.description, tag = %name, why = %f.message, "skipping unreadable tag");
+                    continue;
+                }
+                Err(f) => return Err(self.fail(&keys::tag(&name), f)),
+            };
+            match fetched {
                 Some(Ok(artifact)) => {
                     self.learn(None, &artifact);
                     tags.insert(name, artifact);
