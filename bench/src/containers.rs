@@ -284,9 +284,14 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         let prepare_secs = started.elapsed().as_secs_f64();
         let outcome = run_container(&tools.runc, &bundle, &format!("bench-{name}"), started);
         let bytes = link_bytes() - bytes0;
-        let lower = bundle.join(".hydrate/lower");
-        let metrics = hydrate
-            .run(&["status".as_ref(), "--metrics".as_ref(), lower.as_os_str()])
+        // The image mount: the bundle's own, or one shared by bundles of the image (state.json says which).
+        let metrics = std::fs::read(bundle.join(".hydrate/state.json"))
+            .context("reading the bundle state")
+            .and_then(|bytes| Ok(serde_json::from_slice::<Value>(&bytes)?))
+            .and_then(|state| {
+                let lower = PathBuf::from(state["lower"].as_str().unwrap_or_default());
+                hydrate.run(&["status".as_ref(), "--metrics".as_ref(), lower.as_os_str()])
+            })
             .map(|text| crate::hydrate::Metrics::parse(&text));
         let removed = hydrate.run(&["rootfs".as_ref(), "--remove".as_ref(), bundle.as_os_str()]);
         let first = outcome?;

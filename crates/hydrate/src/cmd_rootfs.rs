@@ -15,6 +15,7 @@
 //! routine that undoes whatever exists, so a failure midway leaves nothing behind and a half-prepared bundle
 //! can always be removed.
 
+use crate::rootfs_shared::SharedLower;
 use crate::runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
@@ -117,6 +118,10 @@ struct BundleState {
     /// A cache of this bundle alone (the image's shared cache was busy), deleted with the bundle.
     #[serde(default)]
     private_cache: Option<PathBuf>,
+    /// The shared image mount this bundle uses as its lower (see rootfs_shared.rs); `None`: its own mount at
+    /// `lower`.
+    #[serde(default)]
+    shared_lower: Option<PathBuf>,
 }
 
 /// Where `hydrate mount` keeps an image's cache by default (daemon.rs), shared by its mounts one at a time.
@@ -222,9 +227,20 @@ fn prepare(args: RootfsArgs) -> Result<()> {
             .into());
         }
         let mut state = plan_layout(&bundle, &store, &image, &image_id, args.upper.as_deref())?;
+        // Bundles of one image with the same mount options share one mount (and its cache); a recording
+        // mount traces one container, so it is always the bundle's own.
+        if args.record_trace.is_none() {
+            let shared = SharedLower::for_image(
+                &store,
+                &image_id,
+                &mount_options(args.cache_dir.as_deref(), &args),
+            );
+            state.lower = shared.mount_point();
+            state.shared_lower = Some(shared.dir);
+        }
         let result = (|| {
             create_layout(&state)?;
-            if args.cache_dir.is_none() {
+            if args.cache_dir.is_none() && state.shared_lower.is_none() {
                 state.private_cache = private_cache_if_shared_busy(&bundle, &image_id)?;
                 if state.private_cache.is_some() {
                     save_state(&state)?;
@@ -293,6 +309,7 @@ fn plan_layout(
         work,
         own_upper,
         private_cache: None,
+        shared_lower: None,
     };
     // overlayfs splits its options at ',' and ':' (and treats '\' as an escape).
     for path in [&state.lower, &state.upper, &state.work] {
@@ -310,14 +327,12 @@ fn plan_layout(
 /// --remove after a crash knows what to look for).
 fn create_layout(state: &BundleState) -> Result<()> {
     let private = state.bundle.join(".hydrate");
-    for dir in [
-        &private,
-        &state.lower,
-        &state.rootfs,
-        &state.upper,
-        &state.work,
-    ] {
+    for dir in [&private, &state.rootfs, &state.upper, &state.work] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if state.shared_lower.is_none() {
+        std::fs::create_dir_all(&state.lower)
+            .with_context(|| format!("creating {}", state.lower.display()))?;
     }
     save_state(state)
 }
@@ -335,7 +350,12 @@ fn assemble(
     overrides: &SpecOverrides,
 ) -> Result<()> {
     let cache_dir = state.private_cache.as_deref().or(args.cache_dir.as_deref());
-    mount_lower(state, cache_dir, args)?;
+    match &state.shared_lower {
+        Some(dir) => SharedLower { dir: dir.clone() }.join(&state.bundle, |mnt| {
+            mount_lower(state, mnt, cache_dir, args)
+        })?,
+        None => mount_lower(state, &state.lower, cache_dir, args)?,
+    }
     let spec = runtime_spec(info, &state.lower, overrides)?;
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -388,15 +408,8 @@ fn private_cache_if_shared_busy(bundle: &Path, image_id: &str) -> Result<Option<
     }
 }
 
-/// Runs `hydrate mount` for the image's digest on the lower directory; it returns once the mount serves.
-fn mount_lower(state: &BundleState, cache_dir: Option<&Path>, args: &RootfsArgs) -> Result<()> {
-    let exe = hydrate_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("mount")
-        .arg("--store")
-        .arg(&state.store)
-        .arg(&state.image_id)
-        .arg(&state.lower);
+/// The `hydrate mount` options a bundle's lower is mounted with (also the identity of a shared lower).
+fn mount_options(cache_dir: Option<&Path>, args: &RootfsArgs) -> Vec<std::ffi::OsString> {
     let options: [(&str, Option<&std::ffi::OsStr>); 6] = [
         ("--cache-dir", cache_dir.map(Path::as_os_str)),
         (
@@ -414,14 +427,34 @@ fn mount_lower(state: &BundleState, cache_dir: Option<&Path>, args: &RootfsArgs)
             args.read_deadline.as_deref().map(AsRef::as_ref),
         ),
     ];
+    let mut out = Vec::new();
     for (flag, value) in options {
         if let Some(value) = value {
-            cmd.arg(flag).arg(value);
+            out.push(flag.into());
+            out.push(value.to_owned());
         }
     }
     if args.no_prefetch {
-        cmd.arg("--no-prefetch");
+        out.push("--no-prefetch".into());
     }
+    out
+}
+
+/// Runs `hydrate mount` for the image's digest on `target`; it returns once the mount serves.
+fn mount_lower(
+    state: &BundleState,
+    target: &Path,
+    cache_dir: Option<&Path>,
+    args: &RootfsArgs,
+) -> Result<()> {
+    let exe = hydrate_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg("--store")
+        .arg(&state.store)
+        .arg(&state.image_id)
+        .arg(target)
+        .args(mount_options(cache_dir, args));
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -437,7 +470,7 @@ fn mount_lower(state: &BundleState, cache_dir: Option<&Path>, args: &RootfsArgs)
         "mounting image {} ({}) on {}: {detail}",
         state.image,
         state.image_id,
-        state.lower.display()
+        target.display()
     )
 }
 
@@ -498,6 +531,7 @@ fn remove(bundle_arg: &Path, keep_upper: bool) -> Result<()> {
             own_upper: true,
             created_work: true,
             private_cache: Some(private.join("cache")),
+            shared_lower: None,
         },
         Err(err) => return Err(err).with_context(|| format!("reading {}", state_path.display())),
     };
@@ -544,8 +578,10 @@ fn teardown(state: &BundleState, keep_upper: bool) -> Result<()> {
             }
         })?;
     }
-    if is_mount_point(&state.lower)? {
-        unmount_lower(&state.lower)?;
+    match &state.shared_lower {
+        Some(dir) => SharedLower { dir: dir.clone() }.leave(&state.bundle)?,
+        None if is_mount_point(&state.lower)? => unmount_lower(&state.lower)?,
+        None => {}
     }
     let ignore_missing = |result: std::io::Result<()>, what: &Path| match result {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -556,7 +592,9 @@ fn teardown(state: &BundleState, keep_upper: bool) -> Result<()> {
     let config = state.bundle.join("config.json");
     ignore_missing(std::fs::remove_file(&config), &config)?;
     ignore_missing(std::fs::remove_dir(&state.rootfs), &state.rootfs)?;
-    ignore_missing(std::fs::remove_dir(&state.lower), &state.lower)?;
+    if state.shared_lower.is_none() {
+        ignore_missing(std::fs::remove_dir(&state.lower), &state.lower)?;
+    }
     if state.created_work {
         ignore_missing(std::fs::remove_dir_all(&state.work), &state.work)?;
     }
@@ -577,7 +615,7 @@ fn teardown(state: &BundleState, keep_upper: bool) -> Result<()> {
 
 /// `hydrate umount` on the lower mount (which waits for its daemon to exit). A mount whose daemon is gone
 /// (ENOTCONN) cannot be canonicalized by `umount`; it is detached directly.
-fn unmount_lower(lower: &Path) -> Result<()> {
+pub(crate) fn unmount_lower(lower: &Path) -> Result<()> {
     let exe = hydrate_exe()?;
     let out = Command::new(exe)
         .arg("umount")
@@ -608,7 +646,7 @@ fn unmount_lower(lower: &Path) -> Result<()> {
 
 /// Whether `path` (absolute, with a canonical parent) is a mount point, from /proc/self/mountinfo: a stat
 /// would fail on a FUSE mount whose daemon died, which is exactly a mount teardown must still find.
-fn is_mount_point(path: &Path) -> Result<bool> {
+pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(info

@@ -615,22 +615,60 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     assert_eq!(seen["greeting"], "hi", "{line}");
     assert_eq!(seen["args"], serde_json::json!(["default-arg"]), "{line}");
 
+    let lower_of = |bundle: &Bundle| -> PathBuf {
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(bundle.path.join(".hydrate/state.json")).unwrap(),
+        )
+        .unwrap();
+        PathBuf::from(state["lower"].as_str().unwrap())
+    };
     // The write went to the upper directory; the image (lower) is unchanged.
     let upper = bundle.path.join(".hydrate/upper/tmp/written-by-container");
     assert_eq!(
         std::fs::read_to_string(&upper).unwrap(),
         "hello from inside\n"
     );
-    assert!(!bundle
-        .path
-        .join(".hydrate/lower/tmp/written-by-container")
-        .exists());
+    let lower = lower_of(&bundle);
+    assert!(lower.join("app/main.py").exists(), "{}", lower.display());
+    assert!(!lower.join("tmp/written-by-container").exists());
     let again = hydrate_ok(&["inspect", "--store", &dest, "-"]);
     assert!(again.contains(&image), "{again}");
 
-    // Arguments after -- replace the image's Cmd (the entrypoint stays).
+    // A second bundle of the same image shares the first one's image mount (one daemon, one cache), and
+    // keeps it when the first is removed; arguments after -- replace the image's Cmd (the entrypoint stays).
+    let mut second = Bundle {
+        path: s.p("bundle2"),
+        runc: tools.runc.clone(),
+        container: None,
+    };
+    let stdout = second.prepare_and_run(&dest, &s.s("cache"), &["x", "y"]);
+    assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
+    let shared = lower_of(&bundle);
+    assert_eq!(
+        lower_of(&second),
+        shared,
+        "both bundles use one image mount"
+    );
+    let fuse_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(shared.to_str().unwrap()))
+            .count()
+    };
+    assert_eq!(fuse_mounts(), 1);
     hydrate_ok(&["rootfs", "--remove", bundle.path.to_str().unwrap()]);
     assert!(!bundle.path.exists(), "the bundle is gone after --remove");
+    assert_eq!(fuse_mounts(), 1, "the second bundle still uses the mount");
+    let id = format!("hydrate-test-2-{}", std::process::id());
+    second.container = Some(id.clone());
+    run(Command::new(&tools.runc).args(["run", "--bundle", second.path.to_str().unwrap(), &id]));
+    second.container = None;
+    hydrate_ok(&["rootfs", "--remove", second.path.to_str().unwrap()]);
+    assert_eq!(fuse_mounts(), 0, "the last bundle out unmounts the image");
+    assert!(!shared.exists(), "and removes the shared directory");
+
+    // The first bundle again, now with arguments after --.
     let stdout = bundle.prepare_and_run(&dest, &s.s("cache"), &["x", "y"]);
     assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
 }
