@@ -98,7 +98,17 @@ pub async fn convert(
         src.reference
     ));
     let pass1 = plans.clone();
-    let (merged, entries) = tokio::task::spawn_blocking(move || merge_layers(&pass1))
+    // The rule pass reads every layer once before any byte is stored; say which layer it is on.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let worker = tokio::task::spawn_blocking(move || {
+        merge_layers(&pass1, &|msg| {
+            let _ = tx.send(msg);
+        })
+    });
+    while let Some(msg) = rx.recv().await {
+        progress.message(&msg);
+    }
+    let (merged, entries) = worker
         .await
         .map_err(|e| ConvertError::Worker(format!("layer merge thread failed: {e}")))??;
     let stats = merged.stats;
@@ -189,11 +199,16 @@ fn plan_layers(src: &SourceImage) -> Result<Vec<LayerPlan>, ConvertError> {
 }
 
 /// Pass 1: applies every layer to the merged tree; returns it and the number of entries read.
-fn merge_layers(plans: &[LayerPlan]) -> Result<(Merged, u64), ConvertError> {
+fn merge_layers(plans: &[LayerPlan], say: &dyn Fn(String)) -> Result<(Merged, u64), ConvertError> {
     let mut merged = Merged::new();
     let mut entries = 0u64;
     for plan in plans {
         let what = plan.what();
+        say(format!(
+            "applying {what} of {} ({} bytes)",
+            plans.len(),
+            plan.size
+        ));
         read_layer(plan, |ordinal, entry| {
             entries += 1;
             let Some(info) = entry_info(entry, &what)? else {
