@@ -7,15 +7,12 @@
 //! refused with a permanent error: a static web server has neither PUT nor a portable index.
 //! Mounting needs neither (tags resolve with a GET).
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::http::HttpBuilder;
 
 use crate::error::{ErrorKind, StoreError};
 use crate::remote::{Access, ObjectKeys, RemoteOptions};
-use crate::BlobStore;
 
 /// A read-only store under a base URL.
 #[derive(Debug)]
@@ -62,31 +59,13 @@ impl HttpStore {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobStore for HttpStore {
-    fn describe(&self) -> String {
-        self.objects.describe().to_owned()
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.objects.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.objects.get_range(key, range).await
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.objects.put(key, data).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.objects.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.objects.list(prefix).await
-    }
-}
+crate::remote::blob_store_over_object_keys!(HttpStore);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BlobStore;
+    use bytes::Bytes;
 
     #[tokio::test]
     async fn addresses_are_checked_and_writes_refused() {

@@ -7,16 +7,13 @@
 //! escapes characters, so key `blobs/<hex>` is exactly the file `ROOT/blobs/<hex>`. Key mapping
 //! and every operation are the shared [`ObjectKeys`] of the `object_store` backends.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 
 use crate::error::{ErrorKind, StoreError};
 use crate::remote::{Access, ObjectKeys};
-use crate::BlobStore;
 
 /// A store kept in a local directory.
 #[derive(Debug)]
@@ -76,36 +73,13 @@ impl LocalStore {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobStore for LocalStore {
-    fn describe(&self) -> String {
-        self.objects.describe().to_owned()
-    }
-
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.objects.get(key).await
-    }
-
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.objects.get_range(key, range).await
-    }
-
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.objects.put(key, data).await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.objects.head(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.objects.list(prefix).await
-    }
-}
+crate::remote::blob_store_over_object_keys!(LocalStore);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BlobStore;
+    use bytes::Bytes;
     use hydrate_format::{BlobId, Digest};
 
     fn store() -> (tempfile::TempDir, LocalStore) {

@@ -103,6 +103,39 @@ pub(crate) enum Access {
     ReadOnly,
 }
 
+/// Implements [`crate::BlobStore`] for a store type whose `objects` field (an [`ObjectKeys`]) does all the
+/// work: the local, S3 and HTTP stores differ only in how they build their client.
+macro_rules! blob_store_over_object_keys {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::BlobStore for $store {
+            fn describe(&self) -> String {
+                self.objects.describe().to_owned()
+            }
+            async fn get(&self, key: &str) -> Result<bytes::Bytes, $crate::StoreError> {
+                self.objects.get(key).await
+            }
+            async fn get_range(
+                &self,
+                key: &str,
+                range: std::ops::Range<u64>,
+            ) -> Result<bytes::Bytes, $crate::StoreError> {
+                self.objects.get_range(key, range).await
+            }
+            async fn put(&self, key: &str, data: bytes::Bytes) -> Result<(), $crate::StoreError> {
+                self.objects.put(key, data).await
+            }
+            async fn head(&self, key: &str) -> Result<Option<u64>, $crate::StoreError> {
+                self.objects.head(key).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<String>, $crate::StoreError> {
+                self.objects.list(prefix).await
+            }
+        }
+    };
+}
+pub(crate) use blob_store_over_object_keys;
+
 /// Hydrate keys over an `object_store` client, under an optional prefix.
 #[derive(Debug)]
 pub(crate) struct ObjectKeys {

@@ -13,16 +13,13 @@
 //! region and endpoint from either source.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 
 use crate::error::{ErrorKind, StoreError};
 use crate::remote::{Access, ObjectKeys, RemoteOptions};
-use crate::BlobStore;
 
 /// A store in an S3 bucket, under an optional key prefix.
 #[derive(Debug)]
@@ -179,27 +176,7 @@ impl S3Store {
     }
 }
 
-#[async_trait::async_trait]
-impl BlobStore for S3Store {
-    fn describe(&self) -> String {
-        self.objects.describe().to_owned()
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.objects.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        self.objects.get_range(key, range).await
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.objects.put(key, data).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.objects.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.objects.list(prefix).await
-    }
-}
+crate::remote::blob_store_over_object_keys!(S3Store);
 
 /// The settings of one profile from the AWS shared credentials and config files (credentials
 /// file first: it is where keys belong).
