@@ -292,57 +292,20 @@ impl RegistryClient {
             })
     }
 
-    /// The raw manifest for `reference` (a tag or a digest), or `None` if there is none.
-    pub async fn get_manifest(&self, reference: &str) -> Result<Option<Bytes>, Failure> {
+    /// The raw manifest for `reference` (a tag or a digest) with the media type the registry gave it, or
+    /// `None` if there is none. Any manifest kind is accepted (see `ACCEPT_MANIFEST`). The body is checked
+    /// against a digest `reference` and against the advertised `Docker-Content-Digest`, so a tag read is
+    /// verified too.
+    pub async fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(Bytes, Option<String>)>, Failure> {
         let url = self.url(&format!("manifests/{reference}"));
         let mut headers = HeaderMap::new();
         headers.insert(
             reqwest::header::ACCEPT,
             HeaderValue::from_static(ACCEPT_MANIFEST),
         );
-        let response = self
-            .send(Method::GET, &url, headers, None, Access::Pull)
-            .await?;
-        let Some(response) = found(&url, response).await? else {
-            return Ok(None);
-        };
-        let advertised = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = read_body(&url, response).await?;
-        // The digest header lets a tag read be verified too, not only digest reads.
-        if let Some(advertised) = advertised {
-            let actual = sha256_digest(&body);
-            if advertised.starts_with("sha256:") && advertised != actual {
-                return Err(Failure::new(
-                    ErrorKind::Temporary,
-                    format!("GET {url}: manifest digest {actual} differs from the advertised {advertised}"),
-                ));
-            }
-        }
-        Ok(Some(body))
-    }
-
-    /// The raw manifest for `reference` with the media type the registry gave it, accepting any
-    /// of `accept` (for reading container images, which come as OCI or Docker manifests and
-    /// indexes). The body is checked against a digest `reference` and against the advertised
-    /// `Docker-Content-Digest`.
-    pub async fn get_manifest_typed(
-        &self,
-        reference: &str,
-        accept: &str,
-    ) -> Result<Option<(Bytes, Option<String>)>, Failure> {
-        let url = self.url(&format!("manifests/{reference}"));
-        let mut headers = HeaderMap::new();
-        let accept = HeaderValue::from_str(accept).map_err(|_| {
-            Failure::new(
-                ErrorKind::Permanent,
-                format!("bad Accept header {accept:?}"),
-            )
-        })?;
-        headers.insert(reqwest::header::ACCEPT, accept);
         let response = self
             .send(Method::GET, &url, headers, None, Access::Pull)
             .await?;

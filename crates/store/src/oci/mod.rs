@@ -197,8 +197,8 @@ impl OciStore {
         for name in names {
             // One unreadable tag (a manifest kind the registry will not serve) must not hide the others; an
             // authentication or temporary failure still fails the scan.
-            let fetched = match self.client.get_manifest(&name).await {
-                Ok(json) => json.map(|json| Artifact::from_oci_json(&json)),
+            let fetched = match self.fetch_tag(&name).await {
+                Ok(fetched) => fetched,
                 Err(f) if !f.auth && f.kind == ErrorKind::Permanent => {
                     tracing::warn!(store = %self.description, tag = %name, why = %f.message, "skipping unreadable tag");
                     continue;
@@ -224,19 +224,18 @@ impl OciStore {
 
     /// The OCI manifest tagged `tag` read as a hydrate artifact (or why it is not one);
     /// `None` if the tag is absent.
-    async fn fetch_tag(&self, tag: &str) -> Result<Option<Result<Artifact, String>>, StoreError> {
-        let key = keys::tag(tag);
-        let json = self
-            .client
-            .get_manifest(tag)
-            .await
-            .map_err(|f| self.fail(&key, f))?;
-        Ok(json.map(|json| Artifact::from_oci_json(&json)))
+    async fn fetch_tag(&self, tag: &str) -> Result<Option<Result<Artifact, String>>, Failure> {
+        let manifest = self.client.get_manifest(tag).await?;
+        Ok(manifest.map(|(json, _)| Artifact::from_oci_json(&json)))
     }
 
     /// The hydrate artifact tagged `tag`, learnt into the index; `None` if the tag is absent.
     async fn read_tag(&self, tag: &str) -> Result<Option<Artifact>, StoreError> {
-        match self.fetch_tag(tag).await? {
+        let fetched = self
+            .fetch_tag(tag)
+            .await
+            .map_err(|f| self.fail(&keys::tag(tag), f))?;
+        match fetched {
             None => Ok(None),
             Some(Ok(artifact)) => {
                 self.learn(Some(tag), &artifact);

@@ -19,12 +19,6 @@ use super::failure_to_error;
 use crate::error::{ErrorKind, StoreError};
 use crate::remote::RemoteOptions;
 
-/// Every manifest media type a container image may come as.
-const ACCEPT_IMAGE: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
-
 /// A parsed `docker://host[:port]/repository[:tag|@sha256:…]` image reference (skopeo's syntax).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageReference {
@@ -134,7 +128,7 @@ impl ImageSource {
         let key = format!("manifests/{reference}");
         let (bytes, media_type) = self
             .client
-            .get_manifest_typed(reference, ACCEPT_IMAGE)
+            .get_manifest(reference)
             .await
             .map_err(|f| self.fail(&key, f))?
             .ok_or_else(|| StoreError::not_found(&self.description, &key))?;
