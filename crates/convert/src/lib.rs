@@ -211,17 +211,28 @@ fn merge_layers(plans: &[LayerPlan], say: &dyn Fn(String)) -> Result<(Merged, u6
         ));
         read_layer(plan, |ordinal, entry| {
             entries += 1;
-            let Some(info) = entry_info(entry, &what)? else {
-                return Ok(());
-            };
-            let path = String::from_utf8_lossy(&info.path).into_owned();
-            merged
-                .apply(plan.index, ordinal, info)
-                .map_err(|detail| ConvertError::corrupt(format!("{what} entry {path}"), detail))
+            apply_entry(&mut merged, plan.index, ordinal, entry, &what)
         })?;
         merged.end_layer(plan.index);
     }
     Ok((merged, entries))
+}
+
+/// Applies tar entry `ordinal` of layer `layer` (named `what` in errors) to the merged tree.
+fn apply_entry(
+    merged: &mut Merged,
+    layer: usize,
+    ordinal: u64,
+    entry: &mut tar::Entry<'_, layer::Plain>,
+    what: &str,
+) -> Result<(), ConvertError> {
+    let Some(info) = entry_info(entry, what)? else {
+        return Ok(());
+    };
+    let path = String::from_utf8_lossy(&info.path).into_owned();
+    merged
+        .apply(layer, ordinal, info)
+        .map_err(|detail| ConvertError::corrupt(format!("{what} entry {path}"), detail))
 }
 
 /// Records the source in the manifest, so the image id covers it and a runtime finds the config.
@@ -249,7 +260,7 @@ fn annotate(tree: &mut TreeBuild, src: &SourceImage) -> Result<(), ConvertError>
 pub mod fuzzing {
     use std::io::Read;
 
-    use crate::layer::{entry_info, stream_error, HashingReader};
+    use crate::layer::{stream_error, HashingReader};
     use crate::merge::Merged;
     use crate::ConvertError;
 
@@ -263,12 +274,7 @@ pub mod fuzzing {
             let entries = archive.entries().map_err(|e| stream_error(&what, e))?;
             for (ordinal, entry) in entries.enumerate() {
                 let mut entry = entry.map_err(|e| stream_error(&what, e))?;
-                let Some(info) = entry_info(&mut entry, &what)? else {
-                    continue;
-                };
-                merged
-                    .apply(index, ordinal as u64, info)
-                    .map_err(|detail| ConvertError::corrupt(what.clone(), detail))?;
+                super::apply_entry(&mut merged, index, ordinal as u64, &mut entry, &what)?;
             }
             merged.end_layer(index);
         }
