@@ -451,7 +451,7 @@ impl FetchEngine {
 /// Exponential backoff with "equal jitter": a delay drawn from [d/2, d] where
 /// d = base · 2^attempt (capped), so that many clients failing together do not retry in
 /// lockstep.
-pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
     let full = base
         .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
         .min(MAX_BACKOFF);

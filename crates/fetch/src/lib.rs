@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use hydrate_format::{BlobId, BlobRecord, ChunkId, ChunkRecord};
 
-pub use engine::{FetchEngine, FetchStats};
+pub use engine::{backoff, FetchEngine, FetchStats};
 pub use error::{DeadlineExpired, FetchError};
 pub use latency::{LatencyHistogram, LATENCY_BUCKETS_SECONDS};
 

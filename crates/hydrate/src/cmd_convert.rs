@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use hydrate_builder::BuildOptions;
 use hydrate_convert::{ParsedManifest, Platform, SourceImage, SourceLayer};
 use hydrate_store::{ErrorKind, ImageReference, ImageSource, RemoteOptions};
@@ -23,8 +23,10 @@ use crate::units::{human, parse_size};
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Layers downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
-/// Attempts per registry read (manifest, config, layer; temporary errors only), with backoff from 200 ms.
+/// Attempts per registry read (manifest, config, layer; temporary errors only).
 const ATTEMPTS: u32 = 5;
+/// First retry delay (doubling, with jitter: `hydrate_fetch::backoff`).
+const RETRY_BASE: Duration = Duration::from_millis(100);
 
 /// Where the image comes from.
 enum Source {
@@ -178,19 +180,24 @@ fn parse_platform(text: &str) -> Result<Platform> {
     }
 }
 
-/// Runs `op` until it succeeds, fails with a non-temporary error, or `ATTEMPTS` attempts failed; `what`
-/// names the object in the warning logged before each retry.
-async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T, hydrate_store::StoreError>
+/// Runs `op` until it succeeds, fails with an error that is not a temporary store error, or `ATTEMPTS`
+/// attempts failed, waiting with the fetch engine's jittered backoff between attempts; `what` names the object
+/// in the warning logged before each retry.
+async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, hydrate_store::StoreError>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
+    let temporary = |e: &anyhow::Error| {
+        e.downcast_ref::<hydrate_store::StoreError>()
+            .is_some_and(|e| e.kind() == ErrorKind::Temporary)
+    };
     let mut attempt = 1;
     loop {
         match op().await {
-            Err(e) if e.kind() == ErrorKind::Temporary && attempt < ATTEMPTS => {
-                tracing::warn!(what, attempt, error = %e, "registry read failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            Err(e) if temporary(&e) && attempt < ATTEMPTS => {
+                tracing::warn!(what, attempt, error = %format!("{e:#}"), "registry read failed; retrying");
+                tokio::time::sleep(hydrate_fetch::backoff(RETRY_BASE, attempt)).await;
                 attempt += 1;
             }
             result => return result,
@@ -205,13 +212,21 @@ async fn fetch_registry(
     tmp: &Path,
 ) -> Result<SourceImage> {
     let source = Arc::new(ImageSource::open(image, &RemoteOptions::default())?);
-    let mut manifest = with_retries(&image.reference, || source.manifest(&image.reference)).await?;
+    let mut manifest = with_retries(&image.reference, || {
+        source
+            .manifest(&image.reference)
+            .map_err(anyhow::Error::from)
+    })
+    .await?;
     let mut parsed =
         hydrate_convert::parse_manifest(&manifest.bytes, manifest.media_type.as_deref())?;
     // An index (multi-platform image) names one manifest per platform; nested indexes are not followed.
     if let ParsedManifest::Index(entries) = &parsed {
         let chosen = hydrate_convert::select_platform(entries, platform)?;
-        manifest = with_retries(&chosen.digest, || source.manifest(&chosen.digest)).await?;
+        manifest = with_retries(&chosen.digest, || {
+            source.manifest(&chosen.digest).map_err(anyhow::Error::from)
+        })
+        .await?;
         if manifest.digest != chosen.digest {
             bail!(
                 "the registry answered manifest {} for {}",
@@ -235,7 +250,9 @@ async fn fetch_registry(
         );
     }
     let config_bytes = with_retries(&config.digest, || {
-        source.small_blob(&config.digest, config.size)
+        source
+            .small_blob(&config.digest, config.size)
+            .map_err(anyhow::Error::from)
     })
     .await?;
 
@@ -282,8 +299,7 @@ async fn download_layer(
     path: &Path,
     bar: &Bar,
 ) -> Result<()> {
-    let mut attempt = 1;
-    loop {
+    with_retries(digest, || async {
         let mut file = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
@@ -294,22 +310,15 @@ async fn download_layer(
                 bar.0.inc(n);
             })
             .await;
-        match result {
-            Ok(()) => {
-                use std::io::Write;
-                file.flush()
-                    .with_context(|| format!("writing {}", path.display()))?;
-                return Ok(());
-            }
-            Err(e) if e.kind() == ErrorKind::Temporary && attempt < ATTEMPTS => {
-                tracing::warn!(%digest, attempt, error = %e, "layer download failed; retrying");
-                bar.0.dec(received);
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("downloading layer {digest}")),
+        if result.is_err() {
+            bar.0.dec(received);
         }
-    }
+        result.with_context(|| format!("downloading layer {digest}"))?;
+        use std::io::Write;
+        file.flush()
+            .with_context(|| format!("writing {}", path.display()))
+    })
+    .await
 }
 
 #[cfg(test)]
