@@ -42,6 +42,16 @@ impl Progress for Bar {
     }
 }
 
+/// The async runtime of a store-heavy command (build, convert, push): two workers, enough to keep uploads
+/// and downloads going beside the blocking chunking/compression threads on these 2-core machines.
+pub(crate) fn command_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 pub fn run(args: BuildArgs) -> Result<()> {
     let meta = std::fs::symlink_metadata(&args.source)
         .with_context(|| format!("source {}", args.source.display()))?;
@@ -73,11 +83,7 @@ pub fn run(args: BuildArgs) -> Result<()> {
     };
     let progress = Bar::new();
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = command_runtime()?;
     let report = rt
         .block_on(build_dir_with_trace(
             &args.source,

@@ -107,11 +107,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         threads,
         tag: tag.clone(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::cmd_build::command_runtime()?;
     let started = Instant::now();
     // Downloads land here and go when the conversion ends, also on an error.
     let tmp_parent = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);

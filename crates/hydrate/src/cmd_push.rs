@@ -47,11 +47,7 @@ pub fn run(args: PushArgs) -> Result<()> {
     let dest =
         hydrate_store::open_store(&args.dest).with_context(|| format!("store {}", args.dest))?;
     let bar = crate::cmd_build::Bar::new().0;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = crate::cmd_build::command_runtime()?;
     let started = Instant::now();
     let report = rt
         .block_on(push(
