@@ -17,7 +17,7 @@
 use crate::hydrate::Hydrate;
 use crate::reads::drop_caches;
 use crate::report::human;
-use crate::tree;
+use crate::startup;
 use anyhow::{anyhow, bail, Context, Result};
 use hydrate_testkit::oci_image::{
     host_program_rootfs, Compression, Layer, Meta, OciLayout, RunConfig,
@@ -29,14 +29,6 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Stdlib modules the container imports (as in the start-up section's workload).
-const IMPORTS: &str = "json, email.mime.multipart, email.parser, http.client, urllib.request, \
-    xml.etree.ElementTree, xml.dom.minidom, argparse, logging.handlers, unittest, asyncio, decimal, csv, \
-    tarfile, zipfile, difflib, pydoc, configparser, dataclasses, typing, pathlib, shutil, tempfile, \
-    subprocess, textwrap, string, fractions, statistics, calendar, pprint, inspect, dis, ast, tokenize, \
-    concurrent.futures, sqlite3, uuid, ipaddress, smtplib, ftplib, imaplib, mailbox";
-const DATA_FILES: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct ContainerPlan {
@@ -151,19 +143,13 @@ fn make_image(dir: &Path, plan: &ContainerPlan) -> Result<(u64, u64)> {
     )
     .context("assembling the python root filesystem")?;
     let python_bytes = crate::phases::dir_usage(&root)?.1;
-    let each = (plan.image_size.saturating_sub(python_bytes) / DATA_FILES as u64).max(1 << 20);
-    let read_each = ((plan.image_size as f64 * 0.055) as u64 / 4).min(each) & !0xFFFF;
+    // The same sizes and reads as the start-up section's cold start.
+    let (count, each, read_each) = startup::big_files(plan.image_size, python_bytes);
     let data = dir.join("data-root");
-    std::fs::create_dir_all(data.join("data"))?;
-    for i in 0..DATA_FILES {
-        tree::write_random_file(
-            &data.join(format!("data/blob{i}.bin")),
-            each,
-            plan.seed + i as u64 * 7919,
-        )?;
-    }
+    startup::write_big_files(&data.join("data"), count, each, plan.seed)?;
+    let imports = startup::IMPORTS;
     let script = format!(
-        "import sys, time\nimport {IMPORTS}\nfor i in (0, 2, 5, 7):\n    with open(f'/data/blob{{i}}.bin', 'rb') as f:\n        \
+        "import sys, time\nimport {imports}\nfor i in (0, 2, 5, 7):\n    with open(f'/data/blob{{i}}.bin', 'rb') as f:\n        \
          left = {read_each}\n        while left > 0:\n            n = len(f.read(min(left, 1 << 20)))\n            \
          if n == 0: break\n            left -= n\nprint('ready', flush=True)\n"
     );
@@ -187,7 +173,7 @@ fn make_image(dir: &Path, plan: &ContainerPlan) -> Result<(u64, u64)> {
     )?;
     std::fs::remove_dir_all(&root)?;
     std::fs::remove_dir_all(&data)?;
-    Ok((python_bytes + DATA_FILES as u64 * each, read_each))
+    Ok((python_bytes + count as u64 * each, read_each))
 }
 
 pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<ContainerResult> {

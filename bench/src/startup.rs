@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 const FILES_PER_DIR: usize = 100;
 
 /// Stdlib modules the cold-start workload imports (pure Python, with their own imports: ~200 files).
-const IMPORTS: &str = "json, email.mime.multipart, email.parser, http.client, urllib.request, \
+pub(crate) const IMPORTS: &str = "json, email.mime.multipart, email.parser, http.client, urllib.request, \
     xml.etree.ElementTree, xml.dom.minidom, argparse, logging.handlers, unittest, asyncio, decimal, csv, \
     tarfile, zipfile, difflib, pydoc, configparser, dataclasses, typing, pathlib, shutil, tempfile, \
     subprocess, textwrap, string, fractions, statistics, calendar, pprint, inspect, dis, ast, tokenize, \
@@ -315,12 +315,25 @@ fn copy_tree(from: &Path, to: &Path) -> Result<u64> {
 }
 
 /// Large files of the cold-start image and how much of each the workload reads.
-fn big_files(image_size: u64, python_bytes: u64) -> (usize, u64, u64) {
+pub(crate) fn big_files(image_size: u64, python_bytes: u64) -> (usize, u64, u64) {
     let count = 8usize;
     let each = (image_size.saturating_sub(python_bytes) / count as u64).max(1 << 20);
     // ~6% of the image in all: the python imports read a few MB, the rest is 16 MiB-aligned prefixes.
     let read_each = ((image_size as f64 * 0.055) as u64 / 4).min(each) & !0xFFFF;
     (count, each, read_each)
+}
+
+/// Writes the `count` large incompressible files `blob{i}.bin` of `each` bytes into `dir`.
+pub(crate) fn write_big_files(dir: &Path, count: usize, each: u64, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for i in 0..count {
+        tree::write_random_file(
+            &dir.join(format!("blob{i}.bin")),
+            each,
+            seed + i as u64 * 7919,
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs the workload against `root` (a mount or the unpacked copy): the python imports, then the first
@@ -378,14 +391,7 @@ fn cold_start(hydrate: &Hydrate, dir: &Path, plan: &StartupPlan) -> Result<ColdS
     let python_files = copy_tree(&python_stdlib()?, &src.join("py"))?;
     let python_bytes = crate::phases::dir_usage(&src.join("py"))?.1;
     let (count, each, read_each) = big_files(plan.image_size, python_bytes);
-    std::fs::create_dir_all(src.join("data"))?;
-    for i in 0..count {
-        tree::write_random_file(
-            &src.join(format!("data/blob{i}.bin")),
-            each,
-            plan.seed + i as u64 * 7919,
-        )?;
-    }
+    write_big_files(&src.join("data"), count, each, plan.seed)?;
     let image_bytes = python_bytes + count as u64 * each;
     hydrate.build(&src, &store, "cold:1")?;
     // The baseline's download: the same tree as one tar in the directory nginx serves.
