@@ -409,9 +409,15 @@ fn converted_layers_match_umoci_unpack() {
         assert!(err.contains(tag), "{err}");
     }
     faults.clear();
-    faults.set_http_500_probability(0.2);
-    faults.set_reset_probability(0.05);
-    faults.set_flip_probability(0.02);
+    // The rates are per request and per 64 KiB piece: high enough that faults surely strike, and at most four in
+    // all, which stays below convert's five attempts for any one read wherever they fall (CI once saw five
+    // faults in a row on one layer at unbounded lower rates).
+    faults.set_http_500_probability(0.3);
+    faults.set_reset_probability(0.3);
+    faults.set_flip_probability(0.3);
+    faults.set_fault_budget(Some(4));
+    let injected = |s: hydrate_testkit::proxy::ProxyStats| s.http_500s + s.resets + s.flips;
+    let before = injected(faults.stats());
     let out = via_proxy("faulty:ok");
     assert!(
         out.status.success(),
@@ -419,7 +425,7 @@ fn converted_layers_match_umoci_unpack() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stats = faults.stats();
-    eprintln!("injected: {stats:?}");
+    assert!(injected(stats) > before, "no fault was injected: {stats:?}");
     faults.clear();
     let inspect = hydrate_ok(&["inspect", "--store", &store, "faulty:ok"]);
     assert!(inspect.contains(&source_digest), "{inspect}");

@@ -15,7 +15,9 @@
 //!   connection closed (FIN) mid-response;
 //! - flipped bytes: with a probability per server→client chunk, one bit of one byte is inverted;
 //! - HTTP 500s (HTTP shim): with a probability per client request (request heads are tracked, bodies skipped by
-//!   Content-Length), the request is not forwarded and the client gets `500 Internal Server Error`.
+//!   Content-Length), the request is not forwarded and the client gets `500 Internal Server Error`;
+//! - a fault budget: at most N of the faults above in total, so a test of "occasional faults are retried away"
+//!   can bound the faults any one request can meet below the client's retry limit instead of hoping for luck.
 
 use std::io;
 use std::net::SocketAddr;
@@ -76,6 +78,8 @@ pub struct Faults {
     truncate_ppm: AtomicU64,
     flip_ppm: AtomicU64,
     http500_ppm: AtomicU64,
+    /// Faults still allowed (`u64::MAX`: no limit).
+    budget: AtomicU64,
     up: Link,
     down: Link,
     stats: Counters,
@@ -114,6 +118,7 @@ impl Faults {
             truncate_ppm: AtomicU64::new(0),
             flip_ppm: AtomicU64::new(0),
             http500_ppm: AtomicU64::new(0),
+            budget: AtomicU64::new(u64::MAX),
             up: Link {
                 next_free: Mutex::new(None),
             },
@@ -161,11 +166,21 @@ impl Faults {
         self.http500_ppm.store(ppm(p), Ordering::Relaxed);
     }
 
-    /// Turns every fault off and removes the link emulation (counters are kept).
+    /// Allows at most `n` more injected faults of any kind (`None`: no limit); the probabilities still decide
+    /// where they fall.
+    pub fn set_fault_budget(&self, n: Option<u64>) {
+        self.budget.store(
+            n.map_or(u64::MAX, |n| n.min(u64::MAX - 1)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Turns every fault off, lifts the budget and removes the link emulation (counters are kept).
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
         self.set_bandwidth(None);
         self.set_stall(false);
+        self.set_fault_budget(None);
         for p in [
             &self.reset_ppm,
             &self.truncate_ppm,
@@ -193,6 +208,21 @@ impl Faults {
 
     fn latency(&self) -> Duration {
         Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// Whether a fault of the kind with probability `ppm` strikes now, spending one unit of the budget if so.
+    fn strikes(&self, ppm: &AtomicU64) -> bool {
+        chance(ppm)
+            && self
+                .budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    if b == u64::MAX {
+                        Some(b)
+                    } else {
+                        b.checked_sub(1)
+                    }
+                })
+                .is_ok()
     }
 }
 
@@ -366,16 +396,16 @@ async fn pipe(
                     }
                 }
                 Direction::Down => {
-                    if chance(&faults.reset_ppm) {
+                    if faults.strikes(&faults.reset_ppm) {
                         faults.stats.resets.fetch_add(1, Ordering::Relaxed);
                         let _ = tx.send(Piece::End(End::Reset)).await;
                         return false;
                     }
-                    if chance(&faults.truncate_ppm) {
+                    if faults.strikes(&faults.truncate_ppm) {
                         faults.stats.truncations.fetch_add(1, Ordering::Relaxed);
                         data.truncate(n / 2);
                         after = Some(End::Close);
-                    } else if chance(&faults.flip_ppm) {
+                    } else if faults.strikes(&faults.flip_ppm) {
                         faults.stats.flips.fetch_add(1, Ordering::Relaxed);
                         let at = rand::random_range(0..data.len());
                         data[at] ^= 1 << rand::random_range(0..8u32);
@@ -486,7 +516,7 @@ impl HttpShim {
             };
             let head_end = end + 4;
             // A new request head is complete: decide its fate.
-            if chance(&faults.http500_ppm) {
+            if faults.strikes(&faults.http500_ppm) {
                 return true;
             }
             self.body_left = content_length(&self.head[..head_end]);
@@ -610,5 +640,26 @@ mod tests {
         f.set_http_500_probability(1.0);
         assert!(!shim.fail_request(b" /x\r\n", &f), "still body");
         assert!(shim.fail_request(b"GET /c HTTP/1.1\r\n\r\n", &f));
+    }
+
+    #[test]
+    fn the_fault_budget_bounds_injected_faults() {
+        let f = Faults::new();
+        f.set_http_500_probability(1.0);
+        f.set_fault_budget(Some(2));
+        let fails = (0..10)
+            .filter(|i| {
+                let mut shim = HttpShim::default();
+                shim.fail_request(format!("GET /{i} HTTP/1.1\r\n\r\n").as_bytes(), &f)
+            })
+            .count();
+        assert_eq!(fails, 2);
+        f.clear();
+        f.set_http_500_probability(1.0);
+        let mut shim = HttpShim::default();
+        assert!(
+            shim.fail_request(b"GET / HTTP/1.1\r\n\r\n", &f),
+            "clear lifts the budget"
+        );
     }
 }

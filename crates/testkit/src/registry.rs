@@ -15,6 +15,10 @@ use std::time::Duration;
 use crate::{require_binary, server_dir, wait_for_port, ServerProcess, TestkitError};
 
 const SERVER: &str = "docker-registry";
+/// How long the request log must stay unchanged to count as settled.
+const LOG_QUIET: Duration = Duration::from_millis(300);
+/// The longest [`Registry::requests`] waits for a busy log to settle.
+const LOG_SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// One request as the registry logged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,9 +153,24 @@ impl Registry {
         )
     }
 
-    /// Every request logged so far, in order.
+    /// Every request logged so far, in order, once the log has settled.
+    ///
+    /// The registry writes a request's line after its response has gone out, so a client can hold every byte
+    /// before the line exists (a CI run counted a finished ranged read as 0 bytes). The log is therefore read
+    /// until it stops growing for [`LOG_QUIET`] (at most [`LOG_SETTLE_LIMIT`]).
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        let text = std::fs::read_to_string(&self.process.log).unwrap_or_default();
+        let read = || std::fs::read_to_string(&self.process.log).unwrap_or_default();
+        let deadline = std::time::Instant::now() + LOG_SETTLE_LIMIT;
+        let mut text = read();
+        loop {
+            std::thread::sleep(LOG_QUIET);
+            let now = read();
+            if now.len() == text.len() || std::time::Instant::now() >= deadline {
+                text = now;
+                break;
+            }
+            text = now;
+        }
         text.lines().filter_map(parse_log_line).collect()
     }
 
