@@ -7,26 +7,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use hydrate_builder::BuildOptions;
 use hydrate_convert::{ParsedManifest, Platform, SourceImage, SourceLayer};
-use hydrate_store::{ErrorKind, ImageReference, ImageSource, RemoteOptions};
+use hydrate_store::{ImageReference, ImageSource, RemoteOptions};
 
 use crate::cli::ConvertArgs;
 use crate::cmd_build::Bar;
+use crate::retry::with_retries;
 use crate::units::{human, parse_size};
 
 /// Largest image config accepted (real ones are a few KiB; this bounds memory against a hostile registry).
 const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Layers downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
-/// Attempts per registry read (manifest, config, layer; temporary errors only).
-const ATTEMPTS: u32 = 5;
-/// First retry delay (doubling, with jitter: `hydrate_fetch::backoff`).
-const RETRY_BASE: Duration = Duration::from_millis(100);
 
 /// Where the image comes from.
 enum Source {
@@ -173,31 +170,6 @@ fn parse_platform(text: &str) -> Result<Platform> {
             })
         }
         _ => bail!("--platform {text:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64"),
-    }
-}
-
-/// Runs `op` until it succeeds, fails with an error that is not a temporary store error, or `ATTEMPTS`
-/// attempts failed, waiting with the fetch engine's jittered backoff between attempts; `what` names the object
-/// in the warning logged before each retry.
-async fn with_retries<T, F, Fut>(what: &str, mut op: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let temporary = |e: &anyhow::Error| {
-        e.downcast_ref::<hydrate_store::StoreError>()
-            .is_some_and(|e| e.kind() == ErrorKind::Temporary)
-    };
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if temporary(&e) && attempt < ATTEMPTS => {
-                tracing::warn!(what, attempt, error = %format!("{e:#}"), "registry read failed; retrying");
-                tokio::time::sleep(hydrate_fetch::backoff(RETRY_BASE, attempt)).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
     }
 }
 

@@ -7,18 +7,22 @@
 //! parts, and a registry (which checks that a manifest's blobs exist) accepts the tag. Objects
 //! the destination already has with the right size are skipped, which makes a repeated or
 //! interrupted push cheap. Every object is verified against its BLAKE3 id before it is written:
-//! a damaged source is reported, never propagated.
+//! a damaged source is reported, never propagated. Each request is retried on temporary errors
+//! (5xx, timeouts, resets) and a damaged read is read again (`crate::retry`), so a long push
+//! survives a flaky link; a copy damaged in the source itself fails after the last attempt.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use futures::TryFutureExt;
 use hydrate_format::{BlobId, Digest, ImageId, Manifest};
 use hydrate_store::{keys, BlobStore};
 use indicatif::ProgressBar;
 
 use crate::cli::PushArgs;
+use crate::retry::{with_retries, Damaged};
 use crate::units::human;
 
 /// What a push did.
@@ -126,14 +130,21 @@ pub async fn push(
     if let Some(tag) = tag {
         // Asking about the tag first makes the destination refuse a name it cannot hold
         // (an OCI registry's tag grammar is narrower) before anything is copied.
-        dest.head(&keys::tag(tag))
+        let key = keys::tag(tag);
+        with_retries(&key, || dest.head(&key).err_into())
             .await
             .with_context(|| format!("destination tag {tag:?}"))?;
     }
-    let id = hydrate_store::resolve(src.as_ref(), image).await?;
+    let id = with_retries(image, || {
+        hydrate_store::resolve(src.as_ref(), image).err_into()
+    })
+    .await?;
     let manifest_key = keys::manifest(&id);
-    let manifest_bytes = src.get(&manifest_key).await?;
-    verify(&manifest_key, &manifest_bytes, &id.0, None).await?;
+    let manifest_bytes = with_retries(&manifest_key, || async {
+        let bytes = src.get(&manifest_key).await?;
+        verify(&manifest_key, &bytes, &id.0, None).await
+    })
+    .await?;
     let blobs: Vec<(BlobId, u64)> = Manifest::parse(&manifest_bytes[..])
         .with_context(|| format!("manifest of image {id} in {}", src.describe()))?
         .blobs()
@@ -177,16 +188,22 @@ pub async fn push(
         }
     }
 
-    let present = dest.head(&manifest_key).await?;
+    let present = with_retries(&manifest_key, || dest.head(&manifest_key).err_into()).await?;
     if present != Some(manifest_bytes.len() as u64) {
-        dest.put(&manifest_key, manifest_bytes.clone()).await?;
+        with_retries(&manifest_key, || {
+            dest.put(&manifest_key, manifest_bytes.clone()).err_into()
+        })
+        .await?;
         report.manifest_copied = true;
         report.bytes_copied += manifest_bytes.len() as u64;
     }
     bar.inc(manifest_bytes.len() as u64);
     if let Some(tag) = tag {
         bar.set_message(format!("tagging {tag}"));
-        hydrate_store::put_tag(dest.as_ref(), tag, &id).await?;
+        with_retries(tag, || {
+            hydrate_store::put_tag(dest.as_ref(), tag, &id).err_into()
+        })
+        .await?;
     }
     Ok(report)
 }
@@ -199,12 +216,15 @@ async fn copy_blob(
     size: u64,
 ) -> Result<bool> {
     let key = keys::blob(&blob);
-    if dest.head(&key).await? == Some(size) {
+    if with_retries(&key, || dest.head(&key).err_into()).await? == Some(size) {
         return Ok(false);
     }
-    let data = src.get(&key).await?;
-    let data = verify(&key, &data, &blob.0, Some(size)).await?;
-    dest.put(&key, data).await?;
+    let data = with_retries(&key, || async {
+        let data = src.get(&key).await?;
+        verify(&key, &data, &blob.0, Some(size)).await
+    })
+    .await?;
+    with_retries(&key, || dest.put(&key, data.clone()).err_into()).await?;
     Ok(true)
 }
 
@@ -213,10 +233,11 @@ async fn copy_blob(
 async fn verify(key: &str, data: &Bytes, id: &Digest, size: Option<u64>) -> Result<Bytes> {
     if let Some(size) = size {
         if data.len() as u64 != size {
-            bail!(
+            return Err(Damaged(format!(
                 "{key}: the source has {} bytes, the manifest says {size}",
                 data.len()
-            );
+            ))
+            .into());
         }
     }
     let owned = data.clone();
@@ -224,7 +245,10 @@ async fn verify(key: &str, data: &Bytes, id: &Digest, size: Option<u64>) -> Resu
         .await
         .context("hashing task failed")?;
     if actual != *id {
-        bail!("{key}: the source holds a damaged copy (BLAKE3 {actual})");
+        return Err(Damaged(format!(
+            "{key}: the source holds a damaged copy (BLAKE3 {actual})"
+        ))
+        .into());
     }
     Ok(data.clone())
 }

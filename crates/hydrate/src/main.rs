@@ -16,6 +16,7 @@ mod control;
 mod daemon;
 mod fetch_opts;
 mod metrics_http;
+mod retry;
 mod rootfs_shared;
 mod runtime_spec;
 mod supervise;

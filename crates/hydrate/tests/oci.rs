@@ -371,3 +371,68 @@ fn find_big_file(root: &Path) -> PathBuf {
     });
     best.1
 }
+
+#[test]
+fn push_through_a_faulty_link_retries_and_never_tags_a_partial_image() {
+    let test = "push_through_a_faulty_link_retries_and_never_tags_a_partial_image";
+    let Some(registry) = start_registry(test, None) else {
+        return;
+    };
+    let env = Env::new();
+    let src = source_tree(&env);
+    build(&env, &src, "app:1");
+    let proxy =
+        hydrate_testkit::proxy::FaultProxy::start(registry.host().parse().unwrap()).unwrap();
+    let far = |repo: &str| format!("oci://{}/{repo}", proxy.addr());
+    let faults = proxy.faults();
+
+    // A registry that answers every request with a 500: the push fails naming it, and no tag appears.
+    faults.set_http_500_probability(1.0);
+    let err = env.hydrate_err(
+        &[
+            "push",
+            "--store",
+            &env.s("store"),
+            "app:1",
+            &far("team/app:1"),
+        ],
+        None,
+    );
+    assert!(err.contains("500"), "{err}");
+    faults.clear();
+    let err = env.hydrate_err(
+        &[
+            "inspect",
+            "--store",
+            &registry.store_address("team/app"),
+            "1",
+        ],
+        None,
+    );
+    assert!(err.contains("no image or tag"), "{err}");
+
+    // Occasional 500s and resets (at most four, below the five attempts of any one request) are retried away.
+    faults.set_http_500_probability(0.3);
+    faults.set_reset_probability(0.3);
+    faults.set_fault_budget(Some(4));
+    let out = env.hydrate_ok(
+        &[
+            "push",
+            "--store",
+            &env.s("store"),
+            "app:1",
+            &far("team/app:1"),
+        ],
+        None,
+    );
+    let stats = faults.stats();
+    faults.clear();
+    assert!(
+        stats.http_500s + stats.resets > 0,
+        "no fault injected: {stats:?}"
+    );
+    assert!(out.contains("blobs copied"), "{out}");
+    let mount = env.mount(&registry.store_address("team/app:1"), None, "a", None);
+    compare_trees(&src, &mount.mountpoint);
+    mount.unmount();
+}
