@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use hydrate_builder::BuildOptions;
 use hydrate_convert::{ParsedManifest, Platform, SourceImage, SourceLayer};
-use hydrate_store::{ImageReference, ImageSource, RemoteOptions};
+use hydrate_store::{BlobDownload, ImageReference, ImageSource, RemoteOptions};
 
 use crate::cli::ConvertArgs;
 use crate::cmd_build::Bar;
@@ -259,7 +259,8 @@ async fn fetch_registry(
     })
 }
 
-/// Downloads one layer into `path`, retrying temporary failures from the start.
+/// Downloads one layer into `path`, retrying temporary failures; an interrupted transfer continues where it
+/// stopped (a Range request) rather than starting over.
 async fn download_layer(
     source: &ImageSource,
     digest: &str,
@@ -267,24 +268,24 @@ async fn download_layer(
     path: &Path,
     bar: &Bar,
 ) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // One attempt at a time holds the state; the lock only lets each attempt's future borrow it.
+    let state = futures::lock::Mutex::new((file, BlobDownload::new(digest, size), 0u64));
     with_retries(digest, || async {
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        let mut received = 0u64;
+        let mut guard = state.lock().await;
+        let (file, download, shown) = &mut *guard;
         let result = source
-            .blob_into(digest, size, &mut file, &mut |n| {
-                received += n;
-                bar.0.inc(n);
+            .download(download, file, &mut |received| {
+                if received >= *shown {
+                    bar.0.inc(received - *shown);
+                } else {
+                    bar.0.dec(*shown - received);
+                }
+                *shown = received;
             })
             .await;
-        if result.is_err() {
-            bar.0.dec(received);
-        }
-        result.with_context(|| format!("downloading layer {digest}"))?;
-        use std::io::Write;
-        file.flush()
-            .with_context(|| format!("writing {}", path.display()))
+        result.with_context(|| format!("downloading layer {digest}"))
     })
     .await
 }

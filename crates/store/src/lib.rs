@@ -33,7 +33,9 @@ pub use error::{ErrorKind, StoreError};
 pub use faulty::FaultyStore;
 pub use http::HttpStore;
 pub use local::LocalStore;
-pub use oci::{default_image, ImageReference, ImageSource, OciAddress, OciStore, SourceManifest};
+pub use oci::{
+    default_image, BlobDownload, ImageReference, ImageSource, OciAddress, OciStore, SourceManifest,
+};
 pub use refs::{list_tags, put_tag, resolve};
 pub use remote::RemoteOptions;
 pub use s3::S3Store;

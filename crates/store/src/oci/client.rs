@@ -341,11 +341,20 @@ impl RegistryClient {
         Ok(Some((body, media_type)))
     }
 
-    /// Starts a GET of the whole blob `digest`: the caller streams the body (and verifies it).
-    pub async fn open_blob(&self, digest: &str) -> Result<Response, Failure> {
+    /// Starts a GET of blob `digest` from byte `from` on (`Range: bytes=from-` when `from > 0`): the caller
+    /// streams the body, checks the status (206 if the range was honoured, 200 for the whole blob) and
+    /// verifies it.
+    pub async fn open_blob(&self, digest: &str, from: u64) -> Result<Response, Failure> {
         let url = self.url(&format!("blobs/{digest}"));
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={from}-")).expect("ASCII range header"),
+            );
+        }
         let response = self
-            .send(Method::GET, &url, HeaderMap::new(), None, Access::Pull)
+            .send(Method::GET, &url, headers, None, Access::Pull)
             .await?;
         found(&url, response)
             .await?

@@ -35,7 +35,7 @@ pub use address::OciAddress;
 use artifact::{Artifact, Located, OCI_MANIFEST_MEDIA_TYPE};
 use auth::AuthEnv;
 use client::{sha256_digest, Failure, RegistryClient};
-pub use source::{ImageReference, ImageSource, SourceManifest};
+pub use source::{BlobDownload, ImageReference, ImageSource, SourceManifest};
 
 use crate::error::{ErrorKind, StoreError};
 use crate::keys;

@@ -8,7 +8,7 @@
 //!
 //! [`OciStore`]: super::OciStore
 
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 
 use sha2::{Digest as _, Sha256};
 
@@ -142,21 +142,27 @@ impl ImageSource {
 
     /// Blob `digest` of `size` bytes, whole and verified, in memory: for small blobs (configs).
     pub async fn small_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::new();
-        self.blob_into(digest, size, &mut out, &mut |_| {}).await?;
-        Ok(out)
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut download = BlobDownload::new(digest, size);
+        self.download(&mut download, &mut out, &mut |_| {}).await?;
+        Ok(out.into_inner())
     }
 
-    /// Streams blob `digest` into `out`, checking that it is exactly `size` bytes (at most, while
-    /// receiving) and that its SHA-256 matches; `progress` gets the bytes of each piece received.
-    /// On an error `out` holds a partial, unverified copy that the caller must discard.
-    pub async fn blob_into(
+    /// One attempt at `download`: streams the rest of the blob into `out` (positioned at the bytes received
+    /// so far, asked for with a Range request), checking that it is exactly its size (at most, while
+    /// receiving) and that its SHA-256 matches; `progress` gets the count of bytes received so far.
+    ///
+    /// On an error `out` holds the verified-so-far prefix of `download.received()` bytes, and another call
+    /// continues from there: an interrupted transfer (reset, timeout, short body) resumes instead of starting
+    /// over. A registry that ignores the Range header, or a whole blob whose digest does not match, starts the
+    /// download over (the prefix cannot be trusted then). `out` is complete only when this returns `Ok`.
+    pub async fn download<W: Write + Seek>(
         &self,
-        digest: &str,
-        size: u64,
-        out: &mut dyn Write,
+        download: &mut BlobDownload,
+        out: &mut W,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), StoreError> {
+        let digest = download.digest.clone();
         let key = format!("blobs/{digest}");
         let Some(hex_part) = digest.strip_prefix("sha256:") else {
             return Err(StoreError::new(
@@ -166,56 +172,121 @@ impl ImageSource {
                 "only sha256 digests are supported",
             ));
         };
-        let mut response = self
-            .client
-            .open_blob(digest)
-            .await
-            .map_err(|f| self.fail(&key, f))?;
-        let mut hasher = Sha256::new();
-        let mut received = 0u64;
-        loop {
-            let piece = response.chunk().await.map_err(|e| {
-                self.fail(
-                    &key,
-                    Failure::transport(&format!("reading blob {digest}"), &e),
-                )
-            })?;
-            let Some(piece) = piece else { break };
-            received += piece.len() as u64;
-            if received > size {
-                return Err(StoreError::new(
-                    ErrorKind::Permanent,
-                    &self.description,
-                    &key,
-                    format!("blob is longer than the {size} bytes its descriptor gives"),
-                ));
+        let local = |e: std::io::Error| {
+            StoreError::new(
+                ErrorKind::Permanent,
+                &self.description,
+                &key,
+                format!("writing the blob locally: {e}"),
+            )
+        };
+        if download.received < download.size {
+            let mut response = self
+                .client
+                .open_blob(&digest, download.received)
+                .await
+                .map_err(|f| self.fail(&key, f))?;
+            if download.received > 0 && response.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+                tracing::warn!(%digest, "the registry ignored the Range header: downloading the blob again");
+                download.restart();
+                progress(0);
             }
-            hasher.update(&piece);
-            out.write_all(&piece).map_err(|e| {
-                StoreError::new(
-                    ErrorKind::Permanent,
-                    &self.description,
-                    &key,
-                    format!("writing the blob locally: {e}"),
-                )
-            })?;
-            progress(piece.len() as u64);
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != hex_part {
-            let why = if received < size {
-                format!("truncated: received {received} of {size} bytes")
-            } else {
-                format!("received content has digest sha256:{actual}")
+            out.seek(SeekFrom::Start(download.received))
+                .map_err(local)?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+            let streamed = loop {
+                let piece = match response.chunk().await {
+                    Ok(Some(piece)) => piece,
+                    Ok(None) => break Ok(()),
+                    Err(e) => {
+                        break Err(self.fail(
+                            &key,
+                            Failure::transport(&format!("reading blob {digest}"), &e),
+                        ))
+                    }
+                };
+                if download.received + piece.len() as u64 > download.size {
+                    download.restart();
+                    break Err(StoreError::new(
+                        ErrorKind::Permanent,
+                        &self.description,
+                        &key,
+                        format!(
+                            "blob is longer than the {} bytes its descriptor gives",
+                            download.size
+                        ),
+                    ));
+                }
+                if let Err(e) = out.write_all(&piece) {
+                    download.restart();
+                    break Err(local(e));
+                }
+                download.hasher.update(&piece);
+                download.received += piece.len() as u64;
+                progress(download.received);
             };
+            // What was received stays usable for the next attempt only once it is in `out`.
+            if let Err(e) = out.flush() {
+                download.restart();
+                return Err(local(e));
+            }
+            streamed?;
+        }
+        if download.received < download.size {
             return Err(StoreError::new(
                 ErrorKind::Temporary,
                 &self.description,
                 &key,
-                why,
+                format!(
+                    "truncated: received {} of {} bytes",
+                    download.received, download.size
+                ),
+            ));
+        }
+        let actual = hex::encode(download.hasher.clone().finalize());
+        if actual != hex_part {
+            download.restart();
+            progress(0);
+            return Err(StoreError::new(
+                ErrorKind::Temporary,
+                &self.description,
+                &key,
+                format!("received content has digest sha256:{actual}"),
             ));
         }
         Ok(())
+    }
+}
+
+/// The state of one blob download across attempts (see [`ImageSource::download`]): how many bytes have
+/// been received and written, and the SHA-256 of exactly those bytes.
+#[derive(Debug, Clone)]
+pub struct BlobDownload {
+    digest: String,
+    size: u64,
+    hasher: Sha256,
+    received: u64,
+}
+
+impl BlobDownload {
+    /// A download of blob `digest` (`sha256:…`), which its descriptor says is `size` bytes.
+    pub fn new(digest: &str, size: u64) -> BlobDownload {
+        BlobDownload {
+            digest: digest.to_owned(),
+            size,
+            hasher: Sha256::new(),
+            received: 0,
+        }
+    }
+
+    /// Bytes received and written so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    fn restart(&mut self) {
+        self.hasher = Sha256::new();
+        self.received = 0;
     }
 }
 
