@@ -290,6 +290,46 @@ fn htpasswd_auth_from_auth_json() {
     else {
         return;
     };
+    auth_from_auth_json(&registry);
+}
+
+/// Docker's token protocol (hosted registries): distribution answers 401 with a Bearer challenge, hydrate gets
+/// a token from the realm with the auth.json credentials, and the registry verifies the token's signature and
+/// the scope it grants (pull for a mount, pull+push for a push).
+#[test]
+fn bearer_token_auth_from_auth_json() {
+    let test = "bearer_token_auth_from_auth_json";
+    let Some(binary) = Registry::binary(test) else {
+        return;
+    };
+    let registry = Registry::start_with_token_auth(&binary, "hydrate", "s3cret")
+        .unwrap_or_else(|e| panic!("starting docker-registry: {e}"));
+    auth_from_auth_json(&registry);
+    let tokens = registry.token_server().unwrap().requests();
+    let granted = |scope: &str| {
+        tokens.iter().any(|t| {
+            t.granted && t.user.as_deref() == Some("hydrate") && t.scopes.iter().any(|s| s == scope)
+        })
+    };
+    assert!(granted("repository:secure/app:pull,push"), "{tokens:?}");
+    assert!(granted("repository:secure/app:pull"), "{tokens:?}");
+    assert!(
+        tokens
+            .iter()
+            .any(|t| !t.granted && t.user.as_deref() == Some("hydrate")),
+        "the wrong password was refused by the token service: {tokens:?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.service.as_deref() == Some(hydrate_testkit::token_server::SERVICE)),
+        "{tokens:?}"
+    );
+}
+
+/// Push and mount with credentials from an auth.json against `registry` (which requires user `hydrate`), and
+/// the refusals without credentials and with a wrong password.
+fn auth_from_auth_json(registry: &Registry) {
     let env = Env::new();
     let src = env.p("src");
     make_tree(

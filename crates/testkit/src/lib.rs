@@ -21,6 +21,7 @@ pub mod oci_image;
 pub mod proxy;
 pub mod registry;
 pub mod rng;
+pub mod token_server;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

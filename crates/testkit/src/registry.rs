@@ -2,7 +2,9 @@
 //!
 //! Each [`Registry`] gets its own temporary directory holding the generated config, the
 //! filesystem storage and, with [`Registry::start_with_auth`], an htpasswd file made by
-//! `htpasswd -Bbn` (bcrypt, the only hash distribution accepts). The registry logs one JSON
+//! `htpasswd -Bbn` (bcrypt, the only hash distribution accepts), or, with
+//! [`Registry::start_with_token_auth`], the certificate of a [`TokenServer`] whose signed tokens
+//! it requires (docker's token protocol). The registry logs one JSON
 //! line per request ("response completed", with method, URI, status and bytes written), which
 //! [`Registry::requests`] parses so tests can prove what went over the wire, e.g. that a lazy
 //! mount reads blobs with ranged GETs (status 206) and never downloads one whole.
@@ -12,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine as _;
+
+use crate::token_server::{self, TokenServer};
 use crate::{require_binary, server_dir, wait_for_port, ServerProcess, TestkitError};
 
 const SERVER: &str = "docker-registry";
@@ -44,6 +49,8 @@ pub struct Registry {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     credentials: Option<(String, String)>,
+    /// The token service of a registry started with [`Registry::start_with_token_auth`].
+    token: Option<TokenServer>,
 }
 
 impl Registry {
@@ -55,7 +62,7 @@ impl Registry {
 
     /// Starts a registry without authentication.
     pub fn start(binary: &Path) -> Result<Registry, TestkitError> {
-        Registry::launch(binary, None)
+        Registry::launch(binary, None, false)
     }
 
     /// Starts a registry that requires HTTP Basic auth as `user`/`password` (htpasswd).
@@ -64,12 +71,23 @@ impl Registry {
         user: &str,
         password: &str,
     ) -> Result<Registry, TestkitError> {
-        Registry::launch(binary, Some((user.to_owned(), password.to_owned())))
+        Registry::launch(binary, Some((user.to_owned(), password.to_owned())), false)
+    }
+
+    /// Starts a registry that requires Bearer tokens (docker's token protocol) from a [`TokenServer`] that
+    /// issues them to `user`/`password`: the flow of hosted registries.
+    pub fn start_with_token_auth(
+        binary: &Path,
+        user: &str,
+        password: &str,
+    ) -> Result<Registry, TestkitError> {
+        Registry::launch(binary, Some((user.to_owned(), password.to_owned())), true)
     }
 
     fn launch(
         binary: &Path,
         credentials: Option<(String, String)>,
+        tokens: bool,
     ) -> Result<Registry, TestkitError> {
         let dir = server_dir("hydrate-registry", SERVER)?;
         let io = |what: &str, source| TestkitError::Io {
@@ -79,7 +97,24 @@ impl Registry {
         };
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).map_err(|e| io("creating the storage directory", e))?;
+        let mut token = None;
         let auth = match &credentials {
+            Some((user, password)) if tokens => {
+                let server = TokenServer::start(user, password)
+                    .map_err(|e| io("starting the token service", e))?;
+                let bundle = dir.path().join("token-root.pem");
+                std::fs::write(&bundle, server.cert_pem())
+                    .map_err(|e| io("writing the token certificate", e))?;
+                let auth = format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    token_server::SERVICE,
+                    token_server::ISSUER,
+                    bundle.display()
+                );
+                token = Some(server);
+                auth
+            }
             Some((user, password)) => {
                 let htpasswd = dir.path().join("htpasswd");
                 let out = Command::new("htpasswd")
@@ -122,6 +157,7 @@ impl Registry {
             dir,
             addr,
             credentials,
+            token,
         })
     }
 
@@ -143,7 +179,8 @@ impl Registry {
             .credentials
             .as_ref()
             .ok_or_else(|| std::io::Error::other("this registry runs without authentication"))?;
-        let token = base64_encode(format!("{user}:{}", password.unwrap_or(real)).as_bytes());
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", password.unwrap_or(real)));
         std::fs::write(
             path,
             format!(
@@ -172,6 +209,11 @@ impl Registry {
             text = now;
         }
         text.lines().filter_map(parse_log_line).collect()
+    }
+
+    /// The token service, for a registry started with [`Registry::start_with_token_auth`].
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
     }
 
     /// The directory holding the registry's config, storage and log.
@@ -216,27 +258,6 @@ fn parse_log_line(line: &str) -> Option<LoggedRequest> {
     })
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for group in data.chunks(3) {
-        let b = [
-            group[0],
-            *group.get(1).unwrap_or(&0),
-            *group.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= group.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,15 +279,6 @@ mod tests {
             parse_log_line(r#"{"msg":"listening on 127.0.0.1:5000"}"#),
             None
         );
-    }
-
-    #[test]
-    fn base64_matches_the_standard_alphabet_with_padding() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"user:p@ss"), "dXNlcjpwQHNz");
     }
 
     #[test]
@@ -301,7 +313,22 @@ mod tests {
         let file = dir.path().join("auth.json");
         locked.write_auth_file(&file, None).unwrap();
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains(&base64_encode(b"hydrate:s3cret")), "{text}");
+        assert!(
+            text.contains(&base64::engine::general_purpose::STANDARD.encode("hydrate:s3cret")),
+            "{text}"
+        );
+
+        let tokens = Registry::start_with_token_auth(&binary, "hydrate", "s3cret").unwrap();
+        let reply = get(&tokens.host());
+        let realm = tokens.token_server().unwrap().realm();
+        assert!(reply.starts_with("HTTP/1.0 401"), "{reply}");
+        assert!(
+            reply.contains(&format!(
+                "Bearer realm=\"{realm}\",service=\"{}\"",
+                token_server::SERVICE
+            )),
+            "{reply}"
+        );
 
         let pid = open.pid().unwrap() as i32;
         drop(open);
