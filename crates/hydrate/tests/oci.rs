@@ -312,6 +312,12 @@ fn bearer_token_auth_from_auth_json() {
         })
     };
     assert!(granted("repository:secure/app:pull,push"), "{tokens:?}");
+    // The push's parallel uploads are refused together (their pull token lacks push): one renewal serves all.
+    let push_tokens = tokens
+        .iter()
+        .filter(|t| t.scopes.iter().any(|s| s.ends_with(":pull,push")))
+        .count();
+    assert_eq!(push_tokens, 1, "{tokens:?}");
     assert!(granted("repository:secure/app:pull"), "{tokens:?}");
     assert!(
         tokens

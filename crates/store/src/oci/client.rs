@@ -16,6 +16,7 @@
 //! an expired token costs one refresh.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use bytes::Bytes;
@@ -111,6 +112,15 @@ pub(crate) struct RegistryClient {
     repository: String,
     credentials: Option<Credentials>,
     state: RwLock<AuthState>,
+    /// Bumped whenever `state` changes, so a refused request can tell whether someone else already renewed
+    /// the credentials it was sent with.
+    generation: AtomicU64,
+    /// Held while answering a challenge: concurrent requests refused together (the first requests of a
+    /// parallel push, or every request in flight when a token expires) cost one token request, not one each.
+    renewing: tokio::sync::Mutex<()>,
+    /// Set once a request needed push: later tokens keep the push scope, so a pull request that renews an
+    /// expired token does not narrow it under a running push.
+    pushed: AtomicBool,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -146,6 +156,9 @@ impl RegistryClient {
             repository: addr.repository.clone(),
             credentials,
             state: RwLock::new(AuthState::None),
+            generation: AtomicU64::new(0),
+            renewing: tokio::sync::Mutex::new(()),
+            pushed: AtomicBool::new(false),
         })
     }
 
@@ -167,7 +180,11 @@ impl RegistryClient {
         access: Access,
     ) -> Result<Response, Failure> {
         let what = format!("{method} {url}");
+        if access == Access::Push {
+            self.pushed.store(true, Ordering::Relaxed);
+        }
         for attempt in 0..2 {
+            let sent_with = self.generation.load(Ordering::Acquire);
             let mut request = self
                 .http
                 .request(method.clone(), url)
@@ -186,6 +203,13 @@ impl RegistryClient {
             if !refused || attempt == 1 {
                 return Ok(response);
             }
+            let _renewing = self.renewing.lock().await;
+            if self.generation.load(Ordering::Acquire) != sent_with
+                && !(access == Access::Push && self.bearer_lacks_push())
+            {
+                // Renewed by another request while this one was on its way: try what it got.
+                continue;
+            }
             let challenge = response
                 .headers()
                 .get(reqwest::header::WWW_AUTHENTICATE)
@@ -193,20 +217,24 @@ impl RegistryClient {
                 .and_then(parse_challenge);
             match challenge {
                 Some(Challenge::Basic) if self.credentials.is_some() => {
-                    *self.state.write().expect("auth state lock") = AuthState::Basic;
+                    self.set_state(AuthState::Basic);
                 }
                 Some(Challenge::Bearer { realm, service }) => {
-                    let token = self.fetch_token(&realm, service.as_deref(), access).await?;
-                    *self.state.write().expect("auth state lock") = AuthState::Bearer {
-                        token,
-                        push: access == Access::Push,
-                    };
+                    let push = self.pushed.load(Ordering::Relaxed);
+                    let scope = if push { Access::Push } else { Access::Pull };
+                    let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                    self.set_state(AuthState::Bearer { token, push });
                 }
                 // Basic without credentials, or a scheme we do not speak: the 401 stands.
                 _ => return Ok(response),
             }
         }
         unreachable!("the second attempt always returns")
+    }
+
+    fn set_state(&self, state: AuthState) {
+        *self.state.write().expect("auth state lock") = state;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn bearer_lacks_push(&self) -> bool {
