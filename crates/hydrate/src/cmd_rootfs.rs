@@ -15,6 +15,7 @@
 //! routine that undoes whatever exists, so a failure midway leaves nothing behind and a half-prepared bundle
 //! can always be removed.
 
+use crate::daemon::DEFAULT_CACHE_ROOT;
 use crate::rootfs_shared::SharedLower;
 use crate::runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use anyhow::{anyhow, bail, Context, Result};
@@ -124,9 +125,6 @@ struct BundleState {
     shared_lower: Option<PathBuf>,
 }
 
-/// Where `hydrate mount` keeps an image's cache by default (daemon.rs), shared by its mounts one at a time.
-const DEFAULT_CACHE_ROOT: &str = "/var/cache/hydrate";
-
 const STATE_VERSION: u32 = 1;
 
 pub fn run(args: RootfsArgs) -> Result<()> {
@@ -191,7 +189,7 @@ fn prepare(args: RootfsArgs) -> Result<()> {
         if hostname.is_empty() || hostname.len() > 64 {
             bail!("hostname {hostname:?} must be 1 to 64 bytes long (give --hostname)");
         }
-        let (image_id, manifest) = crate::cmd_inspect::load_manifest(&store, &image)?;
+        let (image_id, manifest) = image_manifest(&store, &image, args.cache_dir.as_deref())?;
         let text = |key| {
             manifest
                 .annotation(key)
@@ -340,6 +338,36 @@ fn create_layout(state: &BundleState) -> Result<()> {
 fn save_state(state: &BundleState) -> Result<()> {
     let json = serde_json::to_vec_pretty(state).context("encoding the bundle state")?;
     write_atomic(&state.bundle.join(".hydrate").join("state.json"), &json)
+}
+
+/// Resolves `image` in `store` and loads its manifest the way the mount will: through the verified local copy in
+/// the cache directory the mount uses (`cache_dir`, else the default one of the image), fetching it from the
+/// store only if that copy is missing. The mount then maps the copy instead of downloading the manifest a
+/// second time, and another bundle of the image reads no manifest from the store at all.
+fn image_manifest(
+    store_addr: &str,
+    image: &str,
+    cache_dir: Option<&Path>,
+) -> Result<(hydrate_format::ImageId, hydrate_core::MappedManifest)> {
+    let store = hydrate_store::open_existing_store(store_addr)
+        .with_context(|| format!("store {store_addr}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let id = hydrate_store::resolve(store.as_ref(), image)
+            .await
+            .with_context(|| format!("image {image:?}"))?;
+        let cache = cache_dir.map_or_else(
+            || Path::new(DEFAULT_CACHE_ROOT).join(id.to_string()),
+            Path::to_path_buf,
+        );
+        let manifest = hydrate_core::load_manifest(store.as_ref(), &id, &cache.join("manifests"))
+            .await
+            .with_context(|| format!("manifest of image {id}"))?;
+        Ok((id, manifest))
+    })
 }
 
 /// Mounts the image and the overlay and writes config.json.

@@ -27,6 +27,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Where a mount keeps an image's cache without --cache-dir: DEFAULT_CACHE_ROOT/<image digest>, shared by the
+/// image's mounts one at a time.
+pub(crate) const DEFAULT_CACHE_ROOT: &str = "/var/cache/hydrate";
+
 const SERVED_OPCODES: [u32; 14] = [
     abi::FUSE_LOOKUP,
     abi::FUSE_FORGET,
@@ -171,7 +175,7 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
             let dir = args
                 .cache_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("/var/cache/hydrate").join(image.to_string()));
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_ROOT).join(image.to_string()));
             note(link, "cache_dir", &dir.display().to_string())?;
             dir
         }

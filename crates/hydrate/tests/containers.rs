@@ -668,7 +668,20 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
         runc: tools.runc.clone(),
         container: None,
     };
+    // Whole-blob downloads (status 200): of a lazily mounted hydrate image only its manifest is ever read whole.
+    let whole_blob_gets = |since: usize| {
+        registry.requests()[since..]
+            .iter()
+            .filter(|r| r.is_blob_get() && r.status == 200)
+            .count()
+    };
+    let logged = registry.requests().len();
     let stdout = bundle.prepare_and_run(&dest, &s.s("cache"), &[]);
+    assert_eq!(
+        whole_blob_gets(logged),
+        1,
+        "rootfs and its mount read the manifest once"
+    );
     let line = stdout.lines().next().unwrap_or_default();
     let seen: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("container printed {stdout:?}: {e}"));
@@ -703,8 +716,14 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
         runc: tools.runc.clone(),
         container: None,
     };
+    let logged = registry.requests().len();
     let stdout = second.prepare_and_run(&dest, &s.s("cache"), &["x", "y"]);
     assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
+    assert_eq!(
+        whole_blob_gets(logged),
+        0,
+        "the second bundle reads the manifest from the cache's verified copy"
+    );
     let shared = lower_of(&bundle);
     assert_eq!(
         lower_of(&second),
