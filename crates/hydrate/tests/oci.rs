@@ -126,6 +126,20 @@ fn source_tree(env: &Env) -> PathBuf {
     src
 }
 
+/// A smaller tree (20 files and a 2 MiB one) for tests about auth and addressing rather than data.
+fn small_tree(env: &Env) -> PathBuf {
+    let src = env.p("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            small_files: 20,
+            big_file: Some(2 << 20),
+            depth: 2,
+        },
+    );
+    src
+}
+
 fn build(env: &Env, src: &Path, tag: &str) {
     hydrate_ok(&[
         "build",
@@ -139,6 +153,15 @@ fn build(env: &Env, src: &Path, tag: &str) {
     ]);
 }
 
+/// An open registry, and a local store (in a fresh Env) holding the source tree built as `app:1`.
+fn registry_and_built_image(test: &str) -> Option<(Registry, Env, PathBuf)> {
+    let registry = start_registry(test, None)?;
+    let env = Env::new();
+    let src = source_tree(&env);
+    build(&env, &src, "app:1");
+    Some((registry, env, src))
+}
+
 fn blob_gets(requests: &[LoggedRequest]) -> Vec<&LoggedRequest> {
     requests.iter().filter(|r| r.is_blob_get()).collect()
 }
@@ -146,12 +169,9 @@ fn blob_gets(requests: &[LoggedRequest]) -> Vec<&LoggedRequest> {
 #[test]
 fn push_mount_ranged_reads_and_skopeo_copy() {
     let test = "push_mount_ranged_reads_and_skopeo_copy";
-    let Some(registry) = start_registry(test, None) else {
+    let Some((registry, env, src)) = registry_and_built_image(test) else {
         return;
     };
-    let env = Env::new();
-    let src = source_tree(&env);
-    build(&env, &src, "app:1");
     let dest = registry.store_address("team/app:1");
 
     let out = env.hydrate_ok(&["push", "--store", &env.s("store"), "app:1", &dest], None);
@@ -240,15 +260,7 @@ fn build_into_registry_and_mount_by_digest() {
         return;
     };
     let env = Env::new();
-    let src = env.p("src");
-    make_tree(
-        &src,
-        &TreeSpec {
-            small_files: 20,
-            big_file: Some(2 << 20),
-            depth: 2,
-        },
-    );
+    let src = small_tree(&env);
     let addr = registry.store_address("direct");
     let out = env.hydrate_ok(
         &[
@@ -337,15 +349,7 @@ fn bearer_token_auth_from_auth_json() {
 /// the refusals without credentials and with a wrong password.
 fn auth_from_auth_json(registry: &Registry) {
     let env = Env::new();
-    let src = env.p("src");
-    make_tree(
-        &src,
-        &TreeSpec {
-            small_files: 20,
-            big_file: Some(2 << 20),
-            depth: 2,
-        },
-    );
+    let src = small_tree(&env);
     build(&env, &src, "app:1");
     let auth = env.p("auth.json");
     registry.write_auth_file(&auth, None).unwrap();
@@ -421,12 +425,9 @@ fn find_big_file(root: &Path) -> PathBuf {
 #[test]
 fn push_through_a_faulty_link_retries_and_never_tags_a_partial_image() {
     let test = "push_through_a_faulty_link_retries_and_never_tags_a_partial_image";
-    let Some(registry) = start_registry(test, None) else {
+    let Some((registry, env, src)) = registry_and_built_image(test) else {
         return;
     };
-    let env = Env::new();
-    let src = source_tree(&env);
-    build(&env, &src, "app:1");
     let proxy =
         hydrate_testkit::proxy::FaultProxy::start(registry.host().parse().unwrap()).unwrap();
     let far = |repo: &str| format!("oci://{}/{repo}", proxy.addr());
