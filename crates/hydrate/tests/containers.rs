@@ -709,6 +709,35 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     let again = hydrate_ok(&["inspect", "--store", &dest, "-"]);
     assert!(again.contains(&image), "{again}");
 
+    // podman runs the same root filesystem too (`podman run --rootfs`, which takes the command, not the bundle's
+    // config.json), writing into the same upper directory.
+    if let Some(podman) = require_binary("podman", "python_image_runs_with_runc_from_a_lazy_rootfs")
+    {
+        let out = run(Command::new(podman)
+            // Its own storage in the scratch directory; nothing is pulled (vfs: no overlay of podman's own).
+            .arg("--root")
+            .arg(s.p("podman/root"))
+            .arg("--runroot")
+            .arg(s.p("podman/run"))
+            .args(["--storage-driver", "vfs", "--events-backend", "file"])
+            // crun refuses these machines' hybrid cgroup layout; without systemd, cgroupfs.
+            .args(["--runtime", tools.runc.to_str().unwrap(), "--cgroup-manager", "cgroupfs"])
+            .args(["run", "--rm", "--network", "none", "--ipc", "host"])
+            // podman's default rlimits exceed what these machines let a container raise to.
+            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+            .arg("--rootfs")
+            .arg(bundle.path.join("rootfs"))
+            .args([
+                "/usr/bin/python3",
+                "-c",
+                "import os; open('/tmp/from-podman', 'w').write('p'); print('podman', os.getuid(), len(os.listdir('/usr/lib')) > 0)",
+            ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.trim(), "podman 0 True", "{stdout}");
+        assert!(bundle.path.join(".hydrate/upper/tmp/from-podman").exists());
+        assert!(!lower.join("tmp/from-podman").exists());
+    }
+
     // A second bundle of the same image shares the first one's image mount (one daemon, one cache), and
     // keeps it when the first is removed; arguments after -- replace the image's Cmd (the entrypoint stays).
     let mut second = Bundle {
