@@ -56,8 +56,7 @@ pub fn run(args: MountArgs) -> Result<()> {
 }
 
 pub fn umount(args: UmountArgs) -> Result<()> {
-    let mp = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    let mp = crate::supervise::mountpoint_path(&args.mountpoint)?;
     let pid = control::request(&mp, "info")
         .ok()
         .and_then(|info| control::info_value(&info, "pid"))

@@ -166,8 +166,7 @@ pub fn info_value(info: &str, key: &str) -> Option<String> {
 
 pub fn status(args: StatusArgs) -> Result<()> {
     if let Some(mp) = &args.mountpoint {
-        let mp =
-            std::fs::canonicalize(mp).with_context(|| format!("mount point {}", mp.display()))?;
+        let mp = crate::supervise::mountpoint_path(mp)?;
         let what = if args.metrics { "metrics" } else { "info" };
         print!("{}", request(&mp, what)?);
         if !args.metrics {

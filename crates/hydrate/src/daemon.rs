@@ -366,8 +366,8 @@ fn serve(
         quota,
         manifest,
     } = prepared;
-    let mountpoint =
-        std::fs::canonicalize(&args.mountpoint).unwrap_or_else(|_| args.mountpoint.clone());
+    let mountpoint = crate::supervise::mountpoint_path(&args.mountpoint)
+        .unwrap_or_else(|_| args.mountpoint.clone());
     let cache = open_cache(CacheConfig {
         dir: cache_dir.clone(),
         quota_bytes: quota,

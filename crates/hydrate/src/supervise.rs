@@ -81,18 +81,37 @@ fn worker_args(argv: &[OsString], link_fd: i32, supervisor_pid: i32) -> Vec<OsSt
     out
 }
 
+/// The absolute path of mount point `path` with its parent's symlinks resolved, found without looking at the
+/// mount point itself: while a connection is being taken over (a worker restart, or a service restarted by
+/// systemd with the connection in its fd store) a stat of the mounted directory would wait for the very
+/// process that asks, and on a stuck connection it would hang `umount`, `status` or `abort`.
+pub(crate) fn mountpoint_path(path: &Path) -> Result<PathBuf> {
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("mount point {}", path.display()))?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
+            .with_context(|| format!("mount point {}", path.display()))?
+            .join(name)),
+        // `/` or a path ending in `..`: nothing can be mounted there by hydrate while it is taken over.
+        _ => std::fs::canonicalize(&absolute)
+            .with_context(|| format!("mount point {}", path.display())),
+    }
+}
+
 fn supervise(args: &MountArgs, ready: &ReadyPipe) -> Result<()> {
     if args.ready_fd.is_some() {
         nix::unistd::setsid().context("detaching the daemon from the terminal")?;
     }
-    let mountpoint = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
-    if !std::fs::metadata(&mountpoint)?.is_dir() {
+    let inherited = systemd::inherited_connection().context("systemd fd store")?;
+    // A connection kept by systemd is served by nobody until this service takes it over: anything that stats the
+    // mount point now would wait for itself (a test found this hanging). Only the path is needed.
+    let mountpoint = mountpoint_path(&args.mountpoint)?;
+    if inherited.is_none() && !std::fs::metadata(&mountpoint)?.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
     let program = std::env::current_exe().context("locating the hydrate binary")?;
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let connection = match systemd::inherited_connection().context("systemd fd store")? {
+    let connection = match inherited {
         Some((dev, state)) => {
             tracing::info!("resuming the FUSE connection kept by systemd");
             Connection::Inherited { dev, state }
@@ -254,8 +273,7 @@ impl Answer for SupervisorAnswer {
 }
 
 pub fn upgrade(args: UpgradeArgs) -> Result<()> {
-    let mp = std::fs::canonicalize(&args.mountpoint)
-        .with_context(|| format!("mount point {}", args.mountpoint.display()))?;
+    let mp = mountpoint_path(&args.mountpoint)?;
     let mut line = "upgrade".to_string();
     if let Some(bin) = &args.binary {
         let bin =
@@ -279,7 +297,7 @@ pub fn upgrade(args: UpgradeArgs) -> Result<()> {
 
 pub fn abort(args: AbortArgs) -> Result<()> {
     // Never touch the mount point itself: on a stuck connection even a stat can hang.
-    let mp = absolute(&args.mountpoint)?;
+    let mp = mountpoint_path(&args.mountpoint)?;
     let id = hydrate_supervisor::abort_connection(&mp)
         .with_context(|| format!("aborting the FUSE connection of {}", mp.display()))?;
     println!(
@@ -287,15 +305,6 @@ pub fn abort(args: AbortArgs) -> Result<()> {
         mp.display()
     );
     Ok(())
-}
-
-fn absolute(path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("current directory")?
-        .join(path))
 }
 
 #[cfg(test)]
