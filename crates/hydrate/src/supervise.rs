@@ -85,17 +85,25 @@ fn worker_args(argv: &[OsString], link_fd: i32, supervisor_pid: i32) -> Vec<OsSt
 /// mount point itself: while a connection is being taken over (a worker restart, or a service restarted by
 /// systemd with the connection in its fd store) a stat of the mounted directory would wait for the very
 /// process that asks, and on a stuck connection it would hang `umount`, `status` or `abort`.
+/// A symlink as the last component is followed with readlink, which does not ask the mounted file system.
 pub(crate) fn mountpoint_path(path: &Path) -> Result<PathBuf> {
-    let absolute =
-        std::path::absolute(path).with_context(|| format!("mount point {}", path.display()))?;
-    match (absolute.parent(), absolute.file_name()) {
-        (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
-            .with_context(|| format!("mount point {}", path.display()))?
-            .join(name)),
-        // `/` or a path ending in `..`: nothing can be mounted there by hydrate while it is taken over.
-        _ => std::fs::canonicalize(&absolute)
-            .with_context(|| format!("mount point {}", path.display())),
+    let context = || format!("mount point {}", path.display());
+    let mut current = std::path::absolute(path).with_context(context)?;
+    for _ in 0..40 {
+        let (Some(parent), Some(name)) = (current.parent(), current.file_name()) else {
+            // `/` or a path ending in `..`: nothing can be mounted there by hydrate while it is taken over.
+            return std::fs::canonicalize(&current).with_context(context);
+        };
+        let parent = std::fs::canonicalize(parent).with_context(context)?;
+        match std::fs::read_link(parent.join(name)) {
+            Ok(target) => current = parent.join(target),
+            Err(_) => return Ok(parent.join(name)),
+        }
     }
+    bail!(
+        "mount point {}: too many levels of symbolic links",
+        path.display()
+    )
 }
 
 fn supervise(args: &MountArgs, ready: &ReadyPipe) -> Result<()> {
@@ -310,6 +318,28 @@ pub fn abort(args: AbortArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_point_paths_resolve_symlinks_without_entering_the_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap().join("real");
+        std::fs::create_dir_all(real.join("mnt")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("via")).unwrap();
+        std::os::unix::fs::symlink("real/mnt", dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        let want = real.join("mnt");
+        assert_eq!(mountpoint_path(&dir.path().join("via/mnt")).unwrap(), want);
+        assert_eq!(mountpoint_path(&dir.path().join("link")).unwrap(), want);
+        assert_eq!(mountpoint_path(&dir.path().join("link/")).unwrap(), want);
+        assert_eq!(mountpoint_path(&real.join("mnt/.")).unwrap(), want);
+        // A missing last component is fine (only the parent must exist); a missing parent is not.
+        assert_eq!(
+            mountpoint_path(&real.join("nope")).unwrap(),
+            real.join("nope")
+        );
+        assert!(mountpoint_path(&real.join("nope/mnt")).is_err());
+        assert!(mountpoint_path(&dir.path().join("loop")).is_err());
+    }
 
     #[test]
     fn worker_arguments_replace_only_the_subcommand() {

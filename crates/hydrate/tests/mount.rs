@@ -263,7 +263,10 @@ fn bad_arguments_get_clear_errors() {
     ]);
     assert!(err.contains("no/such/path"), "{err}");
     let err = hydrate_err(&["umount", &env.s("src")]);
-    assert!(err.contains("src"), "{err}");
+    assert!(
+        err.contains("src") && err.contains("is not a mount point"),
+        "{err}"
+    );
 }
 
 #[test]
