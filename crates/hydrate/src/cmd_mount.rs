@@ -62,11 +62,8 @@ pub fn umount(args: UmountArgs) -> Result<()> {
         .and_then(|info| control::info_value(&info, "pid"))
         .and_then(|p| p.parse::<i32>().ok());
     hydrate_fuse_transport::unmount(&mp, args.lazy).map_err(|err| {
-        // The transport wraps umount2's errno in its own error: find it in the chain.
-        let errno = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        })
-        .find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error());
+        // The transport wraps umount2's errno with its context (WithErrno): raw_os_error alone misses it.
+        let errno = hydrate_fuse_transport::errno_of(&err);
         if errno == Some(libc::EBUSY) {
             anyhow::anyhow!(
                 "{} is busy (files are open or a process works in it); use --lazy to detach it now",
