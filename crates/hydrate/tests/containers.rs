@@ -384,10 +384,11 @@ fn converted_layers_match_umoci_unpack() {
     let proxy =
         hydrate_testkit::proxy::FaultProxy::start(registry.host().parse().unwrap()).unwrap();
     let far = proxy.addr();
-    let via_proxy = |tag: &str| {
+    // `convert docker://PROXY/library/REPO --store STORE --tag TAG`, through the fault proxy.
+    let via_proxy = |repo: &str, tag: &str| {
         hydrate(&[
             "convert".as_ref(),
-            format!("docker://{far}/library/layers:1").as_ref(),
+            format!("docker://{far}/library/{repo}").as_ref(),
             "--store".as_ref(),
             store.as_ref(),
             "--tag".as_ref(),
@@ -396,12 +397,12 @@ fn converted_layers_match_umoci_unpack() {
     };
     let faults = proxy.faults();
     faults.set_http_500_probability(1.0);
-    let out = via_proxy("faulty:500");
+    let out = via_proxy("layers:1", "faulty:500");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("500"), "{err}");
     faults.clear();
     faults.set_flip_probability(1.0);
-    let out = via_proxy("faulty:flips");
+    let out = via_proxy("layers:1", "faulty:flips");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("digest"), "{err}");
     for tag in ["faulty:500", "faulty:flips"] {
@@ -418,7 +419,7 @@ fn converted_layers_match_umoci_unpack() {
     faults.set_fault_budget(Some(4));
     let injected = |s: hydrate_testkit::proxy::ProxyStats| s.http_500s + s.resets + s.flips;
     let before = injected(faults.stats());
-    let out = via_proxy("faulty:ok");
+    let out = via_proxy("layers:1", "faulty:ok");
     assert!(
         out.status.success(),
         "occasional faults are retried: {}",
@@ -453,14 +454,7 @@ fn converted_layers_match_umoci_unpack() {
     let logged = registry.requests().len();
     faults.set_reset_probability(0.1);
     faults.set_fault_budget(Some(3));
-    let out = hydrate(&[
-        "convert".as_ref(),
-        format!("docker://{far}/library/big:1").as_ref(),
-        "--store".as_ref(),
-        store.as_ref(),
-        "--tag".as_ref(),
-        "big:1".as_ref(),
-    ]);
+    let out = via_proxy("big:1", "big:1");
     let stats = faults.stats();
     faults.clear();
     assert!(
@@ -759,13 +753,7 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
         shared,
         "both bundles use one image mount"
     );
-    let fuse_mounts = || {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(shared.to_str().unwrap()))
-            .count()
-    };
+    let fuse_mounts = || mounts_at(&shared);
     assert_eq!(fuse_mounts(), 1);
     hydrate_ok(&["rootfs", "--remove", bundle.path.to_str().unwrap()]);
     assert!(!bundle.path.exists(), "the bundle is gone after --remove");

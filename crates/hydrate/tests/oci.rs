@@ -91,11 +91,7 @@ impl Env {
         args.extend([mp_s, "--cache-dir", cache_s]);
         self.hydrate_ok(&args, auth_file);
         let mountpoint = std::fs::canonicalize(&mp).unwrap();
-        let info = hydrate_ok(&["status", mountpoint.to_str().unwrap()]);
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok());
+        let pid = status_value(&mountpoint, "pid");
         Mount {
             mountpoint,
             cache_dir: cache,
@@ -430,21 +426,14 @@ fn push_through_a_faulty_link_retries_and_never_tags_a_partial_image() {
     };
     let proxy =
         hydrate_testkit::proxy::FaultProxy::start(registry.host().parse().unwrap()).unwrap();
-    let far = |repo: &str| format!("oci://{}/{repo}", proxy.addr());
+    let store = env.s("store");
+    let far = format!("oci://{}/team/app:1", proxy.addr());
+    let push = ["push", "--store", &store, "app:1", &far];
     let faults = proxy.faults();
 
     // A registry that answers every request with a 500: the push fails naming it, and no tag appears.
     faults.set_http_500_probability(1.0);
-    let err = env.hydrate_err(
-        &[
-            "push",
-            "--store",
-            &env.s("store"),
-            "app:1",
-            &far("team/app:1"),
-        ],
-        None,
-    );
+    let err = env.hydrate_err(&push, None);
     assert!(err.contains("500"), "{err}");
     faults.clear();
     let err = env.hydrate_err(
@@ -462,16 +451,7 @@ fn push_through_a_faulty_link_retries_and_never_tags_a_partial_image() {
     faults.set_http_500_probability(0.3);
     faults.set_reset_probability(0.3);
     faults.set_fault_budget(Some(4));
-    let out = env.hydrate_ok(
-        &[
-            "push",
-            "--store",
-            &env.s("store"),
-            "app:1",
-            &far("team/app:1"),
-        ],
-        None,
-    );
+    let out = env.hydrate_ok(&push, None);
     let stats = faults.stats();
     faults.clear();
     assert!(

@@ -221,17 +221,6 @@ impl Drop for Cleanup {
     }
 }
 
-fn status_field(mountpoint: &Path, key: &str) -> Option<i32> {
-    let out = Command::new(bin())
-        .args(["status", mountpoint.to_str().unwrap()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -301,7 +290,8 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
         "stored: {:?}",
         systemd.store.keys().collect::<Vec<_>>()
     );
-    let worker = status_field(&mountpoint, "worker_pid").expect("hydrate status names the worker");
+    let worker =
+        status_value::<i32>(&mountpoint, "worker_pid").expect("hydrate status names the worker");
 
     // The whole service dies (supervisor SIGKILLed; its worker follows). Only the fd store keeps the connection.
     cleanup.children[0].kill().unwrap();
@@ -358,12 +348,11 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
         log.contains("resuming the FUSE connection kept by systemd"),
         "{log}"
     );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mountpoint.to_str().unwrap()))
-        .count();
-    assert_eq!(mounts, 1, "resumed, not mounted a second time");
+    assert_eq!(
+        mounts_at(&mountpoint),
+        1,
+        "resumed, not mounted a second time"
+    );
 
     // A deliberate stop unmounts and tells the manager to drop the stored descriptors. `hydrate umount` waits
     // for the service's pid to go away, so reap the service meanwhile, as the service manager would.

@@ -330,11 +330,7 @@ impl Mount {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
         let mountpoint = fs::canonicalize(mountpoint).unwrap();
-        let info = hydrate_ok(&["status", mountpoint.to_str().unwrap()]);
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok());
+        let pid = status_value(&mountpoint, "pid");
         Ok(Mount {
             mountpoint,
             cache_dir: cache_dir.to_path_buf(),
@@ -410,10 +406,26 @@ pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The `KEY=value` line of `hydrate status MOUNTPOINT` (which must succeed), parsed.
+pub fn status_value<T: std::str::FromStr>(mountpoint: &Path, key: &str) -> Option<T> {
+    hydrate_ok(&["status", mountpoint.to_str().unwrap()])
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn is_mounted(mountpoint: &Path) -> bool {
+    mounts_at(mountpoint) > 0
+}
+
+/// How many mounts sit exactly at `mountpoint` (stacked mounts count separately).
+pub fn mounts_at(mountpoint: &Path) -> usize {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mp = mountpoint.to_str().unwrap();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(mp))
+    mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(mp))
+        .count()
 }
 
 /// A scratch directory under /var/tmp (ext4 here: the cache and passthrough need a real filesystem), removed when
