@@ -30,36 +30,47 @@ pub fn run(args: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves `image` in `store` and reads its manifest, checked against its digest.
-pub(crate) fn load_manifest(
-    store_addr: &str,
-    image: &str,
-) -> Result<(ImageId, Manifest<bytes::Bytes>)> {
+/// Opens the existing store `store_addr`, resolves `image` (tag or digest) in it and runs `load` on the store
+/// and the image id, on a runtime of its own: the start of every command that reads one image.
+pub(crate) fn with_image<T, F, Fut>(store_addr: &str, image: &str, load: F) -> Result<T>
+where
+    F: FnOnce(std::sync::Arc<dyn hydrate_store::BlobStore>, ImageId) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let store = hydrate_store::open_existing_store(store_addr)
         .with_context(|| format!("store {store_addr}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (id, bytes) = rt.block_on(async {
+    rt.block_on(async {
         let id = hydrate_store::resolve(store.as_ref(), image)
             .await
             .with_context(|| format!("image {image:?}"))?;
+        load(store, id).await
+    })
+}
+
+/// Resolves `image` in `store` and reads its manifest, checked against its digest.
+pub(crate) fn load_manifest(
+    store_addr: &str,
+    image: &str,
+) -> Result<(ImageId, Manifest<bytes::Bytes>)> {
+    with_image(store_addr, image, |store, id| async move {
         let bytes = store
             .get(&hydrate_store::keys::manifest(&id))
             .await
             .with_context(|| format!("manifest of image {id}"))?;
-        anyhow::Ok((id, bytes))
-    })?;
-    let actual = ImageId(hydrate_format::Digest::of(&bytes));
-    if actual != id {
-        bail!(
-            "manifest of image {id} in {} has digest {actual}: the store holds a damaged copy",
-            store.describe()
-        );
-    }
-    let manifest = Manifest::parse(bytes).with_context(|| format!("manifest of image {id}"))?;
-    Ok((id, manifest))
+        let actual = ImageId(hydrate_format::Digest::of(&bytes));
+        if actual != id {
+            bail!(
+                "manifest of image {id} in {} has digest {actual}: the store holds a damaged copy",
+                store.describe()
+            );
+        }
+        let manifest = Manifest::parse(bytes).with_context(|| format!("manifest of image {id}"))?;
+        Ok((id, manifest))
+    })
 }
 
 fn resolve_path<B: AsRef<[u8]>>(manifest: &Manifest<B>, path: &str) -> Result<Ino> {

@@ -349,16 +349,7 @@ fn image_manifest(
     image: &str,
     cache_dir: Option<&Path>,
 ) -> Result<(hydrate_format::ImageId, hydrate_core::MappedManifest)> {
-    let store = hydrate_store::open_existing_store(store_addr)
-        .with_context(|| format!("store {store_addr}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        let id = hydrate_store::resolve(store.as_ref(), image)
-            .await
-            .with_context(|| format!("image {image:?}"))?;
+    crate::cmd_inspect::with_image(store_addr, image, |store, id| async move {
         let cache = cache_dir.map_or_else(
             || Path::new(DEFAULT_CACHE_ROOT).join(id.to_string()),
             Path::to_path_buf,
