@@ -23,7 +23,7 @@ source "$repo/scripts/lib.sh"
 
 # The full run includes the worker-takeover section (issue 5) and the start-up section (issue 4); `--takeover-only`
 # and `--startup-only` measure just one of them.
-args=(--takeover --startup --containers)
+args=(--takeover --startup --containers --real-image)
 json=""
 plot=""
 while (($#)); do

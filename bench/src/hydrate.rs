@@ -204,6 +204,28 @@ impl Mounted<'_> {
         Ok(Metrics::parse(&text))
     }
 
+    /// The daemon's processes: the supervisor and, while one runs, its worker (from `hydrate status`).
+    pub fn daemon_pids(&self) -> Result<Vec<i32>> {
+        let info = self
+            .hydrate
+            .run(&["status".as_ref(), self.mountpoint.as_os_str()])?;
+        let pids: Vec<i32> = info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("pid=")
+                    .or_else(|| l.strip_prefix("worker_pid="))
+            })
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            bail!(
+                "`hydrate status` shows no pid for {}: {info:?}",
+                self.mountpoint.display()
+            );
+        }
+        Ok(pids)
+    }
+
     /// Unmounts and waits for the daemon; an error still leaves nothing mounted (lazy detach as a fallback).
     pub fn unmount(mut self) -> Result<()> {
         self.release()

@@ -15,6 +15,7 @@ mod hydrate;
 mod link;
 mod phases;
 mod reads;
+mod realimage;
 mod report;
 mod startup;
 mod takeover;
@@ -129,6 +130,18 @@ struct Args {
     /// Size of the container image (python + stdlib + large data files).
     #[arg(long, default_value = "2G")]
     container_image_size: String,
+    /// Also measure a lazy start on a real distribution image (Debian bookworm minbase + python3 + numpy made by
+    /// debootstrap) from a registry over the emulated link: full pull, plain download, hydrate without and with
+    /// a learned plan (needs debootstrap, docker-registry, skopeo, umoci).
+    #[arg(long)]
+    real_image: bool,
+    /// Measure only the real-image section.
+    #[arg(long)]
+    real_image_only: bool,
+    /// The real image's cached tree as a tar, made by bench/debian-rootfs.sh when missing [default:
+    /// target/bench/debian-bookworm-python.tar next to this program's target directory].
+    #[arg(long)]
+    real_image_tar: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -210,6 +223,28 @@ fn run(args: &Args) -> Result<()> {
         }
         return Ok(());
     }
+    if args.real_image_only {
+        let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
+        let outcome = measure_real_image(args, &hydrate, work.path());
+        let load_end = loadavg();
+        if hydrate::mounts_under(work.path())?.is_empty() {
+            work.close().context("removing the work directory")?;
+        }
+        let result = outcome?;
+        print!(
+            "\n{date} UTC, load average {load_start} at the start, {load_end} at the end\n{}",
+            result.table()
+        );
+        if let Some(path) = &args.json {
+            let mut value = json!({ "real_image": result.to_json() });
+            value["real_image"]["date_utc"] = json!(date);
+            value["real_image"]["loadavg"] = json!([load_start, load_end]);
+            let text = serde_json::to_string_pretty(&value)?;
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if args.containers_only {
         let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
         let outcome = measure_containers(args, &hydrate, work.path());
@@ -257,6 +292,10 @@ fn run(args: &Args) -> Result<()> {
         (Ok(_), true) => Some(measure_containers(args, &hydrate, work.path())),
         _ => None,
     };
+    let real_image = match (&outcome, args.real_image) {
+        (Ok(_), true) => Some(measure_real_image(args, &hydrate, work.path())),
+        _ => None,
+    };
     let takeover = match (&outcome, args.takeover) {
         (Ok(_), true) => Some(measure_takeover(args, &hydrate, work.path(), big_size)),
         _ => None,
@@ -287,6 +326,10 @@ fn run(args: &Args) -> Result<()> {
     if let Some(containers) = containers.transpose()? {
         print!("\n{}", containers.table());
         value["containers"] = containers.to_json();
+    }
+    if let Some(real_image) = real_image.transpose()? {
+        print!("\n{}", real_image.table());
+        value["real_image"] = real_image.to_json();
     }
     let takeover = takeover.transpose()?;
     if let Some(takeover) = &takeover {
@@ -320,6 +363,38 @@ fn measure_containers(
             one_way: std::time::Duration::from_millis(args.link_latency_ms),
             bytes_per_sec: args.link_mbit * 1_000_000 / 8,
             seed: args.seed,
+        },
+    )
+}
+
+/// The real-image section with the run's link settings and repeats (at least 3: its figures are medians).
+fn measure_real_image(
+    args: &Args,
+    hydrate: &Hydrate,
+    work: &Path,
+) -> Result<realimage::RealImageResult> {
+    let rootfs_tar = match &args.real_image_tar {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("locating this program")?
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| anyhow::anyhow!("this program is not in a cargo target directory"))?
+            .join("bench/debian-bookworm-python.tar"),
+    };
+    realimage::run(
+        hydrate,
+        work,
+        &realimage::RealImagePlan {
+            rootfs_tar,
+            repeats: args.repeats.max(3),
+            one_way: std::time::Duration::from_millis(args.link_latency_ms),
+            bytes_per_sec: args.link_mbit * 1_000_000 / 8,
+            mount_args: args
+                .link_mount_args
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
         },
     )
 }

@@ -8,6 +8,7 @@
 mod tests;
 
 mod error;
+mod fill;
 mod image;
 mod prefetch;
 mod stats;
@@ -15,6 +16,7 @@ mod trace;
 mod volume;
 
 pub use error::{CoreError, Result};
+pub use fill::FillOutcome;
 pub use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
 pub use image::{load_manifest, MappedManifest};
 pub use prefetch::PlanOutcome;

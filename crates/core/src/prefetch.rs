@@ -103,9 +103,19 @@ impl Volume {
     async fn replay_plan(&self) -> PlanOutcome {
         let mut outcome = PlanOutcome::default();
         let mut seen: HashSet<(ContentId, u64)> = HashSet::new();
-        let mut batch: Vec<Work> = Vec::new();
-        let (mut batch_bytes, mut batch_files) = (0u64, 0usize);
-        let mut running = tokio::task::JoinSet::new();
+        let mut batches = Batches::new(
+            self,
+            BatchLimits {
+                bytes: PLAN_BATCH_BYTES,
+                files: PLAN_BATCH_FILES,
+                in_flight: PLAN_BATCHES_IN_FLIGHT,
+                weight: |loc| u64::from(loc.plain_len),
+            },
+            |stats, chunks, bytes| {
+                stats.plan_chunks.fetch_add(chunks, Ordering::Relaxed);
+                stats.plan_bytes.fetch_add(bytes, Ordering::Relaxed);
+            },
+        );
         for entry in self.manifest.prefetch() {
             outcome.entries += 1;
             let ino = entry.ino();
@@ -131,43 +141,15 @@ impl Volume {
             self.stats
                 .plan_entries_fetched
                 .fetch_add(1, Ordering::Relaxed);
-            batch_files += 1;
-            for (offset, loc) in work {
-                if seen.insert((attr.content, offset)) {
-                    batch_bytes += u64::from(loc.plain_len);
-                    batch.push((Arc::clone(&file), offset, loc));
-                }
-            }
-            if batch_bytes >= PLAN_BATCH_BYTES || batch_files >= PLAN_BATCH_FILES {
-                while running.len() >= PLAN_BATCHES_IN_FLIGHT {
-                    add(&mut outcome, running.join_next().await);
-                }
-                self.spawn_plan_batch(&mut running, std::mem::take(&mut batch));
-                (batch_bytes, batch_files) = (0, 0);
-            }
+            let work = work
+                .into_iter()
+                .filter(|(offset, _)| seen.insert((attr.content, *offset)));
+            batches.push_file(&file, work).await;
         }
-        if !batch.is_empty() {
-            self.spawn_plan_batch(&mut running, batch);
-        }
-        while let Some(done) = running.join_next().await {
-            add(&mut outcome, Some(done));
-        }
+        let totals = batches.finish().await;
+        (outcome.chunks, outcome.bytes, outcome.failed) =
+            (totals.chunks, totals.bytes, totals.failed);
         outcome
-    }
-
-    fn spawn_plan_batch(
-        &self,
-        running: &mut tokio::task::JoinSet<(u64, u64, u64)>,
-        work: Vec<Work>,
-    ) {
-        let engine = Arc::clone(&self.engine);
-        let stats = Arc::clone(&self.stats);
-        running.spawn(async move {
-            let (ok, bytes, failed) = fetch_into(&engine, &stats, work).await;
-            stats.plan_chunks.fetch_add(ok, Ordering::Relaxed);
-            stats.plan_bytes.fetch_add(bytes, Ordering::Relaxed);
-            (ok, bytes, failed)
-        });
     }
 
     fn directory_heuristic_on(&self) -> bool {
@@ -321,14 +303,119 @@ pub(crate) struct DirWindows {
     budget: u64,
 }
 
-fn add(outcome: &mut PlanOutcome, done: Option<Result<(u64, u64, u64), tokio::task::JoinError>>) {
-    match done {
-        Some(Ok((ok, bytes, failed))) => {
-            outcome.chunks += ok;
-            outcome.bytes += bytes;
-            outcome.failed += failed;
+/// Chunks fetched and stored, their plain bytes, and chunks that failed: what a run of batches did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchTotals {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub failed: u64,
+}
+
+/// How [`Batches`] cuts and paces background work.
+pub(crate) struct BatchLimits {
+    /// A batch closes at this many bytes, counted by `weight` …
+    pub bytes: u64,
+    /// … or this many files (a batch holds its files' cache descriptors open).
+    pub files: usize,
+    /// Batches in flight at once.
+    pub in_flight: usize,
+    /// What a chunk counts towards `bytes`: plain bytes (what lands in the cache) or stored bytes (what crosses
+    /// the link).
+    pub weight: fn(&ChunkLoc) -> u64,
+}
+
+/// Background work in bounded batches, each fetched at prefetch priority by a task of its own, a few in flight:
+/// the pacing shared by the plan replay and the background fill.
+pub(crate) struct Batches {
+    limits: BatchLimits,
+    engine: Arc<FetchEngine>,
+    stats: Arc<VolumeStats>,
+    counted: fn(&VolumeStats, u64, u64),
+    batch: Vec<Work>,
+    batch_bytes: u64,
+    batch_files: usize,
+    running: tokio::task::JoinSet<(u64, u64, u64)>,
+    totals: BatchTotals,
+}
+
+impl Batches {
+    /// `counted(stats, chunks, bytes)` adds each finished batch to the caller's counters.
+    pub(crate) fn new(
+        vol: &Volume,
+        limits: BatchLimits,
+        counted: fn(&VolumeStats, u64, u64),
+    ) -> Batches {
+        Batches {
+            limits,
+            engine: Arc::clone(&vol.engine),
+            stats: Arc::clone(&vol.stats),
+            counted,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_files: 0,
+            running: tokio::task::JoinSet::new(),
+            totals: BatchTotals::default(),
         }
-        Some(Err(error)) => tracing::warn!(%error, "a prefetch batch task failed"),
-        None => {}
+    }
+
+    /// Adds a file's missing chunks (file offset, location); sends the batch off when it is full, after waiting
+    /// for a free slot.
+    pub(crate) async fn push_file(
+        &mut self,
+        file: &Arc<CacheFile>,
+        work: impl IntoIterator<Item = (u64, ChunkLoc)>,
+    ) {
+        let before = self.batch.len();
+        for (offset, loc) in work {
+            self.batch_bytes += (self.limits.weight)(&loc);
+            self.batch.push((Arc::clone(file), offset, loc));
+        }
+        if self.batch.len() == before {
+            return;
+        }
+        self.batch_files += 1;
+        if self.batch_bytes >= self.limits.bytes || self.batch_files >= self.limits.files {
+            while self.running.len() >= self.limits.in_flight {
+                let done = self.running.join_next().await;
+                self.add(done);
+            }
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let work = std::mem::take(&mut self.batch);
+        (self.batch_bytes, self.batch_files) = (0, 0);
+        let engine = Arc::clone(&self.engine);
+        let stats = Arc::clone(&self.stats);
+        let counted = self.counted;
+        self.running.spawn(async move {
+            let (ok, bytes, failed) = fetch_into(&engine, &stats, work).await;
+            counted(&stats, ok, bytes);
+            (ok, bytes, failed)
+        });
+    }
+
+    /// Sends the last batch and waits for every batch; returns what they did.
+    pub(crate) async fn finish(mut self) -> BatchTotals {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        while let Some(done) = self.running.join_next().await {
+            self.add(Some(done));
+        }
+        self.totals
+    }
+
+    fn add(&mut self, done: Option<Result<(u64, u64, u64), tokio::task::JoinError>>) {
+        match done {
+            Some(Ok((ok, bytes, failed))) => {
+                self.totals.chunks += ok;
+                self.totals.bytes += bytes;
+                self.totals.failed += failed;
+            }
+            Some(Err(error)) => tracing::warn!(%error, "a background fetch batch task failed"),
+            None => {}
+        }
     }
 }

@@ -38,6 +38,8 @@ counters! {
     readahead_grows,
     /// Reads that broke a sequential stream (a seek): the window went back to zero.
     readahead_resets,
+    /// ELF files (executables, shared libraries) fetched whole in the background after their first read.
+    elf_whole_files,
     /// Reads not continuing their handle's previous read; they fetch only the chunks covering them.
     random_reads,
     /// Entries of the image's prefetch plan that the replay found (at least partly) missing.
@@ -56,6 +58,14 @@ counters! {
     dir_prefetch_windows,
     /// Chunks fetched by those directory prefetches.
     dir_prefetch_chunks,
+    /// Files the background fill chose (the image's small files, or all of it when it fits the fill budget).
+    fill_files,
+    /// Chunks fetched by the background fill.
+    fill_chunks,
+    /// Plain bytes fetched by the background fill.
+    fill_bytes,
+    /// 1 once the background fill has finished (0 while it runs, or with the fill off).
+    fill_done,
     /// Background prefetch chunks that failed (the on-demand read fetches and reports them again).
     prefetch_errors,
     /// Reads that failed with an I/O error (fetch or verification failure).

@@ -148,6 +148,7 @@ fn no_heuristics() -> VolumeConfig {
     VolumeConfig {
         readahead_max: 0,
         dir_prefetch_file_max: 0,
+        elf_whole_max: 0,
         ..VolumeConfig::default()
     }
 }
@@ -492,4 +493,113 @@ fn directory_prefetch_windows_start_at_the_opened_file_and_grow() {
     let f = vol.open(resolve(&vol, "lib/mod10.py")).unwrap();
     assert!(!f.complete, "mod10 lies outside both windows");
     vol.release(f.fh);
+}
+
+/// Every regular file of the fixture's image, by path relative to the source root.
+fn regular_files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && entry.metadata().unwrap().len() > 0 {
+                let rel = entry.path().strip_prefix(root).unwrap().to_owned();
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_fill_fetches_an_image_within_its_budget_whole_and_reads_then_fetch_nothing() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    let vol = Arc::new(fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            fill_budget: 64 << 20,
+            ..no_heuristics()
+        },
+    ));
+    let fill = vol.start_fill(None).expect("a budget starts the fill");
+    let outcome = fx.rt.block_on(fill).unwrap();
+    assert!(outcome.whole_image, "{outcome:?}");
+    assert_eq!(outcome.failed, 0);
+    // 40 modules and the big file (the empty files hold nothing to fetch).
+    assert_eq!(outcome.files, 41, "{outcome:?}");
+    assert_eq!(stat(&vol, "fill_done"), 1);
+    assert_eq!(stat(&vol, "fill_chunks"), outcome.chunks);
+    assert_eq!(stat(&vol, "fill_bytes"), outcome.bytes);
+    let requests = fx.store.stats().range_requests;
+    for path in regular_files(fx.root.path()) {
+        let opened = vol.open(resolve(&vol, &path)).unwrap();
+        assert!(opened.complete, "{path} is not complete after the fill");
+        vol.release(opened.fh);
+        read_range(&vol, fx.root.path(), &path, 0, usize::MAX);
+    }
+    assert_eq!(stat(&vol, "ondemand_chunks"), 0);
+    assert_eq!(
+        fx.store.stats().range_requests,
+        requests,
+        "reads after the fill fetched"
+    );
+    // A second fill over the complete cache fetches nothing.
+    let again = fx.rt.block_on(vol.start_fill(None).unwrap()).unwrap();
+    assert_eq!((again.chunks, again.bytes), (0, 0));
+}
+
+#[test]
+fn an_image_over_the_fill_budget_gets_only_its_small_files() {
+    let fx = Fixture::new();
+    let cache = tempfile::tempdir().unwrap();
+    // The image stores ~4.4 MiB (the 4 MiB big file does not compress): over a 2 MiB budget, so only the
+    // small files (the modules, ~400 KiB) are fetched, and never the big one.
+    let vol = Arc::new(fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            fill_budget: 2 << 20,
+            fill_small_max: 1 << 20,
+            ..no_heuristics()
+        },
+    ));
+    let outcome = fx.rt.block_on(vol.start_fill(None).unwrap()).unwrap();
+    assert!(!outcome.whole_image, "{outcome:?}");
+    assert_eq!((outcome.files, outcome.failed), (40, 0), "{outcome:?}");
+    for i in 0..40 {
+        let f = vol
+            .open(resolve(&vol, &format!("lib/mod{i:02}.py")))
+            .unwrap();
+        assert!(f.complete, "lib/mod{i:02}.py");
+        vol.release(f.fh);
+    }
+    let big = vol.open(resolve(&vol, "big")).unwrap();
+    assert!(!big.complete, "the big file was fetched over the budget");
+    vol.release(big.fh);
+    // A budget smaller than the small files stops where they no longer fit, in layout order.
+    let cache = tempfile::tempdir().unwrap();
+    let vol = Arc::new(fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            fill_budget: 100 << 10,
+            ..no_heuristics()
+        },
+    ));
+    let outcome = fx.rt.block_on(vol.start_fill(None).unwrap()).unwrap();
+    assert!(outcome.files > 0 && outcome.files < 40, "{outcome:?}");
+    assert!(outcome.bytes <= 100 << 10, "{outcome:?}");
+    // Off: no task at all.
+    let vol = Arc::new(fx.volume(
+        &fx.image,
+        tempfile::tempdir().unwrap().path(),
+        no_heuristics(),
+    ));
+    assert!(vol.start_fill(None).is_none());
 }

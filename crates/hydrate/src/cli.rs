@@ -205,6 +205,17 @@ pub struct MountArgs {
     /// Do not replay the image's prefetch plan.
     #[arg(long)]
     pub no_prefetch: bool,
+    /// Fetch an executable or shared library (an ELF file) up to SIZE whole, in the background, once its first
+    /// bytes are read: the loader maps it and faults in most of it, one round trip per missing piece otherwise;
+    /// 0 turns it off.
+    #[arg(long, default_value = "64M", value_name = "SIZE")]
+    pub elf_prefetch: String,
+    /// Fetch the image in the background while it is used, reads first: its small files (up to 1M) in the
+    /// order they are stored, then the rest if the whole image's stored bytes fit SIZE; a larger image gets only
+    /// its small files, up to SIZE. Starts after the prefetch plan, if any; never more than half of
+    /// --cache-size. 0 keeps the mount purely lazy (only what is read, read ahead or prefetched is fetched).
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub fill_budget: String,
 }
 
 #[derive(ClapArgs, Debug)]

@@ -393,10 +393,17 @@ fn serve(
     if let Some(path) = &args.record_trace {
         vol.spawn_trace_writer(path.clone(), Duration::from_secs(2));
     }
-    if vol.start_plan().is_some() {
+    let plan = vol.start_plan();
+    if plan.is_some() {
         tracing::info!(
             entries = vol.manifest().prefetch().len(),
             "replaying the image's prefetch plan in the background"
+        );
+    }
+    if vol.start_fill(plan).is_some() {
+        tracing::info!(
+            budget = %args.fill_budget,
+            "filling the image in the background (reads first)"
         );
     }
     let dev = FuseDev::from_fd(start.dev);
@@ -501,6 +508,8 @@ fn volume_config(args: &MountArgs) -> Result<VolumeConfig> {
         readahead_max,
         replay_plan: !args.no_prefetch,
         dir_prefetch_file_max: parse_size(&args.dir_prefetch).context("--dir-prefetch")?,
+        fill_budget: parse_size(&args.fill_budget).context("--fill-budget")?,
+        elf_whole_max: parse_size(&args.elf_prefetch).context("--elf-prefetch")?,
         ..defaults
     })
 }
