@@ -15,8 +15,7 @@
 
 use crate::prefetch::{BatchLimits, Batches};
 use crate::volume::Volume;
-use hydrate_format::{ContentId, FileKind, Ino};
-use std::collections::HashSet;
+use hydrate_format::{FileKind, Ino};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -27,6 +26,12 @@ const FILL_BATCH_FILES: usize = 256;
 /// Fill batches in flight. Two batches of 2 MiB keep a 10 ms / 1 Gbit/s link busy (its bandwidth-delay product
 /// is 2.5 MB) while a read's request waits behind at most 4 MiB (32 ms at that speed).
 const FILL_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Files the fill takes at most: an image of more files is never fetched whole (a cache file each), and only
+/// this many of its small files are.
+const FILL_MAX_FILES: u64 = 65_536;
+/// With a plan, the fill starts once the mount has served no open or read for this long after the replay.
+const FILL_AFTER_PLAN_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a fill did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,72 +48,43 @@ pub struct FillOutcome {
     pub failed: u64,
 }
 
-/// A file chosen for the fill: where its first chunk lies (the order), its content and size, its stored bytes.
-struct Candidate {
-    first: (u32, u64),
-    ino: Ino,
-    content: ContentId,
-    size: u64,
-    stored: u64,
+/// The fill's choice, made by one pass over the inodes that keeps no per-file state (a million-file image costs
+/// no memory): whether the whole image fits the budget, and how many files and stored bytes the fill may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Choice {
+    pub whole_image: bool,
+    pub budget: u64,
+    pub small_max: u64,
 }
 
-/// The files to fill, in layout order: the small ones (at most `small_max` bytes) first, then, when the whole
-/// image's stored bytes fit `budget`, the large ones; otherwise the small ones as long as they fit. Contents
-/// are taken once (identical files share a cache entry). Returns (files, whole image).
-pub(crate) fn choose(
-    vol: &Volume,
-    budget: u64,
-    small_max: u64,
-) -> (Vec<(Ino, ContentId, u64)>, bool) {
+/// Stored bytes of regular file `ino` (its chunks as listed; a chunk repeated within the file counts again).
+fn stored_bytes(vol: &Volume, ino: Ino) -> u64 {
     let manifest = vol.manifest();
-    let mut seen: HashSet<ContentId> = HashSet::new();
-    let (mut small, mut large) = (Vec::new(), Vec::new());
-    let mut total = 0u64;
+    manifest
+        .file_chunks(ino)
+        .iter()
+        .map(|c| u64::from(manifest.chunk(c.chunk_index()).stored_len()))
+        .sum()
+}
+
+/// Decides between the whole image and its small files (see the module documentation).
+pub(crate) fn choose(vol: &Volume, budget: u64, small_max: u64) -> Choice {
+    let manifest = vol.manifest();
+    let (mut total, mut files) = (0u64, 0u64);
     for n in 1..=manifest.inode_count() {
         let ino = Ino(n);
-        let Some(attr) = manifest.attr(ino) else {
-            continue;
-        };
-        if attr.kind != FileKind::Regular || attr.size == 0 || !seen.insert(attr.content) {
-            continue;
-        }
-        let chunks = manifest.file_chunks(ino);
-        let Some(first) = chunks.first() else {
-            continue;
-        };
-        let rec = manifest.chunk(first.chunk_index());
-        let stored: u64 = chunks
-            .iter()
-            .map(|c| u64::from(manifest.chunk(c.chunk_index()).stored_len()))
-            .sum();
-        total += stored;
-        let candidate = Candidate {
-            first: (rec.blob_index(), rec.blob_offset()),
-            ino,
-            content: attr.content,
-            size: attr.size,
-            stored,
-        };
-        if attr.size <= small_max {
-            small.push(candidate);
-        } else {
-            large.push(candidate);
+        if let Some(attr) = manifest.attr(ino) {
+            if attr.kind == FileKind::Regular && attr.size > 0 {
+                total += stored_bytes(vol, ino);
+                files += 1;
+            }
         }
     }
-    small.sort_by_key(|c| c.first);
-    large.sort_by_key(|c| c.first);
-    let whole = total <= budget;
-    let mut chosen = Vec::new();
-    let mut used = 0u64;
-    let tail = if whole { large } else { Vec::new() };
-    for c in small.into_iter().chain(tail) {
-        if used + c.stored > budget {
-            break;
-        }
-        used += c.stored;
-        chosen.push((c.ino, c.content, c.size));
+    Choice {
+        whole_image: total <= budget && files <= FILL_MAX_FILES,
+        budget,
+        small_max,
     }
-    (chosen, whole)
 }
 
 impl Volume {
@@ -128,20 +104,23 @@ impl Volume {
         Some(self.rt.spawn(async move {
             if let Some(plan) = after {
                 let _ = plan.await;
+                // The plan covered the start; the rest of the image waits until the workload pauses, so that
+                // the fill's bytes never queue on the link ahead of a read the plan did not foresee.
+                vol.quiet_for(FILL_AFTER_PLAN_QUIET).await;
             }
             let small_max = vol.config.fill_small_max;
             let chooser = Arc::clone(&vol);
-            let chosen =
-                tokio::task::spawn_blocking(move || choose(&chooser, budget, small_max)).await;
-            let (files, whole) = match chosen {
-                Ok(chosen) => chosen,
-                Err(error) => {
-                    tracing::warn!(%error, "background fill: choosing the files failed");
-                    return FillOutcome::default();
-                }
-            };
-            let mut outcome = vol.fill(files).await;
-            outcome.whole_image = whole;
+            let choice =
+                match tokio::task::spawn_blocking(move || choose(&chooser, budget, small_max)).await
+                {
+                    Ok(choice) => choice,
+                    Err(error) => {
+                        tracing::warn!(%error, "background fill: sizing the image failed");
+                        return FillOutcome::default();
+                    }
+                };
+            let outcome = vol.fill(choice).await;
+            let whole = choice.whole_image;
             vol.stats.fill_done.store(1, Ordering::Relaxed);
             tracing::info!(image = %vol.image(), files = outcome.files, whole_image = whole,
                 chunks = outcome.chunks, bytes = outcome.bytes, failed = outcome.failed, "background fill done");
@@ -149,9 +128,25 @@ impl Volume {
         }))
     }
 
-    async fn fill(&self, files: Vec<(Ino, ContentId, u64)>) -> FillOutcome {
-        let chosen = files.len() as u64;
-        self.stats.fill_files.store(chosen, Ordering::Relaxed);
+    /// Returns once no open and no read has reached the volume for `quiet`.
+    async fn quiet_for(&self, quiet: std::time::Duration) {
+        let activity =
+            || self.stats.opens.load(Ordering::Relaxed) + self.stats.reads.load(Ordering::Relaxed);
+        let step = quiet / 4;
+        let (mut last, mut since) = (activity(), tokio::time::Instant::now());
+        while since.elapsed() < quiet {
+            tokio::time::sleep(step).await;
+            let now = activity();
+            if now != last {
+                (last, since) = (now, tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Fetches what `choice` allows: the small files in inode order (the builder's walk order, in which it
+    /// also stored them), then, for a whole image, the large ones; at most `FILL_MAX_FILES` files and
+    /// `choice.budget` stored bytes.
+    async fn fill(&self, choice: Choice) -> FillOutcome {
         let mut batches = Batches::new(
             self,
             BatchLimits {
@@ -165,21 +160,53 @@ impl Volume {
                 stats.fill_bytes.fetch_add(bytes, Ordering::Relaxed);
             },
         );
-        for (ino, content, size) in files {
-            let file = match self.cache.file(&content, size) {
-                Ok(file) => file,
-                Err(error) => {
-                    tracing::warn!(%ino, %error, "background fill: cache file unavailable; skipping it");
+        let (mut chosen, mut used) = (0u64, 0u64);
+        let tiers: &[bool] = if choice.whole_image {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        'tiers: for &small in tiers {
+            for n in 1..=self.manifest.inode_count() {
+                if n % 4096 == 0 {
+                    // Long stretches of directories and complete files must not hold a runtime thread.
+                    tokio::task::yield_now().await;
+                }
+                let ino = Ino(n);
+                let Some(attr) = self.manifest.attr(ino) else {
+                    continue;
+                };
+                if attr.kind != FileKind::Regular
+                    || attr.size == 0
+                    || (attr.size <= choice.small_max) != small
+                {
                     continue;
                 }
-            };
-            let work = self.missing_chunks(ino, &file, 0..size);
-            batches.push_file(&file, work).await;
+                let stored = stored_bytes(self, ino);
+                if used + stored > choice.budget || chosen >= FILL_MAX_FILES {
+                    break 'tiers;
+                }
+                let file = match self.cache.file(&attr.content, attr.size) {
+                    Ok(file) => file,
+                    Err(error) => {
+                        tracing::warn!(%ino, %error, "background fill: cache file unavailable; skipping it");
+                        continue;
+                    }
+                };
+                let work = self.missing_chunks(ino, &file, 0..attr.size);
+                if work.is_empty() {
+                    continue;
+                }
+                used += stored;
+                chosen += 1;
+                self.stats.fill_files.store(chosen, Ordering::Relaxed);
+                batches.push_file(&file, work).await;
+            }
         }
         let totals = batches.finish().await;
         FillOutcome {
             files: chosen,
-            whole_image: false,
+            whole_image: choice.whole_image,
             chunks: totals.chunks,
             bytes: totals.bytes,
             failed: totals.failed,

@@ -58,6 +58,9 @@ pub enum Command {
     /// Convert a container image (registry or OCI layout) into a hydrate image: layers applied and flattened,
     /// the source digest and image config recorded (see docs/containers.md).
     Convert(ConvertArgs),
+    /// Learn a prefetch plan in one step: run the image's command once in a container (runc), record what it
+    /// reads, and store the image again with that plan under its tag (see docs/containers.md).
+    Learn(crate::cmd_learn::LearnArgs),
 }
 
 #[derive(ClapArgs, Debug)]

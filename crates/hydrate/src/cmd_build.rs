@@ -5,7 +5,7 @@ use crate::cli::{AttachTraceArgs, BuildArgs};
 use crate::units::{human, parse_size};
 use anyhow::{bail, Context, Result};
 use hydrate_builder::{attach_trace as attach, build_dir_with_trace, BuildOptions, Progress};
-use hydrate_format::PlanOptions;
+use hydrate_format::{PlanOptions, Trace};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 
@@ -139,33 +139,47 @@ pub fn run(args: BuildArgs) -> Result<()> {
 
 pub fn attach_trace(args: AttachTraceArgs) -> Result<()> {
     let trace = hydrate_core::read_trace(&args.trace)?;
-    let small_file_max = parse_size(&args.small_file_max).context("--small-file-max")?;
-    if let Some(tag) = &args.tag {
+    attach_and_report(
+        &args.store,
+        &args.image,
+        &trace,
+        args.tag.as_deref(),
+        &args.small_file_max,
+    )
+}
+
+/// Stores `image` of `store_addr` again with a plan made from `trace` (tagged `tag`), and prints the new image
+/// and the plan's size: `attach-trace`, and the last step of `learn`.
+pub(crate) fn attach_and_report(
+    store_addr: &str,
+    image: &str,
+    trace: &Trace,
+    tag: Option<&str>,
+    small_file_max: &str,
+) -> Result<()> {
+    let small_file_max = parse_size(small_file_max).context("--small-file-max")?;
+    if let Some(tag) = tag {
         hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
     }
-    let store = hydrate_store::open_existing_store(&args.store)
-        .with_context(|| format!("store {}", args.store))?;
+    let store = hydrate_store::open_existing_store(store_addr)
+        .with_context(|| format!("store {store_addr}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let report = rt
         .block_on(async {
-            let image = hydrate_store::resolve(store.as_ref(), &args.image).await?;
+            let image = hydrate_store::resolve(store.as_ref(), image).await?;
             let opts = PlanOptions {
                 small_file_max,
                 ..PlanOptions::default()
             };
-            attach(store.as_ref(), &image, &trace, opts, args.tag.as_deref())
+            attach(store.as_ref(), &image, trace, opts, tag)
                 .await
                 .map_err(anyhow::Error::from)
         })
-        .with_context(|| format!("image {:?} in {}", args.image, store.describe()))?;
-    println!(
-        "{} {}",
-        args.tag.as_deref().unwrap_or("image"),
-        report.image
-    );
+        .with_context(|| format!("image {image:?} in {}", store.describe()))?;
+    println!("{} {}", tag.unwrap_or("image"), report.image);
     println!(
         "prefetch plan: {} entries, {} bytes ({}); {} trace events named no file of this image",
         report.entries,

@@ -135,7 +135,7 @@ pub fn run(args: RootfsArgs) -> Result<()> {
 }
 
 /// The store address and the image name in it: `--store S IMAGE`, or a whole `oci://…:tag` IMAGE.
-fn store_and_image(store: Option<&str>, image: &str) -> Result<(String, String)> {
+pub(crate) fn store_and_image(store: Option<&str>, image: &str) -> Result<(String, String)> {
     let named_by_store = |store: &str| {
         hydrate_store::default_image(store).ok_or_else(|| {
             anyhow!(

@@ -9,6 +9,7 @@ mod cmd_build;
 mod cmd_convert;
 mod cmd_hsm;
 mod cmd_inspect;
+mod cmd_learn;
 mod cmd_mount;
 mod cmd_push;
 mod cmd_rootfs;
@@ -77,6 +78,7 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
         cli::Command::Hsm(a) => cmd_hsm::run(a),
         cli::Command::Rootfs(a) => cmd_rootfs::run(a),
         cli::Command::Convert(a) => cmd_convert::run(a),
+        cli::Command::Learn(a) => cmd_learn::run(a),
     }
 }
 

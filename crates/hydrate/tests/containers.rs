@@ -770,3 +770,89 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     let stdout = bundle.prepare_and_run(&dest, &s.s("cache"), &["x", "y"]);
     assert!(stdout.contains(r#""args": ["x", "y"]"#), "{stdout}");
 }
+
+#[test]
+fn learn_records_the_image_command_and_stores_its_plan_under_the_tag() {
+    let Some((tools, registry, s, mut layout)) =
+        setup("learn_records_the_image_command_and_stores_its_plan_under_the_tag")
+    else {
+        return;
+    };
+    python_image(&mut layout, &s);
+    let host = registry.host();
+    skopeo_copy(
+        &tools,
+        &s.p("home"),
+        &format!("oci:{}:1", s.s("layout")),
+        &format!("docker://{host}/library/py:1"),
+    );
+    let dest = format!("oci://{host}/library/py:1-hydrate");
+    let converted = image_id(&hydrate_ok(&[
+        "convert",
+        &format!("docker://{host}/library/py:1"),
+        &dest,
+    ]));
+    // Bad input first: an image named by digest needs --tag; a runtime that is not there is named.
+    let err = hydrate_err(&[
+        "learn",
+        "--store",
+        &format!("oci://{host}/library/py"),
+        &converted,
+    ]);
+    assert!(err.contains("--tag"), "{err}");
+    let err = hydrate_err(&["learn", &dest, "--runtime", "/nonexistent/runc"]);
+    assert!(err.contains("/nonexistent/runc"), "{err}");
+
+    // One command: run the image's command (python imports json, prints, writes), record, attach.
+    let out = hydrate_ok(&[
+        "learn",
+        &dest,
+        "--runtime",
+        tools.runc.to_str().unwrap(),
+        "--timeout",
+        "120s",
+    ]);
+    let planned = out
+        .lines()
+        .find_map(|l| l.strip_prefix("1-hydrate "))
+        .unwrap_or_else(|| panic!("learn printed {out:?}"))
+        .trim()
+        .to_owned();
+    assert_ne!(
+        planned, converted,
+        "the tag names a new image (the same data with a plan)"
+    );
+    let entries: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("prefetch plan: "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("learn printed {out:?}"));
+    assert!(entries > 10, "python's start reads many files: {out}");
+    // The tag now resolves to the planned image, and a mount of it replays the plan.
+    let inspected = hydrate_ok(&["inspect", "--store", &dest, "-"]);
+    assert!(inspected.contains(&planned), "{inspected}");
+    let mount = Mount::new(
+        Path::new(&dest),
+        "-",
+        &s.p("mnt"),
+        &s.p("cache-planned"),
+        &["--fill-budget", "0"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while mount.metric("volume_plan_done") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan replay did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(mount.metric("volume_plan_entries_fetched") > 10);
+    assert_eq!(mount.metric("volume_prefetch_errors"), 0);
+    mount.unmount();
+    // Nothing of the recording run is left: no container, no mount, no bundle.
+    let state = Command::new(&tools.runc).arg("list").output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&state.stdout).contains("hydrate-learn-"),
+        "a recording container is left"
+    );
+}

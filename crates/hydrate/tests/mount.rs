@@ -54,8 +54,14 @@ fn whole_tree_is_exact_lazy_cached_and_passed_through() {
     );
     build(&src, &store, "tree:1");
 
-    // Mounting reads only the manifest.
-    let m = Mount::new(&store, "tree:1", &env.p("mnt"), &env.p("cache"), &[]);
+    // Mounting reads only the manifest (with the background fill off: this test is about what reads fetch).
+    let m = Mount::new(
+        &store,
+        "tree:1",
+        &env.p("mnt"),
+        &env.p("cache"),
+        &["--fill-budget", "0"],
+    );
     let start = m.metrics();
     assert_eq!(start["store_range_requests"], 0, "mount fetched file data");
 

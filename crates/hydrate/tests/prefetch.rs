@@ -116,7 +116,7 @@ fn a_recorded_trace_becomes_a_plan_that_a_later_mount_replays() {
         "app:planned",
         &t.join("mnt"),
         &t.join("cache-plan"),
-        &["--no-passthrough"],
+        &["--no-passthrough", "--fill-budget", "0"],
     );
     wait_for_metric(&m, "volume_plan_done", 1);
     assert!(m.metric("volume_plan_chunks") > 0);
@@ -136,9 +136,85 @@ fn a_recorded_trace_becomes_a_plan_that_a_later_mount_replays() {
         "app:planned",
         &t.join("mnt"),
         &t.join("cache-none"),
-        &["--no-prefetch"],
+        &["--no-prefetch", "--fill-budget", "0"],
     );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(m.metric("volume_plan_chunks"), 0);
+    m.unmount();
+}
+
+#[test]
+fn the_background_fill_makes_a_small_image_local_without_reads_and_stays_off_at_zero() {
+    let tmp = tempfile::Builder::new()
+        .prefix("hydrate-test")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = tmp.path();
+    let (src, store) = (t.join("src"), t.join("store"));
+    make_tree(
+        &src,
+        &TreeSpec {
+            small_files: 300,
+            big_file: Some(3 << 20),
+            depth: 5,
+        },
+    );
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    hydrate_ok(&["build", &s(&src), "--store", &s(&store), "--tag", "small:1"]);
+
+    // Off: a mount left alone fetches nothing.
+    let m = Mount::new(
+        &store,
+        "small:1",
+        &t.join("mnt"),
+        &t.join("cache-off"),
+        &["--fill-budget", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(m.metric("store_range_requests"), 0);
+    assert_eq!(m.metric("volume_fill_files"), 0);
+    m.unmount();
+
+    // Default: the whole image (it fits the budget) arrives without a single read; then every file is
+    // complete, opened with passthrough, and equal to the source, and the comparison fetches nothing more.
+    let m = Mount::new(&store, "small:1", &t.join("mnt"), &t.join("cache-on"), &[]);
+    wait_for_metric(&m, "volume_fill_done", 1);
+    assert_eq!(m.metric("volume_reads"), 0, "the fill went through reads");
+    assert_eq!(m.metric("volume_prefetch_errors"), 0);
+    assert!(m.metric("volume_fill_files") > 100);
+    let fetched = m.metric("store_range_requests");
+    assert!(fetched > 0);
+    let compared = compare_trees(&src, &m.mountpoint);
+    assert!(compared > 300, "compared only {compared} paths");
+    assert_eq!(
+        m.metric("store_range_requests"),
+        fetched,
+        "reads after the fill fetched"
+    );
+    assert_eq!(
+        m.metric("fuse_requests_read"),
+        0,
+        "complete files went through the daemon"
+    );
+    assert!(m.metric("fuse_passthrough_opens") > 300);
+    m.unmount();
+
+    // A budget below the image's size: the small files only, the big one stays lazy.
+    let m = Mount::new(
+        &store,
+        "small:1",
+        &t.join("mnt"),
+        &t.join("cache-small"),
+        &["--fill-budget", "2M"],
+    );
+    wait_for_metric(&m, "volume_fill_done", 1);
+    let before = m.metric("store_range_requests");
+    let offset = (2u64 << 20) + 123;
+    let got = pread(&m.path("b/big.bin"), offset, 4096).unwrap();
+    assert_eq!(got, pread(&src.join("b/big.bin"), offset, 4096).unwrap());
+    assert!(
+        m.metric("store_range_requests") > before,
+        "the big file was filled over the budget"
+    );
     m.unmount();
 }
