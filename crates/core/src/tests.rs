@@ -603,3 +603,53 @@ fn an_image_over_the_fill_budget_gets_only_its_small_files() {
     ));
     assert!(vol.start_fill(None).is_none());
 }
+
+#[test]
+fn the_fill_walks_files_in_stored_order_with_documentation_marked_cold() {
+    let src = tempfile::tempdir().unwrap();
+    for (path, len) in [
+        ("b.py", 10),
+        ("a.py", 20),
+        ("lib/z.so", 30),
+        ("lib/sub/m.py", 40),
+        ("usr/share/doc/pkg/README", 50),
+        ("usr/share/locale/de/x.mo", 60),
+        ("usr/share/zoneinfo/UTC", 70),
+    ] {
+        let path = src.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, pseudo_random(len, len as usize)).unwrap();
+    }
+    let fx = Fixture::from_source(src);
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(&fx.image, cache.path(), no_heuristics());
+    let walked: Vec<(String, bool)> = crate::fill::walk_for_tests(vol.manifest())
+        .into_iter()
+        .map(|(ino, cold)| {
+            let path = [
+                "a.py",
+                "b.py",
+                "lib/z.so",
+                "lib/sub/m.py",
+                "usr/share/doc/pkg/README",
+                "usr/share/locale/de/x.mo",
+                "usr/share/zoneinfo/UTC",
+            ]
+            .into_iter()
+            .find(|p| resolve(&vol, p) == ino)
+            .unwrap();
+            (path.to_owned(), cold)
+        })
+        .collect();
+    let want = [
+        ("a.py", false),
+        ("b.py", false),
+        ("lib/z.so", false),
+        ("lib/sub/m.py", false),
+        ("usr/share/doc/pkg/README", true),
+        ("usr/share/locale/de/x.mo", true),
+        ("usr/share/zoneinfo/UTC", false),
+    ];
+    let want: Vec<(String, bool)> = want.iter().map(|(p, c)| (p.to_string(), *c)).collect();
+    assert_eq!(walked, want);
+}
