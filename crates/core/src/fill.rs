@@ -63,7 +63,7 @@ pub(crate) struct Choice {
 
 /// The fill's passes, in order: small files, large files (whole image only), and last, whole image only,
 /// documentation and translations, which a program's start does not read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Tier {
     Small,
     Large,
@@ -207,16 +207,21 @@ impl Volume {
             }
             let small_max = vol.config.fill_small_max;
             let chooser = Arc::clone(&vol);
-            let choice =
-                match tokio::task::spawn_blocking(move || choose(&chooser, budget, small_max)).await
-                {
-                    Ok(choice) => choice,
-                    Err(error) => {
-                        tracing::warn!(%error, "background fill: sizing the image failed");
-                        return FillOutcome::default();
-                    }
-                };
-            let outcome = vol.fill(choice).await;
+            // Two passes over the tree: a million-file image takes a while, so not on a runtime thread.
+            let chosen = tokio::task::spawn_blocking(move || {
+                let choice = choose(&chooser, budget, small_max);
+                let order = chooser.fill_order(&choice);
+                (choice, order)
+            })
+            .await;
+            let (choice, order) = match chosen {
+                Ok(chosen) => chosen,
+                Err(error) => {
+                    tracing::warn!(%error, "background fill: choosing the files failed");
+                    return FillOutcome::default();
+                }
+            };
+            let outcome = vol.fill(choice, order).await;
             let whole = choice.whole_image;
             vol.stats.fill_done.store(1, Ordering::Relaxed);
             tracing::info!(image = %vol.image(), files = outcome.files, whole_image = whole,
@@ -240,10 +245,36 @@ impl Volume {
         }
     }
 
-    /// Fetches what `choice` allows: the small files in inode order (the builder's walk order, in which it
-    /// also stored them), then, for a whole image, the large ones; at most `FILL_MAX_FILES` files and
-    /// `choice.budget` stored bytes.
-    async fn fill(&self, choice: Choice) -> FillOutcome {
+    /// The files `choice` allows, in the order the fill takes them: by tier, then where their first chunk is
+    /// stored, so that consecutive files are neighbours in a blob and travel in one ranged read whatever order
+    /// the image was built in (a converted layer keeps its tar's order). At most `FILL_MAX_FILES` entries of
+    /// (tier, stored location, inode): 1.5 MiB at most.
+    fn fill_order(&self, choice: &Choice) -> Vec<(Tier, (u32, u64), Ino)> {
+        let mut order = Vec::new();
+        for (ino, attr, cold) in Walk::new(&self.manifest) {
+            let tier = match (cold, attr.size <= choice.small_max) {
+                (true, _) => Tier::Cold,
+                (false, true) => Tier::Small,
+                (false, false) => Tier::Large,
+            };
+            if attr.size == 0 || (!choice.whole_image && tier != Tier::Small) {
+                continue;
+            }
+            let Some(first) = self.manifest.file_chunks(ino).first() else {
+                continue;
+            };
+            let chunk = self.manifest.chunk(first.chunk_index());
+            order.push((tier, (chunk.blob_index(), chunk.blob_offset()), ino));
+            if order.len() as u64 >= FILL_MAX_FILES {
+                break;
+            }
+        }
+        order.sort_unstable();
+        order
+    }
+
+    /// Fetches what `choice` allows (see `fill_order`), up to `choice.budget` stored bytes.
+    async fn fill(&self, choice: Choice, order: Vec<(Tier, (u32, u64), Ino)>) -> FillOutcome {
         let mut batches = Batches::new(
             self,
             BatchLimits {
@@ -257,47 +288,30 @@ impl Volume {
                 stats.fill_bytes.fetch_add(bytes, Ordering::Relaxed);
             },
         );
-        let (mut chosen, mut used, mut seen) = (0u64, 0u64, 0u64);
-        let tiers: &[Tier] = if choice.whole_image {
-            &[Tier::Small, Tier::Large, Tier::Cold]
-        } else {
-            &[Tier::Small]
-        };
-        'tiers: for &tier in tiers {
-            for (ino, attr, cold) in Walk::new(&self.manifest) {
-                seen += 1;
-                if seen % 4096 == 0 {
-                    // Long stretches of complete files must not hold a runtime thread.
-                    tokio::task::yield_now().await;
-                }
-                let this = match (cold, attr.size <= choice.small_max) {
-                    (true, _) => Tier::Cold,
-                    (false, true) => Tier::Small,
-                    (false, false) => Tier::Large,
-                };
-                if this != tier || attr.size == 0 {
-                    continue;
-                }
-                let stored = stored_bytes(self, ino);
-                if used + stored > choice.budget || chosen >= FILL_MAX_FILES {
-                    break 'tiers;
-                }
-                let file = match self.cache.file(&attr.content, attr.size) {
-                    Ok(file) => file,
-                    Err(error) => {
-                        tracing::warn!(%ino, %error, "background fill: cache file unavailable; skipping it");
-                        continue;
-                    }
-                };
-                let work = self.missing_chunks(ino, &file, 0..attr.size);
-                if work.is_empty() {
-                    continue;
-                }
-                used += stored;
-                chosen += 1;
-                self.stats.fill_files.store(chosen, Ordering::Relaxed);
-                batches.push_file(&file, work).await;
+        let (mut chosen, mut used) = (0u64, 0u64);
+        for (_, _, ino) in order {
+            let Some(attr) = self.manifest.attr(ino) else {
+                continue;
+            };
+            let stored = stored_bytes(self, ino);
+            if used + stored > choice.budget {
+                break;
             }
+            let file = match self.cache.file(&attr.content, attr.size) {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::warn!(%ino, %error, "background fill: cache file unavailable; skipping it");
+                    continue;
+                }
+            };
+            let work = self.missing_chunks(ino, &file, 0..attr.size);
+            if work.is_empty() {
+                continue;
+            }
+            used += stored;
+            chosen += 1;
+            self.stats.fill_files.store(chosen, Ordering::Relaxed);
+            batches.push_file(&file, work).await;
         }
         let totals = batches.finish().await;
         FillOutcome {
