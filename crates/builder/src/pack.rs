@@ -23,13 +23,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hydrate_format::{
-    BlobId, BlockChunker, ChunkId, ChunkRecord, ContentId, Digest, ManifestWriter, NodeId,
-    CHUNK_MAX, COMPRESSION_NONE, COMPRESSION_ZSTD,
+    BlobId, BlockChunker, ChunkId, ChunkRecord, ManifestWriter, NodeId, CHUNK_MAX,
+    COMPRESSION_NONE, COMPRESSION_ZSTD,
 };
 use tokio::sync::mpsc;
 
 use crate::index::StoreIndex;
-use crate::pipeline::{encode, BlobSealer, ChunkPipeline, Encoded, Named};
+use crate::pipeline::{encode, BlobSealer, ChunkPipeline, ContentHasher, Encoded, Named};
 use crate::tree::{BuildCounts, FileSink, TreeBuild};
 use crate::walk::{walk, FileJob};
 use crate::BuildError;
@@ -82,6 +82,7 @@ struct Packer {
     /// Chunks being named and compressed; tagged with their file's index in `file_chunks`.
     pipeline: ChunkPipeline<usize>,
     sealer: BlobSealer,
+    hasher: ContentHasher,
     /// Chunk map of every file streamed so far, in stream order.
     file_chunks: Vec<Vec<u32>>,
     chunk_refs: u64,
@@ -152,7 +153,8 @@ enum StreamError {
 #[derive(Debug, Clone, Copy)]
 struct FileState {
     size: u64,
-    content: Option<ContentId>,
+    /// Streamed completely (its digest comes from the content hasher at the end).
+    fed: bool,
 }
 
 /// A [`TreeBuild`] being filled with content: the [`FileSink`] side of a build.
@@ -190,7 +192,7 @@ impl TreePacker {
                     f.node,
                     FileState {
                         size: f.size,
-                        content: None,
+                        fed: false,
                     },
                 )
             })
@@ -212,6 +214,7 @@ impl TreePacker {
                 open_blob: None,
                 pipeline,
                 sealer,
+                hasher: ContentHasher::start()?,
                 file_chunks: Vec::new(),
                 chunk_refs: 0,
                 reused_chunks: 0,
@@ -232,9 +235,7 @@ impl TreePacker {
         };
         match self.files.get(&node) {
             None => Err(bad(format!("{node:?} is not a regular file of the tree"))),
-            Some(f) if f.content.is_some() => {
-                Err(bad(format!("{} was fed twice", self.tree.path_of(node))))
-            }
+            Some(f) if f.fed => Err(bad(format!("{} was fed twice", self.tree.path_of(node)))),
             Some(f) if f.size != size => Err(bad(format!(
                 "{} was declared with {} bytes, fed with {size}",
                 self.tree.path_of(node),
@@ -244,10 +245,10 @@ impl TreePacker {
         }
     }
 
-    /// Records the content of a fully streamed file.
-    fn complete(&mut self, node: NodeId, content: ContentId) {
+    /// Records a fully streamed file.
+    fn complete(&mut self, node: NodeId) {
         if let Some(f) = self.files.get_mut(&node) {
-            f.content = Some(content);
+            f.fed = true;
         }
         self.streamed.push(node);
     }
@@ -266,7 +267,7 @@ impl TreePacker {
         if (before.dev(), before.ino()) != (job.dev, job.ino) {
             return Err(changed(job, "replaced by another file".into()));
         }
-        let (content, read) = self.packer.stream(&mut f, job.size).map_err(|e| match e {
+        let read = self.packer.stream(&mut f, job.size).map_err(|e| match e {
             StreamError::Read(e) => BuildError::io("reading", &job.path, e),
             StreamError::Build(e) => *e,
         })?;
@@ -294,7 +295,7 @@ impl TreePacker {
                 ),
             ));
         }
-        self.complete(job.node, content);
+        self.complete(job.node);
         Ok(())
     }
 
@@ -306,7 +307,7 @@ impl TreePacker {
         what: &str,
     ) -> Result<(), BuildError> {
         self.expect(node, size, what)?;
-        let (content, read) = self.packer.stream(data, size).map_err(|e| match e {
+        let read = self.packer.stream(data, size).map_err(|e| match e {
             StreamError::Read(source) => BuildError::Read {
                 what: what.to_owned(),
                 source,
@@ -319,7 +320,7 @@ impl TreePacker {
                 detail: format!("declared {size} bytes, {read} bytes were read"),
             });
         }
-        self.complete(node, content);
+        self.complete(node);
         Ok(())
     }
 
@@ -338,7 +339,7 @@ impl TreePacker {
             let missing = tree
                 .files
                 .iter()
-                .find(|f| files.get(&f.node).is_some_and(|s| s.content.is_none()))
+                .find(|f| files.get(&f.node).is_some_and(|s| !s.fed))
                 .map(|f| tree.path_of(f.node))
                 .unwrap_or_default();
             return Err(BuildError::Feed {
@@ -358,6 +359,7 @@ impl TreePacker {
         let Packer {
             mut slots,
             sealer,
+            hasher,
             chunks,
             file_chunks,
             chunk_refs,
@@ -385,10 +387,15 @@ impl TreePacker {
                 e.plain_len,
             ));
         }
-        for (node, map) in streamed.iter().zip(file_chunks) {
-            let content = files[node]
-                .content
-                .ok_or_else(|| BuildError::Worker(format!("{node:?} has no content")))?;
+        let contents = hasher.finish()?;
+        if contents.len() != streamed.len() {
+            return Err(BuildError::Worker(format!(
+                "{} content digests for {} files",
+                contents.len(),
+                streamed.len()
+            )));
+        }
+        for ((node, map), content) in streamed.iter().zip(file_chunks).zip(contents) {
             writer
                 .set_file_data(*node, content, map)
                 .map_err(BuildError::Manifest)?;
@@ -425,23 +432,24 @@ impl FileSink for TreePacker {
 }
 
 impl Packer {
-    /// Streams one file through the chunker as the next file of the chunk maps; returns its content digest
-    /// and the bytes read. `size` is the expected length (it sizes the read buffer, nothing else).
-    fn stream(&mut self, data: &mut dyn Read, size: u64) -> Result<(ContentId, u64), StreamError> {
+    /// Streams one file through the chunker as the next file of the chunk maps (and of the content
+    /// hasher); returns the bytes read. `size` is the expected length (it sizes the read buffer, nothing
+    /// else).
+    fn stream(&mut self, data: &mut dyn Read, size: u64) -> Result<u64, StreamError> {
         let build = |e| StreamError::Build(Box::new(e));
         let file = self.file_chunks.len();
         self.file_chunks.push(Vec::new());
-        let mut hasher = blake3::Hasher::new();
         let mut read = 0u64;
         for chunk in BlockChunker::new(data, size) {
             let chunk = chunk.map_err(StreamError::Read)?;
-            hasher.update(&chunk.data);
+            self.hasher.update(chunk.data.clone()).map_err(build)?;
             read += chunk.data.len() as u64;
             self.unreported += chunk.data.len() as u64;
             self.pipeline.submit(file, chunk.data).map_err(build)?;
             self.take_ready().map_err(build)?;
         }
-        Ok((ContentId(Digest::from(hasher.finalize())), read))
+        self.hasher.end_file().map_err(build)?;
+        Ok(read)
     }
 
     /// Classifies and places every chunk whose result is in, in order; waits only while the pipeline is

@@ -1,5 +1,7 @@
 //! The parallel half of packing: worker threads name (BLAKE3) and encode (zstd or raw) chunks while the feed
-//! thread keeps reading and cutting, and a sealer thread digests finished blobs while packing goes on.
+//! thread keeps reading and cutting, a content hasher thread digests whole files (the BLAKE3 of a file is
+//! one sequential pass, so it runs beside the feed rather than in it), and a sealer thread digests finished
+//! blobs while packing goes on.
 //!
 //! Results come back in submission order whatever the thread count or scheduling, so the packer classifies
 //! and places chunks exactly as a single thread would: the image depends only on the tree (and the store).
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use hydrate_format::{encode_stored, BlobId, ChunkId, Digest};
+use hydrate_format::{encode_stored, BlobId, ChunkId, ContentId, Digest};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use crate::index::StoreIndex;
@@ -325,6 +327,87 @@ impl BlobSealer {
 }
 
 impl Drop for BlobSealer {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            let _ = self.join();
+        }
+    }
+}
+
+/// Parts of the content hasher's queue: the next bytes of the current file, or its end.
+type FilePart = Option<Bytes>;
+
+/// A thread computing each file's content digest from its bytes, file after file.
+pub(crate) struct ContentHasher {
+    parts: Option<SyncSender<FilePart>>,
+    handle: Option<JoinHandle<Vec<ContentId>>>,
+}
+
+/// Parts queued for the content hasher: bounds the read blocks it keeps alive.
+const HASHER_QUEUE: usize = 64;
+
+impl ContentHasher {
+    pub fn start() -> Result<ContentHasher, BuildError> {
+        let (parts, rx) = mpsc::sync_channel::<FilePart>(HASHER_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("hydrate-content".into())
+            .spawn(move || {
+                let mut digests = Vec::new();
+                let mut hasher = blake3::Hasher::new();
+                for part in rx {
+                    match part {
+                        Some(bytes) => {
+                            hasher.update(&bytes);
+                        }
+                        None => {
+                            digests.push(ContentId(Digest::from(hasher.finalize())));
+                            hasher.reset();
+                        }
+                    }
+                }
+                digests
+            })
+            .map_err(|e| BuildError::Worker(format!("starting the content hasher thread: {e}")))?;
+        Ok(ContentHasher {
+            parts: Some(parts),
+            handle: Some(handle),
+        })
+    }
+
+    /// The next bytes of the current file.
+    pub fn update(&self, bytes: Bytes) -> Result<(), BuildError> {
+        self.send(Some(bytes))
+    }
+
+    /// Ends the current file: its digest is the next one [`ContentHasher::finish`] returns.
+    pub fn end_file(&self) -> Result<(), BuildError> {
+        self.send(None)
+    }
+
+    fn send(&self, part: FilePart) -> Result<(), BuildError> {
+        self.parts
+            .as_ref()
+            .is_some_and(|p| p.send(part).is_ok())
+            .then_some(())
+            .ok_or_else(|| BuildError::Worker("the content hasher thread stopped".into()))
+    }
+
+    /// The digest of every ended file, in order.
+    pub fn finish(mut self) -> Result<Vec<ContentId>, BuildError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Vec<ContentId>, BuildError> {
+        self.parts = None;
+        self.handle
+            .take()
+            .ok_or_else(|| BuildError::Worker("the content hasher thread stopped".into()))?
+            .join()
+            .map_err(|_| BuildError::Worker("the content hasher thread panicked".into()))
+    }
+}
+
+impl Drop for ContentHasher {
     fn drop(&mut self) {
         if self.handle.is_some() {
             let _ = self.join();
