@@ -313,6 +313,17 @@ fn run(args: &Args) -> Result<()> {
     }
 }
 
+/// The main section's sizes from the options.
+fn plan_of(args: &Args, big_size: u64) -> Plan {
+    Plan {
+        big_size,
+        small_files: args.small_files,
+        random_reads: args.random_reads,
+        repeats: args.repeats.max(1),
+        seed: args.seed,
+    }
+}
+
 /// `--build-only`: the build measurement alone, `--repeats` times (a fresh store each time, the tree generated
 /// once), with the date and load around it (JSON under "builds").
 fn build_only(
@@ -322,13 +333,7 @@ fn build_only(
     big_size: u64,
 ) -> Result<()> {
     let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
-    let plan = Plan {
-        big_size,
-        small_files: args.small_files,
-        random_reads: args.random_reads,
-        repeats: args.repeats.max(1),
-        seed: args.seed,
-    };
+    let plan = plan_of(args, big_size);
     let bench = Bench::new(hydrate, plan, work.path());
     let mut builds = Vec::new();
     for _ in 0..plan.repeats {
@@ -438,13 +443,7 @@ fn takeover_only(
 
 fn measure(args: &Args, hydrate: &Hydrate, work: &Path, big_size: u64) -> Result<Results> {
     let mut machine = machine_info(hydrate, &args.workdir)?;
-    let plan = Plan {
-        big_size,
-        small_files: args.small_files,
-        random_reads: args.random_reads,
-        repeats: args.repeats.max(1),
-        seed: args.seed,
-    };
+    let plan = plan_of(args, big_size);
     let bench = Bench::new(hydrate, plan, work);
     let build = bench.build()?;
     let (cold, hot) = bench.sequential()?;
