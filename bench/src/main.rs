@@ -63,6 +63,10 @@ struct Args {
     /// Also write the results as JSON to this path.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure only the build (`hydrate build` of the generated tree vs reading it, both cold); --repeats
+    /// builds, each into a fresh store, all reported.
+    #[arg(long)]
+    build_only: bool,
     /// Also measure reads from a remote (HTTP) store over an emulated link (see --link-latency-ms, --link-mbit).
     #[arg(long)]
     link: bool,
@@ -267,6 +271,9 @@ fn run(args: &Args) -> Result<()> {
         }
         return Ok(());
     }
+    if args.build_only {
+        return build_only(args, &hydrate, work, big_size);
+    }
     if args.link_only {
         let outcome = measure_link(args, &hydrate, work.path(), big_size);
         work.close().context("removing the work directory")?;
@@ -347,6 +354,57 @@ fn run(args: &Args) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The main section's sizes from the options.
+fn plan_of(args: &Args, big_size: u64) -> Plan {
+    Plan {
+        big_size,
+        small_files: args.small_files,
+        random_reads: args.random_reads,
+        repeats: args.repeats.max(1),
+        seed: args.seed,
+    }
+}
+
+/// `--build-only`: the build measurement alone, `--repeats` times (a fresh store each time, the tree generated
+/// once), with the date and load around it (JSON under "builds").
+fn build_only(
+    args: &Args,
+    hydrate: &Hydrate,
+    work: tempfile::TempDir,
+    big_size: u64,
+) -> Result<()> {
+    let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
+    let plan = plan_of(args, big_size);
+    let bench = Bench::new(hydrate, plan, work.path());
+    let mut builds = Vec::new();
+    for _ in 0..plan.repeats {
+        match bench.build() {
+            Ok(b) => builds.push(b),
+            Err(e) => {
+                work.close().context("removing the work directory")?;
+                return Err(e);
+            }
+        }
+        bench.forget_store()?;
+    }
+    let load_end = loadavg();
+    work.close().context("removing the work directory")?;
+    println!("\n{date} UTC, load average {load_start} at the start, {load_end} at the end");
+    for b in &builds {
+        print!("{}", b.table());
+    }
+    if let Some(path) = &args.json {
+        let value = json!({
+            "date_utc": date,
+            "loadavg": [load_start, load_end],
+            "builds": builds.iter().map(|b| b.to_json()).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&value)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The container section with the run's link settings.
@@ -460,13 +518,7 @@ fn takeover_only(
 
 fn measure(args: &Args, hydrate: &Hydrate, work: &Path, big_size: u64) -> Result<Results> {
     let mut machine = machine_info(hydrate, &args.workdir)?;
-    let plan = Plan {
-        big_size,
-        small_files: args.small_files,
-        random_reads: args.random_reads,
-        repeats: args.repeats.max(1),
-        seed: args.seed,
-    };
+    let plan = plan_of(args, big_size);
     let bench = Bench::new(hydrate, plan, work);
     let build = bench.build()?;
     let (cold, hot) = bench.sequential()?;

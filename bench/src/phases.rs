@@ -92,6 +92,12 @@ impl<'a> Bench<'a> {
         })
     }
 
+    /// Removes the store, so the next build starts from an empty one (the tree stays).
+    pub fn forget_store(&self) -> Result<()> {
+        std::fs::remove_dir_all(&self.store)
+            .with_context(|| format!("removing {}", self.store.display()))
+    }
+
     fn mount(&self, name: &str, cache: &Path, extra: &[&str]) -> Result<Mounted<'a>> {
         self.hydrate
             .mount(&self.store, TAG, &self.work.join(name), cache, extra)

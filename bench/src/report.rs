@@ -133,11 +133,61 @@ fn random_json(r: &RandomRun) -> Value {
     })
 }
 
+impl BuildResult {
+    pub fn to_json(&self) -> Value {
+        let b = self;
+        let build_mb_s = mb_per_s(b.tree.logical_bytes, b.build_secs);
+        json!({
+            "image": b.image,
+            "files": b.tree.files,
+            "logical_bytes": b.tree.logical_bytes,
+            "duplicate_files": b.tree.duplicate_files,
+            "duplicate_bytes": b.tree.duplicate_bytes,
+            "stored_blob_bytes": b.stored_blob_bytes,
+            "blobs": b.blobs,
+            "manifest_bytes": b.manifest_bytes,
+            "logical_per_stored": ratio(b.tree.logical_bytes as f64, (b.stored_blob_bytes + b.manifest_bytes) as f64),
+            "secs": b.build_secs,
+            "mb_per_s": build_mb_s,
+            "native_tree_read": seq_json(&b.native_tree_read),
+            "ratio_to_native_read": ratio(build_mb_s, b.native_tree_read.mb_per_s()),
+        })
+    }
+
+    /// The build section alone (`--build-only`).
+    pub fn table(&self) -> String {
+        let mut t = Table::default();
+        self.rows(&mut t);
+        t.render()
+    }
+
+    fn rows(&self, t: &mut Table) {
+        let b = self;
+        let build_mb_s = mb_per_s(b.tree.logical_bytes, b.build_secs);
+        t.row(
+            "build (cold source → local store)",
+            format!("{build_mb_s:.0} MB/s"),
+            format!("{:.0} MB/s tree read", b.native_tree_read.mb_per_s()),
+            ratio(build_mb_s, b.native_tree_read.mb_per_s()),
+        );
+        t.note(format!(
+            "{} files, logical {}, stored {} in {} blobs + manifest {} (logical/stored {:.2}x; {} duplicate files, {})",
+            b.tree.files,
+            human(b.tree.logical_bytes),
+            human(b.stored_blob_bytes),
+            b.blobs,
+            human(b.manifest_bytes),
+            ratio(b.tree.logical_bytes as f64, (b.stored_blob_bytes + b.manifest_bytes) as f64),
+            b.tree.duplicate_files,
+            human(b.tree.duplicate_bytes),
+        ));
+    }
+}
+
 impl Results {
     pub fn to_json(&self) -> Value {
         let m = &self.machine;
         let b = &self.build;
-        let build_mb_s = mb_per_s(b.tree.logical_bytes, b.build_secs);
         let (c, h, r) = (&self.cold, &self.hot, &self.random);
         json!({
             "machine": {
@@ -146,21 +196,7 @@ impl Results {
                 "loadavg_start": m.loadavg_start, "loadavg_end": m.loadavg_end,
             },
             "params": self.params,
-            "build": {
-                "image": b.image,
-                "files": b.tree.files,
-                "logical_bytes": b.tree.logical_bytes,
-                "duplicate_files": b.tree.duplicate_files,
-                "duplicate_bytes": b.tree.duplicate_bytes,
-                "stored_blob_bytes": b.stored_blob_bytes,
-                "blobs": b.blobs,
-                "manifest_bytes": b.manifest_bytes,
-                "logical_per_stored": ratio(b.tree.logical_bytes as f64, (b.stored_blob_bytes + b.manifest_bytes) as f64),
-                "secs": b.build_secs,
-                "mb_per_s": build_mb_s,
-                "native_tree_read": seq_json(&b.native_tree_read),
-                "ratio_to_native_read": ratio(build_mb_s, b.native_tree_read.mb_per_s()),
-            },
+            "build": b.to_json(),
             "cold_sequential": {
                 "hydrate": seq_json(&c.hydrate),
                 "native": seq_json(&c.native),
@@ -210,25 +246,7 @@ impl Results {
     /// The table for people: one row per measurement, hydrate next to its native baseline.
     pub fn table(&self) -> String {
         let mut t = Table::default();
-        let b = &self.build;
-        let build_mb_s = mb_per_s(b.tree.logical_bytes, b.build_secs);
-        t.row(
-            "build (cold source → local store)",
-            format!("{build_mb_s:.0} MB/s"),
-            format!("{:.0} MB/s tree read", b.native_tree_read.mb_per_s()),
-            ratio(build_mb_s, b.native_tree_read.mb_per_s()),
-        );
-        t.note(format!(
-            "{} files, logical {}, stored {} in {} blobs + manifest {} (logical/stored {:.2}x; {} duplicate files, {})",
-            b.tree.files,
-            human(b.tree.logical_bytes),
-            human(b.stored_blob_bytes),
-            b.blobs,
-            human(b.manifest_bytes),
-            ratio(b.tree.logical_bytes as f64, (b.stored_blob_bytes + b.manifest_bytes) as f64),
-            b.tree.duplicate_files,
-            human(b.tree.duplicate_bytes),
-        ));
+        self.build.rows(&mut t);
         let c = &self.cold;
         t.row(
             &format!(

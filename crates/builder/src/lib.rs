@@ -2,8 +2,9 @@
 //!
 //! [`build_dir`] walks the tree with lstat (see `walk`), chunks every regular file with the format's
 //! FastCDC parameters, names chunks by BLAKE3, dedups them within the image and against every chunk already
-//! in the store (see `index`), compresses new chunks with zstd on `threads` threads, packs them into blobs
-//! of about `blob_target_size` (see `pack`), and uploads in crash-safe order: every blob, then the manifest
+//! in the store (see `index`), names and compresses chunks on `threads` worker threads while the next ones
+//! are read (see `pipeline`; zstd only where it pays, raw otherwise), packs new chunks into blobs of about
+//! `blob_target_size` (see `pack`), and uploads in crash-safe order: every blob, then the manifest
 //! (`manifests/<id>`), then the tag. A crash at any point leaves at worst unreferenced objects, never a tag
 //! or manifest that points at missing data.
 //!
@@ -21,6 +22,7 @@
 mod error;
 mod index;
 mod pack;
+mod pipeline;
 mod tree;
 mod walk;
 
@@ -31,6 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use hydrate_format::{plan_from_trace, BlobId, Digest, ImageId, Manifest, PlanOptions, Trace};
 use hydrate_store::{keys, put_tag, BlobStore};
 use tokio::sync::mpsc;
@@ -41,12 +44,16 @@ pub use tree::{BuildCounts, FileSink, TreeBuild};
 use index::StoreIndex;
 use pack::{Event, PackOptions};
 
+/// Blob uploads running at once (each holds one blob, `blob_target_size` bytes, in memory).
+const UPLOADS_IN_FLIGHT: usize = 3;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildOptions {
     pub zstd_level: i32,
     /// Blobs are sealed once they reach this many bytes (the last one may be smaller).
     pub blob_target_size: u64,
-    /// Threads for hashing and compressing chunks (at least 1 is used).
+    /// Worker threads naming and compressing chunks (at least 1 is used), beside the thread that reads and
+    /// cuts files and the one that digests blobs. The image does not depend on it.
     pub threads: usize,
     /// Tag to point at the image once everything is stored.
     pub tag: Option<String>,
@@ -205,7 +212,7 @@ where
     let index = Arc::new(StoreIndex::load(store).await?);
     tracing::debug!(chunks = index.len(), "dedup index loaded");
 
-    // Capacity 1: at most one sealed blob waits while another uploads.
+    // Capacity 1: at most one sealed blob waits while `UPLOADS_IN_FLIGHT` upload.
     let (tx, mut rx) = mpsc::channel(1);
     let popts = PackOptions {
         zstd_level: opts.zstd_level,
@@ -217,12 +224,20 @@ where
     let mut new_blobs = 0u64;
     let mut stored_bytes = 0u64;
     let mut upload_error = None;
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Total(n) => progress.total(n),
-            Event::Advance(n) => progress.advance(n),
-            Event::Message(m) => progress.message(&m),
-            Event::Blob { id, data } => match upload_blob(store, id, data).await {
+    // Several blobs upload at once: a local store's write and fsync of one overlap the next, a remote
+    // store's requests overlap their round trips. Blob order does not matter; the manifest waits for all.
+    let mut uploads = FuturesUnordered::new();
+    let mut events_open = true;
+    while events_open || !uploads.is_empty() {
+        tokio::select! {
+            ev = rx.recv(), if events_open && uploads.len() < UPLOADS_IN_FLIGHT => match ev {
+                None => events_open = false,
+                Some(Event::Total(n)) => progress.total(n),
+                Some(Event::Advance(n)) => progress.advance(n),
+                Some(Event::Message(m)) => progress.message(&m),
+                Some(Event::Blob { id, data }) => uploads.push(upload_blob(store, id, data)),
+            },
+            Some(done) = uploads.next(), if !uploads.is_empty() => match done {
                 Ok(Some(n)) => {
                     new_blobs += 1;
                     stored_bytes += n;
@@ -235,6 +250,7 @@ where
             },
         }
     }
+    drop(uploads);
     // Dropping the receiver makes the worker stop at its next send.
     drop(rx);
     let packed = worker

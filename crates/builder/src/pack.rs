@@ -1,7 +1,9 @@
 //! The blocking half of a build: chunk every regular file, dedup, compress and pack new chunks into blobs.
-//! Runs on a blocking thread and hands finished blobs (and progress) to the async half through a bounded
-//! channel, so memory stays bounded: one batch of chunks, one open blob, and at most one sealed blob waiting
-//! for upload, whatever the file sizes.
+//! Runs on a blocking thread (the feed thread: reads, cuts, hashes whole files, places chunks) with worker
+//! threads naming and compressing chunks and a sealer thread digesting finished blobs (see `pipeline`); it
+//! hands finished blobs (and progress) to the async half through a bounded channel, so memory stays
+//! bounded whatever the file sizes: the chunks in flight, one open blob, one blob being sealed and one
+//! waiting for upload.
 //!
 //! Two sources share one [`TreePacker`]: [`pack_dir`] walks a directory and reads files by path, and
 //! [`pack_tree`] takes a prepared [`TreeBuild`] and lets a caller-supplied feed stream the contents (e.g. out
@@ -9,8 +11,8 @@
 //!
 //! Order is the determinism contract: files are processed in feed order (walk order for directories:
 //! sorted names), chunks are classified in file order, a chunk's table index is fixed at its first
-//! appearance, and new chunks enter blobs in that order. Threads only compute hashes and compression of a
-//! batch; results are consumed in batch order.
+//! appearance, and new chunks enter blobs in that order. Worker threads only compute hashes and
+//! compression; results are consumed in submission order.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,12 +23,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hydrate_format::{
-    compress_chunk, BlobId, ChunkId, ChunkRecord, Chunker, ContentId, Digest, ManifestWriter,
-    NodeId,
+    BlobId, BlockChunker, ChunkId, ChunkRecord, ManifestWriter, NodeId, CHUNK_MAX,
+    COMPRESSION_NONE, COMPRESSION_ZSTD,
 };
 use tokio::sync::mpsc;
 
 use crate::index::StoreIndex;
+use crate::pipeline::{encode, BlobSealer, ChunkPipeline, ContentHasher, Encoded, Named};
 use crate::tree::{BuildCounts, FileSink, TreeBuild};
 use crate::walk::{walk, FileJob};
 use crate::BuildError;
@@ -66,12 +69,6 @@ struct Entry {
     plain_len: u32,
 }
 
-/// A chunk read but not yet classified.
-struct Pending {
-    file: usize,
-    data: Vec<u8>,
-}
-
 struct Packer {
     opts: PackOptions,
     index: Arc<StoreIndex>,
@@ -82,7 +79,10 @@ struct Packer {
     chunks: Vec<Entry>,
     chunk_of: HashMap<ChunkId, u32>,
     open_blob: Option<(u32, Vec<u8>)>,
-    batch: Vec<Pending>,
+    /// Chunks being named and compressed; tagged with their file's index in `file_chunks`.
+    pipeline: ChunkPipeline<usize>,
+    sealer: BlobSealer,
+    hasher: ContentHasher,
     /// Chunk map of every file streamed so far, in stream order.
     file_chunks: Vec<Vec<u32>>,
     chunk_refs: u64,
@@ -90,9 +90,11 @@ struct Packer {
     unreported: u64,
 }
 
-/// Chunks per batch and worker thread: enough to keep threads busy, small enough to bound memory
-/// (`threads × 8 × CHUNK_MAX`).
-const BATCH_PER_THREAD: usize = 8;
+/// Bytes read between progress reports.
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Largest buffer reserved up front for an open blob (bigger targets grow it as it fills).
+const BLOB_PREALLOC_MAX: u64 = 256 << 20;
 
 /// Builds the image of directory `src`: walk it, then read every regular file by path in walk order.
 pub(crate) fn pack_dir(
@@ -129,9 +131,8 @@ pub(crate) fn pack_tree<E: From<BuildError>>(
     Ok(packer.finish()?)
 }
 
-fn send(tx: &mpsc::Sender<Event>, ev: Event) -> Result<(), BuildError> {
-    tx.blocking_send(ev)
-        .map_err(|_| BuildError::Worker("the upload side stopped".into()))
+pub(crate) fn send(tx: &mpsc::Sender<Event>, ev: Event) -> Result<(), BuildError> {
+    tx.blocking_send(ev).map_err(|_| upload_stopped())
 }
 
 fn changed(job: &FileJob, detail: String) -> BuildError {
@@ -152,7 +153,8 @@ enum StreamError {
 #[derive(Debug, Clone, Copy)]
 struct FileState {
     size: u64,
-    content: Option<ContentId>,
+    /// Streamed completely (its digest comes from the content hasher at the end).
+    fed: bool,
 }
 
 /// A [`TreeBuild`] being filled with content: the [`FileSink`] side of a build.
@@ -190,11 +192,13 @@ impl TreePacker {
                     f.node,
                     FileState {
                         size: f.size,
-                        content: None,
+                        fed: false,
                     },
                 )
             })
             .collect();
+        let pipeline = ChunkPipeline::start(opts.threads, opts.zstd_level, index.clone())?;
+        let sealer = BlobSealer::start(tx.clone())?;
         Ok(TreePacker {
             packer: Packer {
                 opts: PackOptions {
@@ -208,7 +212,9 @@ impl TreePacker {
                 chunks: Vec::new(),
                 chunk_of: HashMap::new(),
                 open_blob: None,
-                batch: Vec::new(),
+                pipeline,
+                sealer,
+                hasher: ContentHasher::start()?,
                 file_chunks: Vec::new(),
                 chunk_refs: 0,
                 reused_chunks: 0,
@@ -229,9 +235,7 @@ impl TreePacker {
         };
         match self.files.get(&node) {
             None => Err(bad(format!("{node:?} is not a regular file of the tree"))),
-            Some(f) if f.content.is_some() => {
-                Err(bad(format!("{} was fed twice", self.tree.path_of(node))))
-            }
+            Some(f) if f.fed => Err(bad(format!("{} was fed twice", self.tree.path_of(node)))),
             Some(f) if f.size != size => Err(bad(format!(
                 "{} was declared with {} bytes, fed with {size}",
                 self.tree.path_of(node),
@@ -241,10 +245,10 @@ impl TreePacker {
         }
     }
 
-    /// Records the content of a fully streamed file.
-    fn complete(&mut self, node: NodeId, content: ContentId) {
+    /// Records a fully streamed file.
+    fn complete(&mut self, node: NodeId) {
         if let Some(f) = self.files.get_mut(&node) {
-            f.content = Some(content);
+            f.fed = true;
         }
         self.streamed.push(node);
     }
@@ -263,7 +267,7 @@ impl TreePacker {
         if (before.dev(), before.ino()) != (job.dev, job.ino) {
             return Err(changed(job, "replaced by another file".into()));
         }
-        let (content, read) = self.packer.stream(&mut f).map_err(|e| match e {
+        let read = self.packer.stream(&mut f, job.size).map_err(|e| match e {
             StreamError::Read(e) => BuildError::io("reading", &job.path, e),
             StreamError::Build(e) => *e,
         })?;
@@ -291,7 +295,7 @@ impl TreePacker {
                 ),
             ));
         }
-        self.complete(job.node, content);
+        self.complete(job.node);
         Ok(())
     }
 
@@ -303,7 +307,7 @@ impl TreePacker {
         what: &str,
     ) -> Result<(), BuildError> {
         self.expect(node, size, what)?;
-        let (content, read) = self.packer.stream(data).map_err(|e| match e {
+        let read = self.packer.stream(data, size).map_err(|e| match e {
             StreamError::Read(source) => BuildError::Read {
                 what: what.to_owned(),
                 source,
@@ -316,7 +320,7 @@ impl TreePacker {
                 detail: format!("declared {size} bytes, {read} bytes were read"),
             });
         }
-        self.complete(node, content);
+        self.complete(node);
         Ok(())
     }
 
@@ -335,7 +339,7 @@ impl TreePacker {
             let missing = tree
                 .files
                 .iter()
-                .find(|f| files.get(&f.node).is_some_and(|s| s.content.is_none()))
+                .find(|f| files.get(&f.node).is_some_and(|s| !s.fed))
                 .map(|f| tree.path_of(f.node))
                 .unwrap_or_default();
             return Err(BuildError::Feed {
@@ -347,18 +351,33 @@ impl TreePacker {
                 ),
             });
         }
-        packer.process_batch()?;
+        while let Some(named) = packer.pipeline.next(true)? {
+            packer.classify(named)?;
+        }
         packer.seal_blob()?;
-        packer.report_progress()?;
+        packer.report_progress(true)?;
+        let Packer {
+            mut slots,
+            sealer,
+            hasher,
+            chunks,
+            file_chunks,
+            chunk_refs,
+            reused_chunks,
+            ..
+        } = packer;
+        for b in sealer.finish()? {
+            slots[b.slot as usize] = Some((b.id, b.size));
+        }
 
         let counts = tree.counts();
         let mut writer = tree.into_writer();
-        for slot in &packer.slots {
+        for slot in &slots {
             let (id, size) =
                 slot.ok_or_else(|| BuildError::Worker("a blob was never sealed".into()))?;
             writer.add_blob(id, size);
         }
-        for e in &packer.chunks {
+        for e in &chunks {
             writer.add_chunk(ChunkRecord::new(
                 e.id,
                 e.blob_slot,
@@ -368,20 +387,25 @@ impl TreePacker {
                 e.plain_len,
             ));
         }
-        for (node, chunks) in streamed.iter().zip(packer.file_chunks) {
-            let content = files[node]
-                .content
-                .ok_or_else(|| BuildError::Worker(format!("{node:?} has no content")))?;
+        let contents = hasher.finish()?;
+        if contents.len() != streamed.len() {
+            return Err(BuildError::Worker(format!(
+                "{} content digests for {} files",
+                contents.len(),
+                streamed.len()
+            )));
+        }
+        for ((node, map), content) in streamed.iter().zip(file_chunks).zip(contents) {
             writer
-                .set_file_data(*node, content, chunks)
+                .set_file_data(*node, content, map)
                 .map_err(BuildError::Manifest)?;
         }
         Ok(Packed {
             writer,
             counts,
-            chunk_refs: packer.chunk_refs,
-            unique_chunks: packer.chunks.len() as u64,
-            reused_chunks: packer.reused_chunks,
+            chunk_refs,
+            unique_chunks: chunks.len() as u64,
+            reused_chunks,
         })
     }
 }
@@ -408,146 +432,149 @@ impl FileSink for TreePacker {
 }
 
 impl Packer {
-    /// Streams one file through the chunker as the next file of the chunk maps; returns its content digest
-    /// and the bytes read.
-    fn stream(&mut self, data: &mut dyn Read) -> Result<(ContentId, u64), StreamError> {
+    /// Streams one file through the chunker as the next file of the chunk maps (and of the content
+    /// hasher); returns the bytes read. `size` is the expected length (it sizes the read buffer, nothing
+    /// else).
+    fn stream(&mut self, data: &mut dyn Read, size: u64) -> Result<u64, StreamError> {
+        let build = |e| StreamError::Build(Box::new(e));
         let file = self.file_chunks.len();
         self.file_chunks.push(Vec::new());
-        let mut hasher = blake3::Hasher::new();
         let mut read = 0u64;
-        for chunk in Chunker::new(data) {
+        for chunk in BlockChunker::new(data, size) {
             let chunk = chunk.map_err(StreamError::Read)?;
-            hasher.update(&chunk.data);
+            self.hasher.update(chunk.data.clone()).map_err(build)?;
             read += chunk.data.len() as u64;
             self.unreported += chunk.data.len() as u64;
-            self.batch.push(Pending {
-                file,
-                data: chunk.data,
-            });
-            if self.batch.len() >= self.opts.threads * BATCH_PER_THREAD {
-                self.process_batch()
-                    .map_err(|e| StreamError::Build(Box::new(e)))?;
-            }
+            self.pipeline.submit(file, chunk.data).map_err(build)?;
+            self.take_ready().map_err(build)?;
         }
-        Ok((ContentId(Digest::from(hasher.finalize())), read))
+        self.hasher.end_file().map_err(build)?;
+        Ok(read)
     }
 
-    fn report_progress(&mut self) -> Result<(), BuildError> {
-        if self.unreported > 0 {
-            let n = std::mem::take(&mut self.unreported);
-            send(&self.tx, Event::Advance(n))?;
+    /// Classifies and places every chunk whose result is in, in order; waits only while the pipeline is
+    /// full.
+    fn take_ready(&mut self) -> Result<(), BuildError> {
+        while let Some(named) = self.pipeline.next(self.pipeline.is_full())? {
+            self.classify(named)?;
+        }
+        if self.unreported >= PROGRESS_STEP {
+            self.report_progress(false)?;
         }
         Ok(())
     }
 
-    /// Runs `f` over `items` on up to `threads` scoped threads, returning results in item order.
-    fn parallel<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        let threads = self.opts.threads.min(items.len());
-        if threads <= 1 {
-            return items.iter().map(f).collect();
-        }
-        let per = items.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = items
-                .chunks(per)
-                .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
-    }
-
-    fn process_batch(&mut self) -> Result<(), BuildError> {
-        let batch = std::mem::take(&mut self.batch);
-        if batch.is_empty() {
+    /// Sends the bytes read since the last report. Unless `wait`, a busy channel (a blob being handed over)
+    /// only postpones the report: progress never holds up chunking.
+    fn report_progress(&mut self, wait: bool) -> Result<(), BuildError> {
+        if self.unreported == 0 {
             return Ok(());
         }
-        let ids = self.parallel(&batch, |p| ChunkId(Digest::of(&p.data)));
-        // Classify in order; only chunks new to both the image and the store get compressed.
-        let mut fresh: Vec<(u32, &[u8])> = Vec::new();
-        for (p, id) in batch.iter().zip(ids) {
-            self.chunk_refs += 1;
-            let index = match self.chunk_of.get(&id) {
-                Some(&i) => i,
-                None => {
-                    let i = self.chunks.len() as u32;
-                    let plain_len = p.data.len() as u32;
-                    let entry = match self.index.get(&id) {
-                        Some(sc) if sc.plain_len == plain_len => {
-                            self.reused_chunks += 1;
-                            let slot = *self.slot_of_blob.entry(sc.blob).or_insert_with(|| {
-                                self.slots.push(Some((sc.blob, sc.blob_size)));
-                                (self.slots.len() - 1) as u32
-                            });
-                            Entry {
-                                id,
-                                blob_slot: slot,
-                                compression: sc.compression,
-                                blob_offset: sc.blob_offset,
-                                stored_len: sc.stored_len,
-                                plain_len,
-                            }
+        let ev = Event::Advance(self.unreported);
+        if wait {
+            send(&self.tx, ev)?;
+        } else {
+            match self.tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(upload_stopped()),
+            }
+        }
+        self.unreported = 0;
+        Ok(())
+    }
+
+    /// Adds one chunk, in stream order, to its file's chunk map: a chunk seen earlier in the image keeps its
+    /// table index, one in the store is reused where it is, a new one is placed in the open blob.
+    fn classify(&mut self, named: Named<usize>) -> Result<(), BuildError> {
+        let Named {
+            tag: file,
+            data,
+            id,
+            encoded,
+        } = named;
+        self.chunk_refs += 1;
+        let index = match self.chunk_of.get(&id) {
+            Some(&i) => i,
+            None => {
+                let i = self.chunks.len() as u32;
+                let plain_len = data.len() as u32;
+                let entry = match self.index.get(&id) {
+                    Some(sc) if sc.plain_len == plain_len => {
+                        self.reused_chunks += 1;
+                        let slot = *self.slot_of_blob.entry(sc.blob).or_insert_with(|| {
+                            self.slots.push(Some((sc.blob, sc.blob_size)));
+                            (self.slots.len() - 1) as u32
+                        });
+                        Entry {
+                            id,
+                            blob_slot: slot,
+                            compression: sc.compression,
+                            blob_offset: sc.blob_offset,
+                            stored_len: sc.stored_len,
+                            plain_len,
                         }
-                        _ => {
-                            fresh.push((i, &p.data));
-                            Entry {
-                                id,
-                                blob_slot: u32::MAX,
-                                compression: 0,
-                                blob_offset: 0,
-                                stored_len: 0,
-                                plain_len,
-                            }
-                        }
+                    }
+                    _ => Entry {
+                        id,
+                        blob_slot: u32::MAX,
+                        compression: 0,
+                        blob_offset: 0,
+                        stored_len: 0,
+                        plain_len,
+                    },
+                };
+                let fresh = entry.blob_slot == u32::MAX;
+                self.chunks.push(entry);
+                self.chunk_of.insert(id, i);
+                if fresh {
+                    let encoded = match encoded {
+                        // A later copy of this chunk was claimed first by another worker.
+                        Encoded::Skipped => encode(&data, self.opts.zstd_level),
+                        e => e,
                     };
-                    self.chunks.push(entry);
-                    self.chunk_of.insert(id, i);
-                    i
+                    match &encoded {
+                        Encoded::Zstd(z) => self.place(i, COMPRESSION_ZSTD, z)?,
+                        _ => self.place(i, COMPRESSION_NONE, &data)?,
+                    }
                 }
-            };
-            self.file_chunks[p.file].push(index);
-        }
-        let level = self.opts.zstd_level;
-        let encoded = self.parallel(&fresh, |(_, data)| compress_chunk(data, level));
-        for ((index, _), (compression, stored)) in fresh.iter().zip(encoded) {
-            self.place(*index, compression, stored)?;
-        }
-        self.report_progress()
+                i
+            }
+        };
+        self.file_chunks[file].push(index);
+        Ok(())
     }
 
     /// Appends a new chunk to the open blob, sealing the blob once it reaches the target size.
-    fn place(&mut self, index: u32, compression: u8, stored: Vec<u8>) -> Result<(), BuildError> {
+    fn place(&mut self, index: u32, compression: u8, stored: &[u8]) -> Result<(), BuildError> {
+        let target = self.opts.blob_target_size;
         let (slot, data) = self.open_blob.get_or_insert_with(|| {
             self.slots.push(None);
-            ((self.slots.len() - 1) as u32, Vec::new())
+            // Room for the whole blob up front: no reallocation copies while it fills.
+            let cap = target.min(BLOB_PREALLOC_MAX) as usize + CHUNK_MAX as usize;
+            ((self.slots.len() - 1) as u32, Vec::with_capacity(cap))
         });
         let e = &mut self.chunks[index as usize];
         e.blob_slot = *slot;
         e.compression = compression;
         e.blob_offset = data.len() as u64;
         e.stored_len = stored.len() as u32;
-        data.extend_from_slice(&stored);
-        if data.len() as u64 >= self.opts.blob_target_size {
+        data.extend_from_slice(stored);
+        if data.len() as u64 >= target {
             self.seal_blob()?;
         }
         Ok(())
     }
 
+    /// Hands the open blob to the sealer thread, which names and uploads it.
     fn seal_blob(&mut self) -> Result<(), BuildError> {
         let Some((slot, data)) = self.open_blob.take() else {
             return Ok(());
         };
-        let id = BlobId(Digest::of(&data));
-        self.slots[slot as usize] = Some((id, data.len() as u64));
-        self.slot_of_blob.entry(id).or_insert(slot);
-        send(
-            &self.tx,
-            Event::Blob {
-                id,
-                data: Bytes::from(data),
-            },
-        )
+        self.sealer.seal(slot, data)
     }
+}
+
+fn upload_stopped() -> BuildError {
+    BuildError::Worker("the upload side stopped".into())
 }

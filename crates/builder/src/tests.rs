@@ -321,6 +321,68 @@ async fn same_tree_in_any_creation_order_gives_the_same_image() {
     assert_eq!(r3.reused_chunks, r3.unique_chunks);
 }
 
+/// A large file mixing incompressible bytes, text and repeats close together (identical chunks in flight
+/// at once), beside many small files: every thread count must give the same image, byte for byte.
+#[tokio::test]
+async fn thread_count_never_changes_the_image_of_a_large_file() {
+    let src = tempfile::tempdir().unwrap();
+    let random = random_bytes("large", 3 << 20);
+    let mut large = Vec::new();
+    for i in 0..4u8 {
+        large.extend_from_slice(&random);
+        large.extend_from_slice(&text_bytes(1 << 20));
+        large.extend_from_slice(&random[(i as usize) << 19..]);
+        large.extend(std::iter::repeat_n(i, 300_000));
+    }
+    fs::write(src.path().join("large"), &large).unwrap();
+    fs::create_dir(src.path().join("small")).unwrap();
+    for i in 0..200 {
+        let data = match i % 3 {
+            0 => random_bytes(&format!("s{i}"), 100 + i * 97),
+            1 => text_bytes(5000 + i * 31),
+            _ => random_bytes("same", 20_000),
+        };
+        fs::write(src.path().join(format!("small/{i:03}")), data).unwrap();
+    }
+
+    let mut images = Vec::new();
+    for threads in [1, 2, 8] {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(store_dir.path()).unwrap();
+        let o = BuildOptions {
+            threads,
+            blob_target_size: 1 << 20,
+            ..opts()
+        };
+        let r = build_dir(src.path(), &store, &o, &NoProgress)
+            .await
+            .unwrap();
+        assert!(r.new_blobs >= 4, "several blobs sealed: {r:?}");
+        assert!(
+            r.unique_chunks < r.chunks,
+            "repeats are deduplicated: {r:?}"
+        );
+        let m = load_manifest(&store, &r.image).await;
+        verify_tree(&store, &m, src.path()).await;
+        let codes: std::collections::HashSet<u8> =
+            m.chunks().iter().map(|c| c.compression()).collect();
+        assert_eq!(
+            codes,
+            [
+                hydrate_format::COMPRESSION_NONE,
+                hydrate_format::COMPRESSION_ZSTD
+            ]
+            .into(),
+            "random bytes are stored raw, text compressed"
+        );
+        images.push((threads, r.image));
+    }
+    for (threads, image) in &images[1..] {
+        // The image id is the digest of the manifest, which names every blob by its digest.
+        assert_eq!(*image, images[0].1, "{threads} threads vs 1");
+    }
+}
+
 #[tokio::test]
 async fn overlapping_images_share_chunks_in_one_store() {
     let base = random_bytes("shared", 2_000_000);
