@@ -13,6 +13,7 @@ mod prefetch;
 mod stats;
 mod trace;
 mod volume;
+mod writeback;
 
 pub use error::{CoreError, Result};
 pub use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
