@@ -6,6 +6,9 @@
 //! so later fetch buffers come from those arenas and stay there when freed. After one cold 1 GiB read the
 //! worker kept ~140 MiB that way (issue 16). So the daemon uses few arenas, a fixed mmap threshold (large
 //! buffers are mapped and unmapped, returned at once), and trims the heaps when reads stop.
+//!
+//! `HYDRATE_MALLOC_DEFAULTS=1` in the environment of `hydrate mount` keeps glibc's defaults (and lets its
+//! `MALLOC_*` variables act), for comparisons.
 
 use std::time::Duration;
 
