@@ -92,9 +92,10 @@ pub enum Priority {
 /// request latency on the stores we target.
 pub const MAX_GAP_LIMIT: u64 = 256 * 1024;
 
-/// Default of [`FetchConfig::memory_limit`]: enough for several 2 MiB readahead pieces per stream and a few
-/// streams at local-disk speed, small enough that a mount stays well under 64 MiB of memory.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 24 << 20;
+/// Default of [`FetchConfig::memory_limit`]: room for six 2 MiB readahead pieces at once besides the on-demand
+/// reserve, enough at local-disk speed; small enough that a mount stays under 64 MiB of memory also while it
+/// replays a plan (24 MiB peaked at 61-68 MiB there, 16 MiB at 56-58 MiB, docs/benchmarks.md).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
 
 /// Settings of a [`FetchEngine`].
 #[derive(Debug, Clone)]
