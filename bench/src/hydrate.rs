@@ -204,28 +204,6 @@ impl Mounted<'_> {
         Ok(Metrics::parse(&text))
     }
 
-    /// The daemon's processes: the supervisor and, while one runs, its worker (from `hydrate status`).
-    pub fn daemon_pids(&self) -> Result<Vec<i32>> {
-        let info = self
-            .hydrate
-            .run(&["status".as_ref(), self.mountpoint.as_os_str()])?;
-        let pids: Vec<i32> = info
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("pid=")
-                    .or_else(|| l.strip_prefix("worker_pid="))
-            })
-            .filter_map(|p| p.trim().parse().ok())
-            .collect();
-        if pids.is_empty() {
-            bail!(
-                "`hydrate status` shows no pid for {}: {info:?}",
-                self.mountpoint.display()
-            );
-        }
-        Ok(pids)
-    }
-
     /// Unmounts and waits for the daemon; an error still leaves nothing mounted (lazy detach as a fallback).
     pub fn unmount(mut self) -> Result<()> {
         self.release()
@@ -267,6 +245,77 @@ impl Mounted<'_> {
             self.mountpoint.display()
         ))
     }
+}
+
+/// Memory of a mount's daemon, supervisor and worker added up, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaemonMemory {
+    /// Peak resident set (VmHWM) since the last [`Mounted::reset_memory_peak`].
+    pub peak_kib: u64,
+    /// Resident set (VmRSS) once the measurement is over and [`MEMORY_SETTLE`] has passed.
+    pub settled_kib: u64,
+}
+
+/// Time the daemon gets to go back to rest before its settled memory is read.
+pub const MEMORY_SETTLE: Duration = Duration::from_secs(2);
+
+impl Mounted<'_> {
+    /// The supervisor's and the worker's pids, from `hydrate status`.
+    pub fn daemon_pids(&self) -> Result<Vec<i32>> {
+        let info = self
+            .hydrate
+            .run(&["status".as_ref(), self.mountpoint.as_os_str()])?;
+        let pids: Vec<i32> = ["pid=", "worker_pid="]
+            .iter()
+            .filter_map(|key| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|p| p.trim().parse().ok())
+            })
+            .collect();
+        if pids.len() != 2 {
+            bail!("`hydrate status` names no supervisor and worker pid: {info:?}");
+        }
+        Ok(pids)
+    }
+
+    /// Starts a new peak: the kernel resets VmHWM to the current RSS on "5" into clear_refs.
+    pub fn reset_memory_peak(&self) -> Result<()> {
+        for pid in self.daemon_pids()? {
+            let path = format!("/proc/{pid}/clear_refs");
+            std::fs::write(&path, "5").with_context(|| format!("writing 5 to {path}"))?;
+        }
+        Ok(())
+    }
+
+    /// The peak since the last reset, then (after [`MEMORY_SETTLE`]) the resident set.
+    pub fn memory(&self) -> Result<DaemonMemory> {
+        let pids = self.daemon_pids()?;
+        let sum = |field: &str| -> Result<u64> {
+            pids.iter()
+                .map(|pid| proc_status_kib(*pid, field))
+                .sum::<Result<u64>>()
+        };
+        let peak_kib = sum("VmHWM:")?;
+        cancel::sleep(MEMORY_SETTLE)?;
+        Ok(DaemonMemory {
+            peak_kib,
+            settled_kib: sum("VmRSS:")?,
+        })
+    }
+}
+
+/// A "kB" field of /proc/PID/status.
+pub(crate) fn proc_status_kib(pid: i32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&text, field).with_context(|| format!("{path} has no {field} line"))
+}
+
+fn parse_status_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Waits for the daemon `pid`; if it lingers, asks it to stop with SIGTERM (its clean shutdown path) and waits
@@ -379,6 +428,14 @@ mod tests {
         );
         assert!(m.require_since(&later, "store_bytes_read").is_err());
         assert!(later.require_since(&m, "cache_used_bytes").is_err());
+    }
+
+    #[test]
+    fn parses_proc_status_sizes() {
+        let text = "Name:\thydrate\nVmHWM:\t  152340 kB\nVmRSS:\t    8120 kB\n";
+        assert_eq!(parse_status_kib(text, "VmHWM:"), Some(152_340));
+        assert_eq!(parse_status_kib(text, "VmRSS:"), Some(8120));
+        assert_eq!(parse_status_kib(text, "RssAnon:"), None);
     }
 
     #[test]

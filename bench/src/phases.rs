@@ -7,7 +7,9 @@
 //! 4. 4 KiB random reads through a fresh mount and cache (store bytes and requests per read, latency) vs ext4
 //!    cold.
 //!
-//! Every mount is a [`Mounted`] guard, unmounted before the next phase (or on an error).
+//! Every mount is a [`Mounted`] guard, unmounted before the next phase (or on an error). After each
+//! measurement through a mount, the daemon's memory (supervisor + worker) is taken: its peak during the
+//! measurement (VmHWM, reset before) and its resident set a moment after (settled).
 
 use crate::hydrate::{self, Hydrate, Metrics, Mounted};
 use crate::reads::{self, drop_caches, Best, SeqRead};
@@ -111,9 +113,12 @@ impl<'a> Bench<'a> {
         let cache = self.work.join("cache-seq");
         drop_caches()?;
         let mount = self.mount("mnt-seq", &cache, &[])?;
+        let idle_memory = mount.memory()?;
+        mount.reset_memory_peak()?;
         let before = mount.metrics()?;
         let hydrate_cold = reads::read_seq(&mount.path(BIG_FILE), true)?;
         let after = mount.metrics()?;
+        let cold_memory = mount.memory()?;
         let cold = ColdSeq {
             native: native_cold,
             hydrate: hydrate_cold,
@@ -122,6 +127,8 @@ impl<'a> Bench<'a> {
             store_requests: store_requests(&after, &before)?,
             checksums_match: native_cold.checksum == hydrate_cold.checksum
                 && native_cold.bytes == hydrate_cold.bytes,
+            idle_memory,
+            memory: cold_memory,
         };
         if !cold.checksums_match {
             bail!("the mount returned different bytes for {BIG_FILE} than the source file");
@@ -130,6 +137,7 @@ impl<'a> Bench<'a> {
         // The cold read completed the file in the cache; a new open is then handed to the kernel (passthrough).
         let passthrough_seen =
             hydrate::await_passthrough(&mount, BIG_FILE, Duration::from_secs(10))?;
+        mount.reset_memory_peak()?;
         let path = mount.path(BIG_FILE);
         let repeats = self.plan.repeats.max(1);
         step("hot sequential read right after the fetch: ext4 and passthrough, interleaved");
@@ -177,11 +185,13 @@ impl<'a> Bench<'a> {
                 random_passthrough = Some(h);
             }
         }
+        let passthrough_memory = mount.memory()?;
         mount.unmount()?;
 
         step("hot sequential read: ext4 and --no-passthrough (same cache), interleaved");
         let mount = self.mount("mnt-seq", &cache, &["--no-passthrough"])?;
         let path = mount.path(BIG_FILE);
+        mount.reset_memory_peak()?;
         reads::read_seq(&path, false)?;
         let (mut daemon, mut page_cache) = (Best::default(), Best::default());
         let mut daemon_read_upcalls = 0;
@@ -197,6 +207,7 @@ impl<'a> Bench<'a> {
                 .require_since(&before, "fuse_requests_read")?;
             page_cache.add(reads::read_seq(&path, false)?);
         }
+        let daemon_memory = mount.memory()?;
         mount.unmount()?;
         remove_dir(&cache)?;
         let hot = HotSeq {
@@ -212,6 +223,8 @@ impl<'a> Bench<'a> {
             page_cache: page_cache.get()?,
             random_native: random_native.context("no hot random round")?,
             random_passthrough: random_passthrough.context("no hot random round")?,
+            passthrough_memory,
+            daemon_memory,
         };
         Ok((cold, hot))
     }
@@ -226,9 +239,11 @@ impl<'a> Bench<'a> {
         let cache = self.work.join("cache-rand");
         drop_caches()?;
         let mount = self.mount("mnt-rand", &cache, &[])?;
+        mount.reset_memory_peak()?;
         let before = mount.metrics()?;
         let run = reads::read_random(&mount.path(BIG_FILE), &offsets)?;
         let after = mount.metrics()?;
+        let memory = mount.memory()?;
         mount.unmount()?;
         remove_dir(&cache)?;
         let data_matches = run.data == native.data;
@@ -244,6 +259,7 @@ impl<'a> Bench<'a> {
             native,
             hydrate: run,
             data_matches,
+            memory,
         })
     }
 }

@@ -20,7 +20,7 @@
 //! For hydrate runs also: store requests, chunks fetched on demand, and the daemon's memory (supervisor +
 //! worker): the peak (`VmHWM`) and the resident size (`VmRSS`) when the program ended.
 
-use crate::hydrate::{Hydrate, Mounted};
+use crate::hydrate::{proc_status_kib, Hydrate, Mounted};
 use crate::reads::drop_caches;
 use crate::report::human;
 use anyhow::{anyhow, bail, Context, Result};
@@ -177,17 +177,8 @@ fn layer_of(layout: &Path) -> Result<(String, u64)> {
 fn daemon_rss(mount: &Mounted<'_>) -> Result<(u64, u64)> {
     let (mut peak, mut now) = (0, 0);
     for pid in mount.daemon_pids()? {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("reading /proc/{pid}/status"))?;
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        peak += field("VmHWM:");
-        now += field("VmRSS:");
+        peak += proc_status_kib(pid, "VmHWM:")?;
+        now += proc_status_kib(pid, "VmRSS:")?;
     }
     Ok((peak, now))
 }

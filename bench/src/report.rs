@@ -3,6 +3,7 @@
 //! Every hydrate figure sits next to the native ext4 baseline measured in the same run, with their ratio, so a
 //! number is never read without its context (a busy or slow machine moves both sides).
 
+use crate::hydrate::DaemonMemory;
 use crate::reads::{mb_per_s, RandomRun, SeqRead, RANDOM_LEN};
 use crate::tree::TreeStats;
 use serde_json::{json, Value};
@@ -42,6 +43,10 @@ pub struct ColdSeq {
     pub store_bytes_read: u64,
     pub store_requests: u64,
     pub checksums_match: bool,
+    /// The daemon right after mounting, before any read.
+    pub idle_memory: DaemonMemory,
+    /// During and after the cold read.
+    pub memory: DaemonMemory,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +75,10 @@ pub struct HotSeq {
     /// the run with the lower total time of `repeats` interleaved rounds each.
     pub random_native: RandomRun,
     pub random_passthrough: RandomRun,
+    /// During and after the passthrough reads (right after the fetch, hot, random).
+    pub passthrough_memory: DaemonMemory,
+    /// During and after the --no-passthrough reads.
+    pub daemon_memory: DaemonMemory,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +91,8 @@ pub struct RandomResult {
     pub readahead_chunks: u64,
     pub read_upcalls: u64,
     pub data_matches: bool,
+    /// During and after the cold random reads.
+    pub memory: DaemonMemory,
 }
 
 impl RandomResult {
@@ -116,6 +127,10 @@ fn ratio(a: f64, b: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+fn memory_json(m: &DaemonMemory) -> Value {
+    json!({ "peak_kib": m.peak_kib, "settled_kib": m.settled_kib })
 }
 
 fn seq_json(r: &SeqRead) -> Value {
@@ -205,6 +220,8 @@ impl Results {
                 "store_bytes_read": c.store_bytes_read,
                 "store_requests": c.store_requests,
                 "content_matches": c.checksums_match,
+                "daemon_memory_idle": memory_json(&c.idle_memory),
+                "daemon_memory": memory_json(&c.memory),
             },
             "hot_sequential": {
                 "repeats": h.repeats,
@@ -224,6 +241,8 @@ impl Results {
                 "random_4k_native": random_json(&h.random_native),
                 "random_4k_passthrough": random_json(&h.random_passthrough),
                 "random_4k_reads_per_sec_ratio": ratio(h.random_native.secs, h.random_passthrough.secs),
+                "passthrough_daemon_memory": memory_json(&h.passthrough_memory),
+                "no_passthrough_daemon_memory": memory_json(&h.daemon_memory),
             },
             "random_4k": {
                 "reads": r.reads(),
@@ -239,6 +258,7 @@ impl Results {
                 "fuse_read_upcalls": r.read_upcalls,
                 "native_device_bytes_per_byte_read": r.native_device_bytes_per_byte(),
                 "content_matches": r.data_matches,
+                "daemon_memory": memory_json(&r.memory),
             },
         })
     }
@@ -368,6 +388,15 @@ impl Results {
             r.read_upcalls,
             if r.data_matches { "verified" } else { "MISMATCH" }
         ));
+        t.note(format!(
+            "daemon memory (supervisor + worker), peak / settled: idle {}; cold sequential {}; passthrough reads {}; \
+             --no-passthrough reads {}; cold random {}",
+            mem(&c.idle_memory),
+            mem(&c.memory),
+            mem(&h.passthrough_memory),
+            mem(&h.daemon_memory),
+            mem(&r.memory),
+        ));
         let m = &self.machine;
         format!(
             "hydrate benchmark, {} UTC; {} cores ({}), {} GiB RAM, kernel {}, workdir on {}; load {} → {}\n\n{}\
@@ -383,6 +412,14 @@ impl Results {
             t.render()
         )
     }
+}
+
+fn mem(m: &DaemonMemory) -> String {
+    format!(
+        "{} / {}",
+        human(m.peak_kib << 10),
+        human(m.settled_kib << 10)
+    )
 }
 
 fn us(ns: u64) -> String {
@@ -526,6 +563,14 @@ mod tests {
                 store_bytes_read: 1_000_000,
                 store_requests: 4,
                 checksums_match: true,
+                idle_memory: DaemonMemory {
+                    peak_kib: 9000,
+                    settled_kib: 9000,
+                },
+                memory: DaemonMemory {
+                    peak_kib: 40_960,
+                    settled_kib: 12_288,
+                },
             },
             hot: HotSeq {
                 repeats: 3,
@@ -538,6 +583,8 @@ mod tests {
                 daemon: seq(1_000_000, 0.5),
                 daemon_read_upcalls: 8,
                 page_cache: seq(1_000_000, 0.2),
+                passthrough_memory: DaemonMemory::default(),
+                daemon_memory: DaemonMemory::default(),
                 random_native: random(vec![1_000, 2_000], 0),
                 random_passthrough: random(vec![1_000, 3_000], 0),
             },
@@ -550,6 +597,7 @@ mod tests {
                 readahead_chunks: 0,
                 read_upcalls: 2,
                 data_matches: true,
+                memory: DaemonMemory::default(),
             },
         }
     }
@@ -561,6 +609,10 @@ mod tests {
         assert_eq!(j["build"]["logical_per_stored"], json!(2.0));
         assert_eq!(j["build"]["ratio_to_native_read"], json!(0.5));
         assert_eq!(j["cold_sequential"]["ratio"], json!(0.5));
+        assert_eq!(
+            j["cold_sequential"]["daemon_memory"],
+            json!({ "peak_kib": 40_960, "settled_kib": 12_288 })
+        );
         assert_eq!(j["hot_sequential"]["passthrough_ratio"], json!(1.0));
         assert_eq!(j["hot_sequential"]["after_fetch_ratio"], json!(0.5));
         assert_eq!(

@@ -139,6 +139,54 @@ impl CacheFile {
         Ok(())
     }
 
+    /// Writes the pieces of `parts` back to back from `offset` with as few system calls as possible
+    /// (`pwritev`), then marks the whole range present. One large write lets the kernel build large
+    /// page-cache folios, which the kernel's reads of the file (FUSE passthrough) go through much faster than
+    /// the small folios of chunk-sized writes; it also saves system calls and copies none of the data.
+    pub fn write_parts_at(&self, parts: &[&[u8]], offset: u64) -> Result<(), CacheError> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(CacheError::OutOfBounds {
+                content: self.content,
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        let cache = self.cache.upgrade().ok_or(CacheError::Closed {
+            content: self.content,
+        })?;
+        let mut slices: Vec<io::IoSlice<'_>> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| io::IoSlice::new(p))
+            .collect();
+        let mut rest = &mut slices[..];
+        let mut at = offset;
+        while !rest.is_empty() {
+            // At most IOV_MAX (1024) pieces per call.
+            let batch = rest.len().min(1024);
+            match nix::sys::uio::pwritev(&self.file, &rest[..batch], at as libc::off_t) {
+                Ok(0) => {
+                    return Err(CacheError::io(
+                        "pwritev",
+                        &self.path,
+                        io::Error::from(io::ErrorKind::WriteZero),
+                    ))
+                }
+                Ok(n) => {
+                    at += n as u64;
+                    io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(CacheError::io("pwritev", &self.path, e.into())),
+            }
+        }
+        let added = self.lock().present.insert(offset..offset + len);
+        cache.account_written(added);
+        Ok(())
+    }
+
     /// The data file, e.g. to open for FUSE passthrough once the content is complete.
     pub fn path(&self) -> &Path {
         &self.path

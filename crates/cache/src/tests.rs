@@ -278,3 +278,30 @@ fn idle_files_are_closed_and_reopened_from_the_index() {
     assert_eq!(buf, [5; 4]);
     assert_eq!(cache.stats().used_bytes, 2400);
 }
+
+#[test]
+fn pieces_written_together_land_back_to_back_and_count_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
+    // More pieces than one pwritev takes (IOV_MAX = 1024), of uneven sizes, some empty.
+    let data = pattern(3000 * 7, 5);
+    let size = data.len() as u64 + 100;
+    let file = cache.file(&content(9), size).unwrap();
+    let parts: Vec<&[u8]> = data
+        .chunks(7)
+        .flat_map(|c| [c, &c[..0]])
+        .collect::<Vec<_>>();
+    file.write_parts_at(&parts, 100).unwrap();
+    assert_eq!(file.missing(0..size), [0..100]);
+    assert_eq!(file.present_bytes(), data.len() as u64);
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(file.read_at(&mut back, 100).unwrap(), data.len());
+    assert_eq!(back, data);
+    assert_eq!(cache.stats().used_bytes, data.len() as u64);
+    // Past the end: refused, nothing marked.
+    let err = file
+        .write_parts_at(&[&[1; 60], &[2; 60]], size - 100)
+        .unwrap_err();
+    assert!(matches!(err, CacheError::OutOfBounds { .. }), "{err}");
+    assert_eq!(file.missing(0..size), [0..100]);
+}

@@ -14,6 +14,7 @@ mod prefetch;
 mod stats;
 mod trace;
 mod volume;
+mod writeback;
 
 pub use error::{CoreError, Result};
 pub use fill::FillOutcome;

@@ -11,6 +11,7 @@
 
 use crate::stats::VolumeStats;
 use crate::volume::Volume;
+use crate::writeback::{store_runs, Piece};
 use hydrate_cache::CacheFile;
 use hydrate_fetch::{ChunkLoc, FetchEngine, Priority};
 use hydrate_format::{ContentId, FileKind, Ino};
@@ -51,34 +52,55 @@ pub struct PlanOutcome {
     pub failed: u64,
 }
 
-/// Fetches `work` at prefetch priority and writes each chunk into its cache file; returns (chunks stored,
-/// plain bytes, failures).
+/// Fetches `work` at prefetch priority and writes each chunk into its cache file as soon as it arrives (in one
+/// write per run of adjacent chunks, see `writeback`), so the fetched data is held only briefly and never
+/// while waiting for more; returns (chunks stored, plain bytes, failures).
 pub(crate) async fn fetch_into(
     engine: &FetchEngine,
     stats: &VolumeStats,
     work: Vec<Work>,
 ) -> (u64, u64, u64) {
     let locs: Vec<ChunkLoc> = work.iter().map(|(_, _, loc)| *loc).collect();
-    let results = engine.fetch(&locs, Priority::Prefetch).await;
     let (mut ok, mut bytes, mut failed) = (0, 0, 0);
-    for ((file, file_offset, _), result) in work.iter().zip(results) {
-        let outcome = result.map_err(|e| e.to_string()).and_then(|data| {
-            file.write_at(&data, *file_offset)
-                .map(|()| data.len() as u64)
-                .map_err(|e| e.to_string())
-        });
-        match outcome {
-            Ok(n) => {
-                ok += 1;
-                bytes += n;
+    let fail = |index: usize, error: String| {
+        let (file, file_offset, _) = &work[index];
+        stats.prefetch_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(content = %file.content(), file_offset, %error, "prefetch of a chunk failed");
+    };
+    engine
+        .fetch_each(&locs, Priority::Prefetch, |ready| {
+            let mut pieces = Vec::with_capacity(ready.len());
+            for d in ready {
+                match d.result {
+                    Ok(data) => {
+                        let (file, offset, _) = &work[d.index];
+                        pieces.push(Piece {
+                            tag: d.index,
+                            file,
+                            offset: *offset,
+                            data,
+                        });
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        fail(d.index, e.to_string());
+                    }
+                }
             }
-            Err(error) => {
-                failed += 1;
-                stats.prefetch_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(content = %file.content(), file_offset, %error, "prefetch of a chunk failed");
+            for (index, outcome) in store_runs(pieces) {
+                match outcome {
+                    Ok(()) => {
+                        ok += 1;
+                        bytes += u64::from(work[index].2.plain_len);
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        fail(index, error);
+                    }
+                }
             }
-        }
-    }
+        })
+        .await;
     (ok, bytes, failed)
 }
 

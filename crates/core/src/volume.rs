@@ -5,6 +5,7 @@ use crate::error::{CoreError, Result};
 use crate::image::MappedManifest;
 use crate::stats::VolumeStats;
 use crate::trace::TraceRecorder;
+use crate::writeback::{store_runs, Piece};
 use hydrate_cache::{CacheFile, DiskCache};
 use hydrate_fetch::{ChunkLoc, FetchEngine, Priority};
 use hydrate_format::{FileKind, ImageId, Ino, InodeAttr};
@@ -13,6 +14,10 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+/// Readahead is scheduled and stored in pieces of this size, aligned to it in the file: large enough that
+/// the cache file's page cache gets large folios, small enough that pieces of one stream decode in parallel.
+pub const READAHEAD_PIECE: u64 = 2 << 20;
 
 /// Read-path tuning.
 ///
@@ -444,35 +449,55 @@ impl Volume {
         self.stats
             .ondemand_chunks
             .fetch_add(locs.len() as u64, Ordering::Relaxed);
-        let results = self
-            .rt
-            .block_on(self.engine.fetch(&locs, Priority::OnDemand));
         let mut fetched = HashMap::with_capacity(indices.len());
-        for (&index, result) in indices.iter().zip(results) {
-            let file_offset = chunks[index].file_offset();
-            match result {
-                Ok(bytes) => {
-                    if let Err(err) = open.file.write_at(&bytes, file_offset) {
-                        self.stats
-                            .cache_write_errors
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(ino = %open.ino, file_offset, error = %err,
-                            "could not store fetched chunk in the cache; serving it from memory");
+        let mut failure: Option<(usize, hydrate_fetch::FetchError)> = None;
+        let fetching = self.engine.fetch_each(&locs, Priority::OnDemand, |ready| {
+            // Chunks this read joined from another caller's request are stored by that caller; the ones it
+            // led, it stores itself, in one write per run of adjacent chunks.
+            let mut pieces = Vec::new();
+            for d in ready {
+                let index = indices[d.index];
+                match d.result {
+                    Ok(bytes) => {
+                        if d.led {
+                            pieces.push(Piece {
+                                tag: index,
+                                file: &open.file,
+                                offset: chunks[index].file_offset(),
+                                data: bytes.clone(),
+                            });
+                        }
+                        fetched.insert(index, bytes);
                     }
-                    fetched.insert(index, bytes);
-                }
-                Err(source) => {
-                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    let err = CoreError::Fetch {
-                        ino: open.ino,
-                        chunk_index: index,
-                        file_offset,
-                        source: Box::new(source),
-                    };
-                    tracing::error!(image = %self.image, error = %err, "read failed");
-                    return Err(err);
+                    Err(source) => {
+                        if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+                            failure = Some((index, source));
+                        }
+                    }
                 }
             }
+            for (index, outcome) in store_runs(pieces) {
+                if let Err(error) = outcome {
+                    self.stats
+                        .cache_write_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    let file_offset = chunks[index].file_offset();
+                    tracing::warn!(ino = %open.ino, file_offset, %error,
+                            "could not store fetched chunk in the cache; serving it from memory");
+                }
+            }
+        });
+        self.rt.block_on(fetching);
+        if let Some((index, source)) = failure {
+            self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            let err = CoreError::Fetch {
+                ino: open.ino,
+                chunk_index: index,
+                file_offset: chunks[index].file_offset(),
+                source: Box::new(source),
+            };
+            tracing::error!(image = %self.image, error = %err, "read failed");
+            return Err(err);
         }
         Ok(fetched)
     }
@@ -548,7 +573,11 @@ impl Volume {
             self.stats.readahead_grows.fetch_add(1, Ordering::Relaxed);
         }
         st.window = grown;
-        let want_end = end.saturating_add(st.window).min(open.size);
+        let mut want_end = end.saturating_add(st.window).min(open.size);
+        if want_end < open.size {
+            // Whole pieces only: each is fetched by its own requests and stored in one large write.
+            want_end -= want_end % self.readahead_piece();
+        }
         let from = st.prefetched_until.max(end);
         if want_end <= from {
             return end..end;
@@ -595,24 +624,40 @@ impl Volume {
             .collect()
     }
 
-    /// Fetches the missing chunks of `range` at prefetch priority without blocking the caller.
+    /// Readahead piece size: [`READAHEAD_PIECE`], or a quarter of the largest window if that is smaller (a
+    /// small window still moves in several steps).
+    fn readahead_piece(&self) -> u64 {
+        READAHEAD_PIECE.min(self.config.readahead_max / 4).max(4096)
+    }
+
+    /// Fetches the missing chunks of `range` at prefetch priority without blocking the caller, one task per
+    /// aligned piece (`readahead_piece`): the pieces are fetched (and decoded) in parallel, each within the
+    /// engine's byte budget, and each is stored in one large write. A chunk crossing a piece boundary goes
+    /// with the earlier piece.
     fn spawn_readahead(&self, open: &Arc<OpenFile>, range: Range<u64>) {
-        let work: Vec<_> = self
-            .missing_chunks(open.ino, &open.file, range)
-            .into_iter()
-            .map(|(offset, loc)| (Arc::clone(&open.file), offset, loc))
-            .collect();
+        let work = self.missing_chunks(open.ino, &open.file, range);
         if work.is_empty() {
             return;
         }
         self.stats
             .readahead_chunks
             .fetch_add(work.len() as u64, Ordering::Relaxed);
-        let engine = Arc::clone(&self.engine);
-        let stats = Arc::clone(&self.stats);
-        self.rt.spawn(async move {
-            crate::prefetch::fetch_into(&engine, &stats, work).await;
-        });
+        let mut rest = &work[..];
+        while let Some(&(first, _)) = rest.first() {
+            let piece = self.readahead_piece();
+            let piece_end = (first / piece + 1) * piece;
+            let n = rest.partition_point(|&(offset, _)| offset < piece_end);
+            let batch: Vec<_> = rest[..n]
+                .iter()
+                .map(|&(offset, loc)| (Arc::clone(&open.file), offset, loc))
+                .collect();
+            rest = &rest[n..];
+            let engine = Arc::clone(&self.engine);
+            let stats = Arc::clone(&self.stats);
+            self.rt.spawn(async move {
+                crate::prefetch::fetch_into(&engine, &stats, batch).await;
+            });
+        }
     }
 }
 

@@ -6,6 +6,10 @@
 //! matters: a caller that is cancelled or gives up at its deadline must not cancel a request
 //! other callers share. Each task publishes one result per chunk and removes the chunk from
 //! the table; a guard publishes `Aborted` if the task dies first, so no waiter hangs.
+//!
+//! Memory: each request takes its bytes from the engine's [`ByteBudget`] before it asks the store, and the
+//! chunks it delivers carry that grant until the last copy of them is dropped (see `budget.rs`). Chunks stored
+//! raw are handed out as slices of the fetched range, verified in place, never copied.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -14,12 +18,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hydrate_format::{decode_chunk, BlobId, ChunkId};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use hydrate_format::{decode_chunk, verify_plain, BlobId, ChunkId, COMPRESSION_NONE};
 use hydrate_store::{keys, BlobStore, ErrorKind, StoreError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::budget::{ByteBudget, Claim, Grant};
 use crate::error::{DeadlineExpired, FetchError};
 use crate::latency::{LatencyHistogram, LatencyRecorder};
 use crate::permits::Permits;
@@ -38,6 +45,8 @@ type Slot = watch::Receiver<Option<ChunkResult>>;
 #[derive(Debug)]
 struct Progress {
     state: Mutex<ProgressState>,
+    /// The request's priority for the byte budget: raised when an on-demand read joins it.
+    claim: Claim,
 }
 
 #[derive(Debug)]
@@ -50,8 +59,9 @@ struct ProgressState {
 }
 
 impl Progress {
-    fn new(key: String, range: Range<u64>) -> Arc<Progress> {
+    fn new(key: String, range: Range<u64>, priority: Priority) -> Arc<Progress> {
         Arc::new(Progress {
+            claim: Claim::new(priority),
             state: Mutex::new(ProgressState {
                 key,
                 range,
@@ -110,6 +120,10 @@ pub struct FetchStats {
     pub errors: u64,
     /// Chunks a caller gave up on at its deadline (the read failed with EIO).
     pub deadline_expired: u64,
+    /// Bytes of fetched data held now (fetch buffers, decoded chunks not yet dropped by their readers).
+    pub budget_used_bytes: u64,
+    /// Most bytes held at once so far.
+    pub budget_peak_bytes: u64,
     /// Latency of every store request attempt, successful or not.
     pub latency: LatencyHistogram,
 }
@@ -127,6 +141,8 @@ impl FetchStats {
             ("verify_failures", self.verify_failures),
             ("errors", self.errors),
             ("deadline_expired", self.deadline_expired),
+            ("budget_used_bytes", self.budget_used_bytes),
+            ("budget_peak_bytes", self.budget_peak_bytes),
         ]
     }
 }
@@ -155,20 +171,29 @@ pub struct FetchEngine {
     store: Arc<dyn BlobStore>,
     config: FetchConfig,
     permits: Arc<Permits>,
+    budget: Arc<ByteBudget>,
     inflight: Mutex<HashMap<ChunkId, (Slot, Arc<Progress>)>>,
     counters: Counters,
     this: Weak<FetchEngine>,
 }
 
 impl FetchEngine {
-    /// An engine reading from `store`. `max_gap` is clamped to [`MAX_GAP_LIMIT`] and
-    /// `max_in_flight` raised to at least 1.
+    /// An engine reading from `store`. `max_gap` is clamped to [`MAX_GAP_LIMIT`],
+    /// `max_in_flight` raised to at least 1, `memory_limit` to [`MIN_BUDGET`](crate::MIN_BUDGET), and
+    /// `max_request_bytes` lowered to an eighth of the memory limit (a request holds its range while it
+    /// decodes it: a few must fit at once).
     pub fn new(store: Arc<dyn BlobStore>, mut config: FetchConfig) -> Arc<FetchEngine> {
         config.max_gap = config.max_gap.min(MAX_GAP_LIMIT);
         config.max_in_flight = config.max_in_flight.max(1);
+        let budget = ByteBudget::new(config.memory_limit);
+        config.memory_limit = budget.total();
+        config.max_request_bytes = config
+            .max_request_bytes
+            .min((budget.total() / 8).max(u64::from(hydrate_format::CHUNK_MAX)));
         Arc::new_cyclic(|this| FetchEngine {
             store,
             permits: Permits::new(config.max_in_flight),
+            budget,
             config,
             inflight: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -181,26 +206,66 @@ impl FetchEngine {
         &self.store
     }
 
+    /// The settings in force (after the adjustments of [`FetchEngine::new`]).
+    pub fn config(&self) -> &FetchConfig {
+        &self.config
+    }
+
     /// Fetches, verifies and returns the plain bytes of each chunk, in order, each as a
-    /// result of its own. Must be called within a tokio runtime.
+    /// result of its own. Must be called within a tokio runtime. The call holds every chunk until the last
+    /// arrives, all within the byte budget: keep what one call asks for well under the memory limit (a read, a
+    /// bounded batch), or use [`FetchEngine::fetch_each`].
     pub async fn fetch(&self, chunks: &[ChunkLoc], priority: Priority) -> Vec<ChunkResult> {
+        let mut results: Vec<Option<ChunkResult>> = vec![None; chunks.len()];
+        self.fetch_each(chunks, priority, |ready| {
+            for r in ready {
+                results[r.index] = Some(r.result);
+            }
+        })
+        .await;
+        results
+            .into_iter()
+            .map(|r| r.expect("fetch_each delivers every chunk"))
+            .collect()
+    }
+
+    /// Like [`FetchEngine::fetch`], but hands the chunks to `deliver` as they arrive, in batches of those
+    /// ready at the same moment (a coalesced request publishes its chunks together), so a caller can store
+    /// them in large writes and drop them at once instead of holding early ones while later ones are fetched.
+    /// Each chunk is delivered exactly once.
+    pub async fn fetch_each(
+        &self,
+        chunks: &[ChunkLoc],
+        priority: Priority,
+        mut deliver: impl FnMut(Vec<Delivered>),
+    ) {
         let deadline = Instant::now() + self.config.deadline;
         let mut slots = Vec::with_capacity(chunks.len());
+        let mut led = vec![false; chunks.len()];
+        let mut mine = std::collections::HashSet::new();
         let mut lead = Vec::new();
         let mut requests = Vec::new();
         {
             let mut inflight = self.inflight();
-            for chunk in chunks {
+            for (i, chunk) in chunks.iter().enumerate() {
                 if let Some((slot, progress)) = inflight.get(&chunk.id) {
+                    // The same content twice in one call (a file of zeros): the call still leads both.
+                    led[i] = mine.contains(&chunk.id);
                     bump(&self.counters.single_flight_hits, 1);
+                    if priority == Priority::OnDemand {
+                        progress.claim.promote(&self.budget);
+                    }
                     slots.push((slot.clone(), progress.clone()));
                     continue;
                 }
                 let (tx, rx) = watch::channel(None);
                 // Replaced by the request's own progress once planned (below, under the same lock).
-                let progress = Progress::new(keys::blob(&chunk.blob), chunk.stored_range());
+                let progress =
+                    Progress::new(keys::blob(&chunk.blob), chunk.stored_range(), priority);
                 inflight.insert(chunk.id, (rx.clone(), progress.clone()));
                 slots.push((rx, progress));
+                led[i] = true;
+                mine.insert(chunk.id);
                 lead.push((*chunk, tx));
             }
             if !lead.is_empty() {
@@ -219,16 +284,37 @@ impl FetchEngine {
         for request in requests {
             tokio::spawn(request);
         }
-        let mut results = Vec::with_capacity(chunks.len());
-        for (chunk, (mut slot, progress)) in chunks.iter().zip(slots) {
-            let waited = tokio::time::timeout_at(deadline, slot.wait_for(Option::is_some)).await;
-            results.push(match waited {
-                Ok(Ok(value)) => value.clone().expect("waited for a value"),
-                Ok(Err(_closed)) => Err(FetchError::Aborted { chunk: chunk.id }),
-                Err(_elapsed) => Err(self.deadline_passed(chunk, &progress)),
-            });
+        let mut waiting: FuturesUnordered<_> = chunks
+            .iter()
+            .zip(slots)
+            .enumerate()
+            .map(|(index, (chunk, (mut slot, progress)))| async move {
+                let waited =
+                    tokio::time::timeout_at(deadline, slot.wait_for(Option::is_some)).await;
+                let result = match waited {
+                    Ok(Ok(value)) => value.clone().expect("waited for a value"),
+                    Ok(Err(_closed)) => Err(FetchError::Aborted { chunk: chunk.id }),
+                    Err(_elapsed) => Err(self.deadline_passed(chunk, &progress)),
+                };
+                (index, result)
+            })
+            .collect();
+        while let Some(first) = waiting.next().await {
+            let mut ready = vec![first];
+            while let Some(Some(more)) = waiting.next().now_or_never() {
+                ready.push(more);
+            }
+            deliver(
+                ready
+                    .into_iter()
+                    .map(|(index, result)| Delivered {
+                        index,
+                        result,
+                        led: led[index],
+                    })
+                    .collect(),
+            );
         }
-        results
     }
 
     /// The error (and the log line) for a chunk whose caller's deadline passed. The request goes on in its
@@ -265,6 +351,8 @@ impl FetchEngine {
             verify_failures: load(&c.verify_failures),
             errors: load(&c.errors),
             deadline_expired: load(&c.deadline_expired),
+            budget_used_bytes: self.budget.used(),
+            budget_peak_bytes: self.budget.peak(),
             latency: c.latency.snapshot(),
         }
     }
@@ -295,7 +383,8 @@ impl FetchEngine {
                 .iter()
                 .map(|&i| (locs[i], senders[i].take().expect("each chunk planned once")))
                 .collect();
-            let progress = Progress::new(keys::blob(&request.blob), request.range.clone());
+            let progress =
+                Progress::new(keys::blob(&request.blob), request.range.clone(), priority);
             for (loc, _) in &members {
                 if let Some(entry) = inflight.get_mut(&loc.id) {
                     entry.1 = progress.clone();
@@ -308,7 +397,7 @@ impl FetchEngine {
             tasks.push(
                 engine
                     .clone()
-                    .run(request.blob, request.range, flight, priority, progress),
+                    .run(request.blob, request.range, flight, progress),
             );
         }
         tasks
@@ -320,18 +409,26 @@ impl FetchEngine {
         blob: BlobId,
         range: Range<u64>,
         mut flight: Flight,
-        priority: Priority,
         progress: Arc<Progress>,
     ) {
         let key = keys::blob(&blob);
         let range = widen(range, self.config.min_request_bytes);
         let count = flight.members.len() as u64;
         bump(&self.counters.coalesced_chunks, count - 1);
+        let locs: Vec<ChunkLoc> = flight.members.iter().map(|(c, _)| *c).collect();
+        // The fetched range, plus the plain bytes of the chunks that are decompressed into buffers of their own.
+        let decoded: u64 = locs
+            .iter()
+            .filter(|l| l.compression != COMPRESSION_NONE)
+            .map(|l| u64::from(l.plain_len))
+            .sum();
+        let any_raw = locs.iter().any(|l| l.compression == COMPRESSION_NONE);
+        let mut grant = self
+            .budget
+            .acquire((range.end - range.start) + decoded, &progress.claim)
+            .await;
         debug!(store = %self.store.describe(), %key, start = range.start, end = range.end, chunks = count, "fetching");
-        let data = match self
-            .get_range(&key, range.clone(), priority, &progress)
-            .await
-        {
+        let data = match self.get_range(&key, range.clone(), &progress).await {
             Ok(data) => data,
             Err(e) => {
                 bump(&self.counters.errors, count);
@@ -341,12 +438,15 @@ impl FetchEngine {
                 return;
             }
         };
-        let locs: Vec<ChunkLoc> = flight.members.iter().map(|(c, _)| *c).collect();
-        let decoded = decode_all(locs.clone(), data, range.start).await;
-        for (i, (loc, outcome)) in locs.iter().zip(decoded).enumerate() {
+        let outcomes = decode_all(locs.clone(), data, range.start).await;
+        // Raw chunks are slices of the fetched range, which lives as long as any of them; otherwise only the
+        // decompressed chunks remain.
+        grant.shrink_to(if any_raw { grant.bytes() } else { decoded });
+        let grant = Arc::new(grant);
+        for (i, (loc, outcome)) in locs.iter().zip(outcomes).enumerate() {
             let result = match outcome {
-                Ok(plain) => Ok(plain),
-                Err(detail) => self.refetch(&key, loc, detail, priority, &progress).await,
+                Ok(plain) => Ok(with_grant(plain, &grant)),
+                Err(detail) => self.refetch(&key, loc, detail, &progress).await,
             };
             match &result {
                 Ok(_) => bump(&self.counters.chunks_fetched, 1),
@@ -363,15 +463,14 @@ impl FetchEngine {
         key: &str,
         loc: &ChunkLoc,
         detail: String,
-        priority: Priority,
         progress: &Progress,
     ) -> ChunkResult {
         bump(&self.counters.verify_failures, 1);
         warn!(store = %self.store.describe(), %key, offset = loc.blob_offset, chunk = %loc.id, %detail, "chunk failed verification; fetching it again");
         bump(&self.counters.retries, 1);
-        let data = self
-            .get_range(key, loc.stored_range(), priority, progress)
-            .await?;
+        // Outside the byte budget: the request already holds a grant, and waiting for a second one while holding
+        // the first could deadlock. One chunk, and only after a corruption.
+        let data = self.get_range(key, loc.stored_range(), progress).await?;
         let detail = match decode_all(vec![*loc], data, loc.blob_offset).await.pop() {
             Some(Ok(plain)) => return Ok(plain),
             Some(Err(detail)) => detail,
@@ -392,14 +491,13 @@ impl FetchEngine {
         &self,
         key: &str,
         range: Range<u64>,
-        priority: Priority,
         progress: &Progress,
     ) -> Result<Bytes, StoreError> {
         let store = self.store.describe();
         let mut attempt = 0;
         loop {
             let result = {
-                let _permit = self.permits.acquire(priority).await;
+                let _permit = self.permits.acquire(progress.claim.priority()).await;
                 bump(&self.counters.requests, 1);
                 progress.attempt();
                 let started = Instant::now();
@@ -459,17 +557,53 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
     half + full.mul_f64(rand::random::<f64>() * 0.5).min(half)
 }
 
+/// One chunk handed to the caller of [`FetchEngine::fetch_each`].
+#[derive(Debug)]
+pub struct Delivered {
+    /// Position of the chunk in the slice the caller passed.
+    pub index: usize,
+    pub result: ChunkResult,
+    /// Whether this call started the chunk's request (otherwise it joined one another call started, whose
+    /// caller stores it).
+    pub led: bool,
+}
+
+/// Chunk bytes that hold their share of the byte budget until the last copy is dropped.
+struct Budgeted {
+    data: Bytes,
+    _grant: Arc<Grant>,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+fn with_grant(data: Bytes, grant: &Arc<Grant>) -> Bytes {
+    Bytes::from_owner(Budgeted {
+        data,
+        _grant: Arc::clone(grant),
+    })
+}
+
 /// Splits `data` (blob bytes from `start`) into the chunks `locs` and decodes and verifies
-/// each, off the async threads (zstd and BLAKE3 over megabytes take milliseconds).
+/// each, off the async threads (zstd and BLAKE3 over megabytes take milliseconds). Raw chunks are
+/// verified in place and returned as slices of `data`.
 async fn decode_all(locs: Vec<ChunkLoc>, data: Bytes, start: u64) -> Vec<Result<Bytes, String>> {
     let n = locs.len();
     let work = move || {
         locs.iter()
             .map(|loc| {
                 let from = (loc.blob_offset - start) as usize;
+                let to = from + loc.stored_len as usize;
                 let stored = data
-                    .get(from..from + loc.stored_len as usize)
+                    .get(from..to)
                     .ok_or_else(|| "stored bytes outside the fetched range".to_owned())?;
+                if loc.compression == COMPRESSION_NONE {
+                    verify_plain(&loc.record(), stored).map_err(|e| e.to_string())?;
+                    return Ok(data.slice(from..to));
+                }
                 decode_chunk(&loc.record(), stored)
                     .map(Bytes::from)
                     .map_err(|e| e.to_string())

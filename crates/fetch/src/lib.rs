@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod budget;
 mod engine;
 mod error;
 mod latency;
@@ -24,7 +25,8 @@ use std::time::Duration;
 
 use hydrate_format::{BlobId, BlobRecord, ChunkId, ChunkRecord};
 
-pub use engine::{backoff, FetchEngine, FetchStats};
+pub use budget::MIN_BUDGET;
+pub use engine::{backoff, Delivered, FetchEngine, FetchStats};
 pub use error::{DeadlineExpired, FetchError};
 pub use latency::{LatencyHistogram, LATENCY_BUCKETS_SECONDS};
 
@@ -90,6 +92,11 @@ pub enum Priority {
 /// request latency on the stores we target.
 pub const MAX_GAP_LIMIT: u64 = 256 * 1024;
 
+/// Default of [`FetchConfig::memory_limit`]: room for six 2 MiB readahead pieces at once besides the on-demand
+/// reserve, enough at local-disk speed; small enough that a mount stays under 64 MiB of memory also while it
+/// replays a plan (24 MiB peaked at 61-68 MiB there, 16 MiB at 56-58 MiB, docs/benchmarks.md).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
+
 /// Settings of a [`FetchEngine`].
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -114,6 +121,9 @@ pub struct FetchConfig {
     /// one TCP segment until the client's delayed ACK, ~40 ms; on loopback a segment is 64 KiB, so S3 mounts
     /// use 64 KiB here (docs/remote-stores.md).
     pub min_request_bytes: u64,
+    /// Bytes of fetched data held at once: fetch buffers, decompressed chunks, readahead not yet stored
+    /// (raised to [`MIN_BUDGET`]). Requests wait for room; on-demand reads keep a quarter for themselves.
+    pub memory_limit: u64,
 }
 
 impl Default for FetchConfig {
@@ -127,6 +137,7 @@ impl Default for FetchConfig {
             backoff_base: Duration::from_millis(100),
             deadline: Duration::from_secs(120),
             min_request_bytes: 0,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }

@@ -43,6 +43,7 @@ fn config() -> FetchConfig {
         backoff_base: Duration::from_millis(1),
         deadline: Duration::from_secs(10),
         min_request_bytes: 0,
+        memory_limit: 16 << 20,
     }
 }
 
@@ -399,4 +400,128 @@ fn backoff_grows_with_jitter_and_is_capped() {
         }
     }
     assert!(crate::engine::backoff(base, 40) <= Duration::from_secs(10));
+}
+
+/// A blob of `n` incompressible chunks of 256 KiB each (stored raw), back to back.
+async fn big_fixture(n: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingStore::new(FaultyStore::new(
+        LocalStore::open(dir.path()).unwrap(),
+    )));
+    let mut blob_bytes = Vec::new();
+    let mut placed = Vec::new();
+    let mut plain = Vec::new();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..n {
+        let data: Vec<u8> = (0..hydrate_format::CHUNK_MAX)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (id, compression, stored) = encode_chunk(&data, 1);
+        assert_eq!(compression, hydrate_format::COMPRESSION_NONE);
+        placed.push((id, blob_bytes.len() as u64, stored.len() as u32));
+        blob_bytes.extend_from_slice(&stored);
+        plain.push(data);
+    }
+    let blob = BlobId(Digest::of(&blob_bytes));
+    store
+        .put(&keys::blob(&blob), Bytes::from(blob_bytes))
+        .await
+        .unwrap();
+    store.reset();
+    let chunks = placed
+        .into_iter()
+        .map(|(id, blob_offset, len)| ChunkLoc {
+            id,
+            blob,
+            blob_offset,
+            stored_len: len,
+            plain_len: len,
+            compression: hydrate_format::COMPRESSION_NONE,
+        })
+        .collect();
+    Fixture {
+        _dir: dir,
+        store,
+        blob,
+        chunks,
+        plain,
+    }
+}
+
+#[tokio::test]
+async fn on_demand_reads_proceed_while_prefetch_holds_its_whole_budget() {
+    let f = big_fixture(32).await;
+    let engine = f.engine(FetchConfig {
+        memory_limit: 8 << 20, // prefetch may hold 6 MiB: 24 chunks
+        max_request_bytes: 256 << 10,
+        ..config()
+    });
+    // Prefetch data delivered but not yet stored holds its budget.
+    let held = engine.fetch(&f.chunks[..24], Priority::Prefetch).await;
+    assert_all_ok(held.clone(), &f.plain[..24]);
+    assert_eq!(engine.stats().budget_used_bytes, 6 << 20);
+
+    // More prefetch waits for room …
+    let more = tokio::spawn({
+        let (engine, chunks) = (engine.clone(), f.chunks[24..28].to_vec());
+        async move { engine.fetch(&chunks, Priority::Prefetch).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!more.is_finished(), "prefetch went past its share");
+
+    // … while on-demand reads proceed, also one that joins the waiting prefetch request.
+    let demand = tokio::time::timeout(
+        Duration::from_secs(5),
+        engine.fetch(&f.chunks[28..32], Priority::OnDemand),
+    )
+    .await
+    .expect("an on-demand read waited behind prefetch");
+    assert_all_ok(demand, &f.plain[28..32]);
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        engine.fetch(&f.chunks[24..25], Priority::OnDemand),
+    )
+    .await
+    .expect("an on-demand read that joined a waiting prefetch request was not promoted");
+    assert_all_ok(joined, &f.plain[24..25]);
+
+    // Once the held data is dropped, the waiting prefetch completes, and nothing stays accounted.
+    drop(held);
+    let more = tokio::time::timeout(Duration::from_secs(5), more)
+        .await
+        .expect("prefetch resumed")
+        .unwrap();
+    assert_all_ok(more, &f.plain[24..28]);
+    let stats = engine.stats();
+    assert_eq!(stats.budget_used_bytes, 0);
+    assert!(stats.budget_peak_bytes <= 8 << 20, "{stats:?}");
+}
+
+#[tokio::test]
+async fn fetch_each_delivers_every_chunk_once_and_marks_what_it_led() {
+    let f = fixture(8, 0).await;
+    let engine = f.engine(FetchConfig {
+        max_request_bytes: 1 << 20,
+        ..config()
+    });
+    // The same chunk twice in one call: both are this call's to store.
+    let mut asked = f.chunks.clone();
+    asked.push(f.chunks[3]);
+    let mut seen = vec![0; asked.len()];
+    engine
+        .fetch_each(&asked, Priority::Prefetch, |ready| {
+            for d in ready {
+                seen[d.index] += 1;
+                assert!(d.led, "chunk {} not marked as led", d.index);
+                let want = if d.index == 8 { 3 } else { d.index };
+                assert_eq!(d.result.unwrap(), f.plain[want][..]);
+            }
+        })
+        .await;
+    assert_eq!(seen, vec![1; asked.len()]);
 }

@@ -272,22 +272,35 @@ pub fn decode_chunk(rec: &ChunkRecord, stored: &[u8]) -> Result<Vec<u8>, FormatE
         )));
     }
     let plain = match rec.compression() {
-        COMPRESSION_NONE => stored.to_vec(),
+        COMPRESSION_NONE => {
+            verify_plain(rec, stored)?;
+            return Ok(stored.to_vec());
+        }
         COMPRESSION_ZSTD => zstd::bulk::decompress(stored, plain_len as usize)
             .map_err(|e| fail(format!("zstd decompression failed: {e}")))?,
         other => return Err(fail(format!("unknown compression code {other}"))),
     };
+    verify_plain(rec, &plain)?;
+    Ok(plain)
+}
+
+/// Checks decoded bytes against their record: the plain length and the BLAKE3 digest. A chunk stored raw
+/// (`COMPRESSION_NONE`) is its own plain form, so a reader holding its stored bytes can verify them in place
+/// with this instead of copying them through [`decode_chunk`].
+pub fn verify_plain(rec: &ChunkRecord, plain: &[u8]) -> Result<(), FormatError> {
+    let chunk = rec.id();
+    let plain_len = rec.plain_len();
     if plain.len() as u64 != u64::from(plain_len) {
-        return Err(fail(format!(
-            "decoded {} bytes, record says {plain_len}",
-            plain.len()
-        )));
+        return Err(FormatError::ChunkData {
+            chunk,
+            detail: format!("decoded {} bytes, record says {plain_len}", plain.len()),
+        });
     }
-    let actual = ChunkId(Digest::of(&plain));
+    let actual = ChunkId(Digest::of(plain));
     if actual != chunk {
         return Err(FormatError::ChunkDigest { chunk, actual });
     }
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]

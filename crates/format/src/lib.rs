@@ -32,8 +32,8 @@ mod golden;
 mod tests;
 
 pub use chunk::{
-    compress_chunk, decode_chunk, encode_chunk, encode_stored, BlockChunker, Chunker, PlainChunk,
-    SharedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
+    compress_chunk, decode_chunk, encode_chunk, encode_stored, verify_plain, BlockChunker, Chunker,
+    PlainChunk, SharedChunk, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN,
 };
 pub use error::FormatError;
 pub use ids::{BlobId, ChunkId, ContentId, Digest, FileKind, ImageId, Ino, InodeAttr, S_IFMT};

@@ -27,6 +27,33 @@ use crate::{sys, HsmError};
 const BATCH_CHUNKS: usize = 256;
 
 /// Makes `want` (clamped to the file) of the stub open as `file` local. `Ok(false)` if the file is not a stub.
+/// Consecutive slices of `chunks` of at most `max_chunks` chunks and `max_bytes` plain bytes (a single larger
+/// chunk still makes a batch).
+fn batches(
+    chunks: &[(u64, ChunkLoc)],
+    max_chunks: usize,
+    max_bytes: u64,
+) -> impl Iterator<Item = &[(u64, ChunkLoc)]> {
+    let mut rest = chunks;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0u64;
+        let mut n = 0;
+        while n < rest.len().min(max_chunks) {
+            bytes += u64::from(rest[n].1.plain_len);
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
+}
+
 pub(crate) fn fill(svc: &Service, file: &File, want: Range<u64>) -> Result<bool, HsmError> {
     let meta = file
         .metadata()
@@ -70,7 +97,10 @@ pub(crate) fn fill(svc: &Service, file: &File, want: Range<u64>) -> Result<bool,
         let atime_before = meta.atime() * 1_000_000_000 + meta.atime_nsec();
         // Bounded memory whatever the file size, and durable progress: a crash in the middle of a 10 GB
         // recall keeps what was committed.
-        for batch in chunks.chunks(BATCH_CHUNKS) {
+        // A batch is held whole until it is written: a quarter of the engine's memory limit at most, so that
+        // its requests always find room in the byte budget.
+        let batch_bytes = svc.engine.config().memory_limit / 4;
+        for batch in batches(&chunks, BATCH_CHUNKS, batch_bytes) {
             let locs: Vec<ChunkLoc> = batch.iter().map(|(_, l)| *l).collect();
             let results = svc.block_on(svc.engine.fetch(&locs, Priority::OnDemand));
             let mut written = 0u64;
@@ -186,4 +216,33 @@ pub(crate) fn recall_path(svc: &Service, path: &Path) -> Result<bool, HsmError> 
         .open(path)
         .map_err(|e| HsmError::io("open", path, e))?;
     fill(svc, &file, 0..u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hydrate_format::{BlobId, ChunkId, Digest};
+
+    fn loc(plain_len: u32) -> (u64, ChunkLoc) {
+        let loc = ChunkLoc {
+            id: ChunkId(Digest([1; 32])),
+            blob: BlobId(Digest([2; 32])),
+            blob_offset: 0,
+            stored_len: plain_len,
+            plain_len,
+            compression: 0,
+        };
+        (0, loc)
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let chunks: Vec<_> = [10, 10, 10, 50, 10, 10, 10, 10].map(loc).to_vec();
+        let sizes: Vec<usize> = batches(&chunks, 3, 30).map(<[_]>::len).collect();
+        assert_eq!(sizes, [3, 1, 3, 1]);
+        // A chunk over the byte bound still makes a batch of its own.
+        let sizes: Vec<usize> = batches(&chunks, 100, 5).map(<[_]>::len).collect();
+        assert_eq!(sizes, [1; 8]);
+        assert_eq!(batches(&[], 3, 30).count(), 0);
+    }
 }

@@ -184,6 +184,11 @@ pub struct MountArgs {
     /// 20 ms RTT, 64 keep 1 Gbit/s busy with readahead.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_in_flight: u32,
+    /// Fetched data the worker holds at once (store reads, decompressed chunks, readahead not yet in the
+    /// cache), e.g. 16M or 256M; requests wait for room, a quarter is kept for on-demand reads (min 8M). The
+    /// daemon's memory is about this plus 25-40 MiB of buffers, code and allocator slack.
+    #[arg(long, default_value = "16M")]
+    pub memory_limit: String,
     /// Serve the mount's metrics (as `hydrate status --metrics` prints them) in Prometheus text format over
     /// HTTP at this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "IP:PORT")]

@@ -291,7 +291,11 @@ impl Answer for Daemon {
                 .stats()
                 .snapshot()
                 .into_iter()
-                .map(|m| counter("fetch", m)),
+                // The byte budget's figures are levels, not counts.
+                .map(|m| Metric {
+                    gauge: m.0.starts_with("budget_"),
+                    ..counter("fetch", m)
+                }),
         );
         out.extend(
             self.store
@@ -474,6 +478,11 @@ fn serve(
         }
     };
     spawn_link_thread(Arc::clone(&link), session.stop_handle())?;
+    {
+        let vol = Arc::clone(&vol);
+        crate::alloc::spawn_idle_trimmer(move || vol.engine().stats().bytes_fetched)
+            .context("starting the memory trimmer thread")?;
+    }
     tracing::info!(image = %image, generation, resumed = resumed.is_some(), mountpoint = %mountpoint.display(), "serving");
     let served = session.serve(fs);
     if let Some(path) = socket {

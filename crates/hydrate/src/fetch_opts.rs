@@ -1,5 +1,5 @@
-//! The fetch options of `hydrate mount` (`--fetch-timeout`, `--read-deadline`, `--max-in-flight`), validated and
-//! turned into the fetch engine's and the network client's settings.
+//! The fetch options of `hydrate mount` (`--fetch-timeout`, `--read-deadline`, `--max-in-flight`,
+//! `--memory-limit`), validated and turned into the fetch engine's and the network client's settings.
 //!
 //! One request timeout governs both layers: the engine abandons (and retries) a request after
 //! `--fetch-timeout`, and the HTTP client under S3/HTTP stores is given the same bound, with its idle-read and
@@ -7,8 +7,9 @@
 //! never outlives the engine's idea of the request.
 
 use crate::cli::MountArgs;
+use crate::units::{human, parse_size};
 use anyhow::{bail, Context, Result};
-use hydrate_fetch::FetchConfig;
+use hydrate_fetch::{FetchConfig, MIN_BUDGET};
 use hydrate_store::RemoteOptions;
 use std::time::Duration;
 
@@ -24,8 +25,17 @@ pub fn from_args(args: &MountArgs) -> Result<(FetchConfig, RemoteOptions)> {
     if timeout.is_zero() || deadline.is_zero() {
         bail!("--fetch-timeout and --read-deadline must be positive");
     }
+    let memory_limit = parse_size(&args.memory_limit).context("--memory-limit")?;
+    if memory_limit < MIN_BUDGET {
+        bail!(
+            "--memory-limit {} is below the minimum of {}",
+            args.memory_limit,
+            human(MIN_BUDGET)
+        );
+    }
     let fetch = FetchConfig {
         max_in_flight: args.max_in_flight as usize,
+        memory_limit,
         request_timeout: timeout,
         deadline,
         min_request_bytes: args

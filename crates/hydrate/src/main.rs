@@ -4,6 +4,7 @@
 //! what it needs (sizes, paths, store addresses) before doing any work, so a bad argument is reported before
 //! anything is touched.
 
+mod alloc;
 mod cli;
 mod cmd_build;
 mod cmd_convert;
@@ -28,6 +29,14 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = cli::Args::parse();
+    if std::env::var_os("HYDRATE_MALLOC_DEFAULTS").is_none()
+        && matches!(
+            args.command,
+            cli::Command::Mount(_) | cli::Command::Worker(_)
+        )
+    {
+        alloc::tune_for_daemon();
+    }
     init_logging(args.verbose);
     if matches!(
         args.command,
