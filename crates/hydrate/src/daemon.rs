@@ -412,6 +412,9 @@ fn serve(
     let config = SessionConfig {
         threads: args.threads as usize,
         want_passthrough: passthrough,
+        // Directory handles carry nothing (HydrateFs::opendir answers fh 0): let the kernel open directories
+        // without asking and keep their listings cached, which makes a hot tree walk upcall-free.
+        stateless_dirs: true,
         ..SessionConfig::default()
     };
     let resumed = match &start.state.negotiated {
