@@ -225,6 +225,22 @@ impl DiskCache {
         self.inner.flush_once()
     }
 
+    /// Flushes, stops the flusher and closes the presence index cleanly, for a process about to exit while
+    /// other threads may still hold the cache. A clean close spares the next open a repair of the index (reading
+    /// all of it and several syncs, while a mount waits). Ranges written after this are not recorded: a later
+    /// open drops their files and they are fetched again.
+    pub fn close(&self) -> Result<(), CacheError> {
+        lock(&self.inner.signal).stop = true;
+        self.inner.wake.notify_all();
+        if let Some(handle) = lock(&self.flusher).take() {
+            // It flushes once more before it exits; a panic in it is covered by the flush below.
+            let _ = handle.join();
+        }
+        let flushed = self.inner.flush_once();
+        self.inner.index.close();
+        flushed
+    }
+
     /// Current counters.
     pub fn stats(&self) -> CacheStats {
         let entries = lock(&self.inner.entries);

@@ -61,6 +61,10 @@ pub enum CacheError {
         size: u64,
     },
 
+    /// The presence index was closed (the process is shutting down).
+    #[error("cache: index {} is closed", path.display())]
+    IndexClosed { path: PathBuf },
+
     /// The cache was closed while a file of it was still in use.
     #[error("cache: content {content}: the cache has been closed")]
     Closed { content: ContentId },

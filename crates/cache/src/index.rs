@@ -16,6 +16,7 @@
 //! (its data will be refetched), never trusted.
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use hydrate_format::ContentId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -97,46 +98,84 @@ impl FileRecord {
 /// The redb database holding the records.
 #[derive(Debug)]
 pub(crate) struct Index {
-    db: Database,
+    /// None once [`Index::close`]d.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
 }
 
 impl Index {
-    /// Opens or creates the index at `path` and checks its schema version.
+    /// Opens or creates the index at `path` and checks its schema version. An index that has its schema costs no
+    /// write: a mount's start waits for this, and every commit is a sync.
     pub fn open(path: &Path) -> Result<Index, CacheError> {
         let db = Database::create(path).map_err(|e| CacheError::index("open", path, e))?;
         let index = Index {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_owned(),
         };
-        let txn = index.write_txn()?;
+        match index.schema()? {
+            Some(found) if found != SCHEMA_VERSION => Err(CacheError::Schema {
+                path: path.to_owned(),
+                found,
+                expected: SCHEMA_VERSION,
+            }),
+            // The schema and the tables are written in one transaction: with one, the other is there.
+            Some(_) => Ok(index),
+            None => {
+                index.initialize()?;
+                Ok(index)
+            }
+        }
+    }
+
+    /// The recorded schema version, if any.
+    fn schema(&self) -> Result<Option<u32>, CacheError> {
+        let txn = self.with_db(|db| db.begin_read().map_err(|e| self.err("begin read", e)))?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err("open meta table", e)),
+        };
+        let found = meta
+            .get(SCHEMA_KEY)
+            .map_err(|e| self.err("read schema version", e))?
+            .map(|v| v.value());
+        Ok(found)
+    }
+
+    /// Writes the schema version and creates the tables of a new index.
+    fn initialize(&self) -> Result<(), CacheError> {
+        let txn = self.write_txn()?;
         {
             let mut meta = txn
                 .open_table(META)
-                .map_err(|e| index.err("open meta table", e))?;
-            let found = meta
-                .get(SCHEMA_KEY)
-                .map_err(|e| index.err("read schema version", e))?
-                .map(|v| v.value());
-            match found {
-                Some(v) if v != SCHEMA_VERSION => {
-                    return Err(CacheError::Schema {
-                        path: path.to_owned(),
-                        found: v,
-                        expected: SCHEMA_VERSION,
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
-                        .map_err(|e| index.err("write schema version", e))?;
-                }
-            }
+                .map_err(|e| self.err("open meta table", e))?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
+                .map_err(|e| self.err("write schema version", e))?;
             txn.open_table(FILES)
-                .map_err(|e| index.err("open files table", e))?;
+                .map_err(|e| self.err("open files table", e))?;
         }
-        txn.commit().map_err(|e| index.err("commit", e))?;
-        Ok(index)
+        txn.commit().map_err(|e| self.err("commit", e))
+    }
+
+    /// Closes the database file cleanly (redb then records its allocator state), so the next open need not
+    /// repair it: a repair reads the whole file and syncs several times, on the path of a mount's start. Later
+    /// operations fail with [`CacheError::IndexClosed`]; a transaction still running finishes first.
+    pub fn close(&self) {
+        let db = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
+        drop(db);
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        match db.as_ref() {
+            Some(db) => f(db),
+            None => Err(CacheError::IndexClosed {
+                path: self.path.clone(),
+            }),
+        }
     }
 
     fn err(&self, op: &'static str, e: impl Into<redb::Error>) -> CacheError {
@@ -144,16 +183,14 @@ impl Index {
     }
 
     fn write_txn(&self) -> Result<redb::WriteTransaction, CacheError> {
-        self.db
-            .begin_write()
-            .map_err(|e| self.err("begin transaction", e))
+        self.with_db(|db| {
+            db.begin_write()
+                .map_err(|e| self.err("begin transaction", e))
+        })
     }
 
     fn files_for_read(&self) -> Result<redb::ReadOnlyTable<[u8; 32], &'static [u8]>, CacheError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("begin read", e))?;
+        let txn = self.with_db(|db| db.begin_read().map_err(|e| self.err("begin read", e)))?;
         txn.open_table(FILES)
             .map_err(|e| self.err("open files table", e))
     }

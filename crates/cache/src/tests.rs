@@ -304,4 +304,28 @@ fn pieces_written_together_land_back_to_back_and_count_once() {
         .unwrap_err();
     assert!(matches!(err, CacheError::OutOfBounds { .. }), "{err}");
     assert_eq!(file.missing(0..size), [0..100]);
+
+fn an_explicit_close_leaves_a_clean_index_while_the_cache_is_still_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
+    let index = cache.dir().join("index.redb");
+    let file = cache.file(&content(1), 4096).unwrap();
+    file.write_at(&pattern(4096, 3), 0).unwrap();
+    // While open, the index is marked as needing recovery (and locked): what a crashed or exiting process that
+    // never drops its cache leaves behind, and what makes the next open repair it.
+    assert!(redb::ReadOnlyDatabase::open(&index).is_err());
+    cache.close().unwrap();
+    // Closed cleanly although `cache` and `file` are still alive: it opens without a repair.
+    drop(redb::ReadOnlyDatabase::open(&index).expect("index not closed cleanly"));
+    // Nothing is recorded after the close.
+    let late = cache.file(&content(2), 100).unwrap();
+    late.write_at(&pattern(100, 4), 0).unwrap();
+    assert!(matches!(cache.flush(), Err(CacheError::IndexClosed { .. })));
+    drop((late, file, cache));
+    let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
+    assert!(cache.file(&content(1), 4096).unwrap().is_complete());
+    assert_eq!(
+        cache.file(&content(2), 100).unwrap().missing(0..100),
+        [0..100]
+    );
 }

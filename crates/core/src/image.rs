@@ -2,7 +2,8 @@
 //!
 //! The manifest is fetched once from the store, checked against its digest (the image identity), validated, and
 //! kept as a local file named by that digest next to the cache. Later mounts map that file instead of asking the
-//! store. The manifest is memory-mapped, never materialized, so a million-file image costs page cache, not heap.
+//! store, after checking its digest again (so the copy needs no syncs: a damaged one is simply fetched again).
+//! The manifest is memory-mapped, never materialized, so a million-file image costs page cache, not heap.
 
 use crate::error::{CoreError, Result};
 use hydrate_format::{ImageId, Manifest};
@@ -52,7 +53,7 @@ pub async fn load_manifest(
         image: *image,
         source: Box::new(source),
     })?;
-    write_durably(&path, &bytes)?;
+    write_copy(&path, &bytes)?;
     drop(bytes);
     // These bytes were just hashed: skip the digest (a second pass over 200 MiB for a million files).
     map_verified(&path, image, false)
@@ -123,8 +124,10 @@ fn map_file(file: &File, path: &Path) -> Result<Mmap> {
     })
 }
 
-/// temp file + fsync + rename + fsync of the directory: after a crash, the copy is either whole or absent.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+/// temp file + rename, without syncs: a reader sees the whole copy or none. A crash may still leave a torn or
+/// empty copy behind, which the digest check of the next load detects and replaces; syncing here would only put
+/// two disk flushes on the path of every first mount.
+fn write_copy(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let io_err =
         |what: &'static str, path: PathBuf| move |source| CoreError::LocalIo { what, path, source };
@@ -132,11 +135,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = File::create(&tmp).map_err(io_err("creating", tmp.clone()))?;
     file.write_all(bytes)
-        .and_then(|()| file.sync_all())
         .map_err(io_err("writing", tmp.clone()))?;
     fs::rename(&tmp, path).map_err(io_err("renaming into place", path.to_path_buf()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir.to_path_buf()))?;
     Ok(())
 }

@@ -210,6 +210,10 @@ fn serve<'b, F: Filesystem>(
             }
             owned(&out.to_abi(state.negotiated.passthrough))
         }
+        // The kernel takes ENOSYS as "opening directories needs no server": it opens them itself from now on
+        // (no OPENDIR, no RELEASEDIR) with listings cached. Only sent when the kernel offered that at INIT;
+        // older kernels would fail the open.
+        Operation::Opendir { .. } if state.negotiated.stateless_dirs() => Err(Errno::ENOSYS),
         Operation::Opendir { flags } => {
             let out = fs.opendir(ctx, ino, *flags)?;
             let mut reply = out.to_abi(false);

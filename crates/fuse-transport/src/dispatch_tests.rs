@@ -246,6 +246,41 @@ fn open_sets_passthrough_only_when_negotiated() {
 }
 
 #[test]
+fn opendir_is_declined_when_directories_are_stateless() {
+    let fs = FakeFs::default();
+    let mut agreed = negotiated(false);
+    agreed.flags |= abi::FUSE_NO_OPENDIR_SUPPORT;
+    let st = ConnState::new(agreed, Arc::default());
+    let opendir = request_bytes(
+        abi::FUSE_OPENDIR,
+        4,
+        1,
+        zerocopy::IntoBytes::as_bytes(&abi::fuse_open_in::default()),
+    );
+    // ENOSYS tells the kernel to open directories itself from now on (the fake's opendir would answer fh 5).
+    let (h, body) = one(&fs, &st, &opendir);
+    assert_eq!((h.error, body.len()), (-libc::ENOSYS, 0));
+    // Listings are still served, with the handle the kernel then uses (0).
+    let read = abi::fuse_read_in {
+        fh: 0,
+        size: 4096,
+        ..Default::default()
+    };
+    let (h, body) = one(
+        &fs,
+        &st,
+        &request_bytes(
+            abi::FUSE_READDIR,
+            5,
+            1,
+            zerocopy::IntoBytes::as_bytes(&read),
+        ),
+    );
+    assert_eq!(h.error, 0);
+    assert!(body.ends_with(b"f\0\0\0\0\0\0\0"), "one entry named f");
+}
+
+#[test]
 fn getxattr_probe_erange_and_value() {
     let (fs, st) = (FakeFs::default(), state(false));
     let req = |size: u32, name: &[u8]| {

@@ -49,6 +49,7 @@ pub trait Filesystem: Send + Sync + 'static {
 
     fn release(&self, _ctx: &RequestCtx, _ino: u64, _fh: u64, _flags: u32) {}
 
+    /// Not called when the connection agreed on [`crate::SessionConfig::stateless_dirs`].
     fn opendir(&self, _ctx: &RequestCtx, _ino: u64, _flags: u32) -> Result<OpenOut, Errno> {
         Ok(OpenOut::default())
     }

@@ -41,6 +41,12 @@ pub struct SessionConfig {
     pub async_read: bool,
     /// FUSE_CACHE_SYMLINKS: cache READLINK results in the page cache.
     pub cache_symlinks: bool,
+    /// FUSE_NO_OPENDIR_SUPPORT: the filesystem keeps no per-open directory state, so directories need no
+    /// OPENDIR/RELEASEDIR round trips. When agreed, the transport answers OPENDIR with ENOSYS without calling
+    /// the filesystem; the kernel then stops sending OPENDIR and RELEASEDIR for the connection's lifetime and
+    /// opens directories with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR (fs/fuse/file.c, "default for no-open"), so
+    /// listings stay cached across opens. READDIR then always carries fh 0.
+    pub stateless_dirs: bool,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +66,7 @@ impl Default for SessionConfig {
             parallel_dirops: true,
             async_read: true,
             cache_symlinks: true,
+            stateless_dirs: false,
         }
     }
 }
@@ -100,6 +107,12 @@ impl Negotiated {
         abi::FUSE_MIN_READ_BUFFER
             .max(write_need + 4096)
             .max(self.max_read() + 4096)
+    }
+
+    /// Whether directories are opened without OPENDIR (see [`SessionConfig::stateless_dirs`]). Part of the
+    /// agreed flags, so a server resuming the connection keeps answering as its predecessor did.
+    pub fn stateless_dirs(&self) -> bool {
+        self.flags & abi::FUSE_NO_OPENDIR_SUPPORT != 0
     }
 
     /// Whether the kernel understands FUSE_NOTIFY_RESEND (protocol 7.40).
@@ -244,6 +257,7 @@ pub(crate) fn negotiate(
         (config.async_read, abi::FUSE_ASYNC_READ),
         (config.parallel_dirops, abi::FUSE_PARALLEL_DIROPS),
         (config.cache_symlinks, abi::FUSE_CACHE_SYMLINKS),
+        (config.stateless_dirs, abi::FUSE_NO_OPENDIR_SUPPORT),
         (config.readdirplus, abi::FUSE_DO_READDIRPLUS),
         (
             config.readdirplus && config.readdirplus_auto,
@@ -434,6 +448,26 @@ mod tests {
         assert_eq!(out.flags2, (abi::FUSE_PASSTHROUGH >> 32) as u32);
         assert_eq!(out.max_stack_depth, 1);
         assert_eq!(out.max_readahead, 131_072);
+    }
+
+    #[test]
+    fn stateless_dirs_are_agreed_only_when_offered_and_asked() {
+        let agreed = |offered: u64, stateless_dirs: bool| {
+            let config = SessionConfig {
+                stateless_dirs,
+                ..SessionConfig::default()
+            };
+            match negotiate(&init_body(44, offered | abi::FUSE_INIT_EXT), &config).unwrap() {
+                InitOutcome::Agreed { negotiated, .. } => negotiated.stateless_dirs(),
+                InitOutcome::RetryWithMajor { .. } => panic!("expected agreement"),
+            }
+        };
+        assert!(agreed(abi::FUSE_NO_OPENDIR_SUPPORT, true));
+        assert!(!agreed(abi::FUSE_NO_OPENDIR_SUPPORT, false));
+        assert!(
+            !agreed(0, true),
+            "a kernel that does not offer it fails an OPENDIR answered with ENOSYS"
+        );
     }
 
     #[test]

@@ -442,6 +442,9 @@ impl Filesystem for HydrateFs {
         }
     }
 
+    /// Only asked when the kernel cannot open directories without us (no FUSE_NO_OPENDIR_SUPPORT agreed, see
+    /// the daemon's session config). Directory handles carry no state either way: readdir ignores `fh`, so
+    /// nothing about open directories needs handing over to another worker.
     fn opendir(&self, _ctx: &RequestCtx, ino: u64, _flags: u32) -> Result<OpenOut, Errno> {
         let attr = self.vol.attr(Ino(ino)).map_err(errno)?;
         if attr.kind != FileKind::Directory {

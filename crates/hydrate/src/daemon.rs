@@ -135,6 +135,8 @@ struct Prepared {
     cache_dir: PathBuf,
     quota: u64,
     manifest: hydrate_core::MappedManifest,
+    /// The cache, opened while the manifest loaded, when no predecessor can hold it.
+    cache: Option<Arc<DiskCache>>,
 }
 
 fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result<Prepared> {
@@ -192,13 +194,39 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
             note(link, "log_file", &log.display().to_string())?;
         }
     }
+    // The first worker of a mount has no predecessor holding the cache: open it (index creation or check, a few
+    // syncs) while the manifest loads instead of after, since the mount's start waits for both. A worker taking
+    // over opens it once its predecessor is gone (see serve).
+    let early_cache = state.negotiated.is_none().then(|| {
+        let config = cache_config(&cache_dir, quota);
+        std::thread::Builder::new()
+            .name("cache-open".into())
+            .spawn(move || DiskCache::open(config))
+    });
     let manifest = rt
         .block_on(load_manifest(
             store.as_ref(),
             &image,
             &cache_dir.join("manifests"),
         ))
-        .with_context(|| format!("image {image} ({})", args.image))?;
+        .with_context(|| format!("image {image} ({})", args.image));
+    let opened = early_cache.map(|spawned| {
+        spawned
+            .context("starting the cache-open thread")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("opening the cache panicked"))
+    });
+    // A bad image is the error to report, whatever the cache did meanwhile.
+    let manifest = manifest?;
+    let cache = match opened.transpose()? {
+        None => None,
+        Some(Ok(cache)) => Some(cache),
+        // Held after all (a worker of an earlier mount still exiting): wait for it in serve.
+        Some(Err(CacheError::Locked { .. })) => None,
+        Some(Err(err)) => {
+            return Err(err).with_context(|| format!("cache {}", cache_dir.display()))
+        }
+    };
     Ok(Prepared {
         rt,
         store,
@@ -206,7 +234,16 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
         cache_dir,
         quota,
         manifest,
+        cache,
     })
+}
+
+fn cache_config(dir: &Path, quota: u64) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_path_buf(),
+        quota_bytes: quota,
+        flush_interval: Duration::from_millis(200),
+    }
 }
 
 fn note(link: &WorkerLink, key: &str, value: &str) -> Result<()> {
@@ -369,14 +406,14 @@ fn serve(
         cache_dir,
         quota,
         manifest,
+        cache,
     } = prepared;
     let mountpoint = crate::supervise::mountpoint_path(&args.mountpoint)
         .unwrap_or_else(|_| args.mountpoint.clone());
-    let cache = open_cache(CacheConfig {
-        dir: cache_dir.clone(),
-        quota_bytes: quota,
-        flush_interval: Duration::from_millis(200),
-    })?;
+    let cache = match cache {
+        Some(cache) => cache,
+        None => open_cache(cache_config(&cache_dir, quota))?,
+    };
     let (fetch_config, _) = crate::fetch_opts::from_args(&args)?;
     let engine = FetchEngine::new(store.clone() as Arc<dyn BlobStore>, fetch_config);
     let mut vol = Volume::new(
@@ -398,13 +435,16 @@ fn serve(
         vol.spawn_trace_writer(path.clone(), Duration::from_secs(2));
     }
     let plan = vol.start_plan();
+    let plan_task = plan.as_ref().map(|task| task.abort_handle());
     if plan.is_some() {
         tracing::info!(
             entries = vol.manifest().prefetch().len(),
             "replaying the image's prefetch plan in the background"
         );
     }
-    if vol.start_fill(plan).is_some() {
+    let fill = vol.start_fill(plan);
+    let fill_task = fill.as_ref().map(|task| task.abort_handle());
+    if fill.is_some() {
         tracing::info!(
             budget = %args.fill_budget,
             "filling the image in the background (reads first)"
@@ -423,6 +463,9 @@ fn serve(
     let config = SessionConfig {
         threads: args.threads as usize,
         want_passthrough: passthrough,
+        // Directory handles carry nothing (HydrateFs::opendir answers fh 0): let the kernel open directories
+        // without asking and keep their listings cached, which makes a hot tree walk upcall-free.
+        stateless_dirs: true,
         ..SessionConfig::default()
     };
     let resumed = match &start.state.negotiated {
@@ -488,7 +531,14 @@ fn serve(
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
     }
-    if let Err(error) = cache.flush() {
+    // Background fetching stops before the cache closes: what it wrote after the close would not be recorded,
+    // and a later open would delete those files one by one.
+    for task in [plan_task, fill_task].into_iter().flatten() {
+        task.abort();
+    }
+    // Other threads still hold the cache, so it is never dropped: close it explicitly, or the next worker's open
+    // would repair its index first.
+    if let Err(error) = cache.close() {
         tracing::error!(%error, "flushing the cache at exit failed; recently fetched data will be fetched again");
     }
     if let Some(path) = &args.record_trace {

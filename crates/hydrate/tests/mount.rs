@@ -530,4 +530,118 @@ fn daemon_memory_stays_within_the_memory_limit() {
         rss <= idle + 12 * MIB,
         "daemon keeps {rss} KiB after the reads (idle {idle} KiB)"
     );
+
+/// Names (relative paths) and kinds of every entry below `root`, as listed by readdir.
+fn listing(root: &Path) -> Vec<(std::path::PathBuf, bool)> {
+    let mut out = Vec::new();
+    walk(root, &mut |p, meta| {
+        out.push((p.strip_prefix(root).unwrap().to_path_buf(), meta.is_dir()))
+    });
+    out
+}
+
+/// `(OPENDIR, RELEASEDIR, READDIR + READDIRPLUS)` served by the mount's current worker so far.
+fn dir_upcalls(m: &Mount) -> (u64, u64, u64) {
+    let c = m.metrics();
+    (
+        c["fuse_requests_opendir"],
+        c["fuse_requests_releasedir"],
+        c["fuse_requests_readdir"] + c["fuse_requests_readdirplus"],
+    )
+}
+
+#[test]
+fn directories_open_without_upcalls_across_takeovers() {
+    let env = Scratch::new("hydrate-test");
+    let (src, store) = (env.p("src"), env.p("store"));
+    make_tree(
+        &src,
+        &TreeSpec {
+            small_files: 300,
+            big_file: None,
+            depth: 12,
+        },
+    );
+    fs::create_dir_all(src.join("later/x/y")).unwrap();
+    for i in 0..150 {
+        fs::write(src.join(format!("later/x/n{i:03}")), b"").unwrap();
+    }
+    build(&src, &store, "dirs:1");
+    let m = Mount::new(
+        &store,
+        "dirs:1",
+        &env.p("mnt"),
+        &env.p("cache"),
+        &["--dir-prefetch", "0"],
+    );
+    let mnt = m.mountpoint.clone();
+    let in_src = |rel: &str| listing(&src.join(rel));
+    let in_mnt = |rel: &str| listing(&mnt.join(rel));
+
+    // The first walk: the kernel asks once whether directories need opening, is told no (ENOSYS), and never asks
+    // again; the listings themselves are read once.
+    compare_trees(&src.join("b"), &mnt.join("b"));
+    let (opendir, releasedir, _) = dir_upcalls(&m);
+    assert!(opendir <= 1, "{opendir} OPENDIRs on the first walk");
+    assert_eq!(releasedir, 0, "RELEASEDIR without OPENDIR");
+    assert_eq!(in_mnt("many"), in_src("many"));
+    assert_eq!(in_mnt("deep"), in_src("deep"));
+    let first = dir_upcalls(&m);
+    assert_eq!(
+        (first.0, first.1),
+        (opendir, 0),
+        "directories opened through the server"
+    );
+    // Walking again: no OPENDIR, no RELEASEDIR, and the contents are the same.
+    for _ in 0..3 {
+        assert_eq!(in_mnt("many"), in_src("many"));
+        assert_eq!(in_mnt("deep"), in_src("deep"));
+    }
+    let again = dir_upcalls(&m);
+    assert_eq!(
+        (again.0, again.1),
+        (opendir, 0),
+        "a hot walk sent OPENDIR/RELEASEDIR"
+    );
+    // Listings stay cached in the kernel (unless something dropped the caches meanwhile, which other processes on
+    // a shared machine do: then the listing is read again, still without OPENDIR).
+    if again.2 != first.2 {
+        eprintln!("hot walk re-read listings: {} -> {}", first.2, again.2);
+    }
+
+    // A new worker inherits the connection, not the kernel's question: it is never asked to open a directory,
+    // and serves listings it was never asked for before (fh 0), with a directory kept open across the upgrade.
+    let held = fs::read_dir(mnt.join("deep")).unwrap();
+    hydrate_ok(&["upgrade", mnt.to_str().unwrap()]);
+    assert_eq!(status_value::<u64>(&mnt, "generation"), Some(2));
+    assert_eq!(in_mnt("later"), in_src("later"));
+    assert_eq!(compare_trees(&src, &mnt), in_src("").len());
+    let names: Vec<_> = held.map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), fs::read_dir(src.join("deep")).unwrap().count());
+    let after_upgrade = dir_upcalls(&m);
+    assert!(after_upgrade.2 > 0, "the new worker served no listing");
+    assert_eq!(
+        (after_upgrade.0, after_upgrade.1),
+        (0, 0),
+        "the new worker was asked to open or release a directory"
+    );
+
+    // Same after a crash of the worker.
+    let worker: i32 = status_value(&mnt, "worker_pid").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status_value::<String>(&mnt, "worker_state").as_deref() != Some("serving")
+        || status_value::<i32>(&mnt, "worker_pid") == Some(worker)
+    {
+        assert!(std::time::Instant::now() < deadline, "no worker restarted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(compare_trees(&src, &mnt), in_src("").len());
+    let after_crash = dir_upcalls(&m);
+    assert_eq!((after_crash.0, after_crash.1), (0, 0));
+    m.unmount();
 }

@@ -662,10 +662,7 @@ impl Supervisor {
                     reason: format!("mounting on {}: {e}", self.cfg.mountpoint.display()),
                 }
             })?;
-            lock(&self.status).connection = sys::fuse_connection_id(&self.cfg.mountpoint).ok();
             self.dev = Some(dev);
-        } else if lock(&self.status).connection.is_none() {
-            lock(&self.status).connection = sys::fuse_connection_id(&self.cfg.mountpoint).ok();
         }
         let Some(mut worker) = self.next.take() else {
             return Ok(());
@@ -687,6 +684,10 @@ impl Supervisor {
         worker.phase = Phase::Started;
         self.generation = worker.generation;
         self.current = Some(worker);
+        // Only for status: looked up after the worker has the connection, so a mount does not wait for it.
+        if lock(&self.status).connection.is_none() {
+            lock(&self.status).connection = sys::fuse_connection_id(&self.cfg.mountpoint).ok();
+        }
         Ok(())
     }
 
