@@ -100,9 +100,13 @@ impl<'a> Bench<'a> {
             .with_context(|| format!("removing {}", self.store.display()))
     }
 
+    /// A mount of the section's image. The background fill is off: these figures measure what reads fetch
+    /// and cost (the fill's effect is the start-up and real-image sections' subject).
     fn mount(&self, name: &str, cache: &Path, extra: &[&str]) -> Result<Mounted<'a>> {
+        let mut args = vec!["--fill-budget", "0"];
+        args.extend_from_slice(extra);
         self.hydrate
-            .mount(&self.store, TAG, &self.work.join(name), cache, extra)
+            .mount(&self.store, TAG, &self.work.join(name), cache, &args)
     }
 
     /// Cold, then hot reads of the big file; one cache serves all of them.

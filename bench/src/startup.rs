@@ -179,7 +179,7 @@ fn metadata_walk(hydrate: &Hydrate, dir: &Path, plan: &StartupPlan) -> Result<Wa
         "walk:1",
         &dir.join("walk-mnt"),
         &dir.join("walk-cache"),
-        &["--dir-prefetch", "0"],
+        &["--dir-prefetch", "0", "--fill-budget", "0"],
     )?;
     step("metadata walk: ext4 and the mount, hot, interleaved");
     let (native_entries, _) = walk(&src)?;
@@ -243,11 +243,24 @@ fn scale_point(hydrate: &Hydrate, dir: &Path, files: usize) -> Result<ScalePoint
     let manifest_bytes = crate::phases::dir_usage(&store.join("manifests"))?.1;
     let cache = dir.join("scale-cache");
     drop_caches()?;
-    let m = hydrate.mount(&store, "scale:1", &dir.join("scale-mnt"), &cache, &[])?;
+    // Mount time and memory of the metadata alone: no background fill of the image's files.
+    let m = hydrate.mount(
+        &store,
+        "scale:1",
+        &dir.join("scale-mnt"),
+        &cache,
+        &["--fill-budget", "0"],
+    )?;
     let first_mount_secs = m.ready_secs;
     m.unmount()?;
     drop_caches()?;
-    let m = hydrate.mount(&store, "scale:1", &dir.join("scale-mnt"), &cache, &[])?;
+    let m = hydrate.mount(
+        &store,
+        "scale:1",
+        &dir.join("scale-mnt"),
+        &cache,
+        &["--fill-budget", "0"],
+    )?;
     let remount_secs = m.ready_secs;
     let (rss_mounted_kib, _) = mount_rss_kib(hydrate, &m)?;
     let (entries, walk_secs) = walk(&m.mountpoint)?;

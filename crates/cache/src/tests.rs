@@ -304,7 +304,9 @@ fn pieces_written_together_land_back_to_back_and_count_once() {
         .unwrap_err();
     assert!(matches!(err, CacheError::OutOfBounds { .. }), "{err}");
     assert_eq!(file.missing(0..size), [0..100]);
+}
 
+#[test]
 fn an_explicit_close_leaves_a_clean_index_while_the_cache_is_still_held() {
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();

@@ -530,6 +530,7 @@ fn daemon_memory_stays_within_the_memory_limit() {
         rss <= idle + 12 * MIB,
         "daemon keeps {rss} KiB after the reads (idle {idle} KiB)"
     );
+}
 
 /// Names (relative paths) and kinds of every entry below `root`, as listed by readdir.
 fn listing(root: &Path) -> Vec<(std::path::PathBuf, bool)> {
