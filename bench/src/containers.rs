@@ -69,20 +69,23 @@ fn step(what: &str) {
     eprintln!("[containers] {what}");
 }
 
-fn run_ok(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd`; its stdout, or an error with the command line, exit status and stderr.
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
-            "{cmd:?} failed: {}",
+            "{cmd:?} failed ({}): {}",
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn need(name: &str) -> Result<PathBuf> {
+/// A tool the registry sections need, found on PATH or in the usual system directories.
+pub(crate) fn need(name: &str) -> Result<PathBuf> {
     hydrate_testkit::find_binary(name).ok_or_else(|| {
-        anyhow!("the container section needs {name} (scripts/install-test-deps.sh installs it)")
+        anyhow!("this benchmark section needs {name} (scripts/install-test-deps.sh installs it)")
     })
 }
 
@@ -205,18 +208,11 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         &format!("docker://{direct}/library/bench:1"),
     )?;
     std::fs::remove_dir_all(dir.join("layout"))?;
-    let converted = hydrate.run(&[
-        "convert".as_ref(),
-        format!("docker://{direct}/library/bench:1").as_ref(),
-        format!("oci://{direct}/library/bench:1-hydrate").as_ref(),
-        "--tmp-dir".as_ref(),
-        dir.as_os_str(),
-    ])?;
-    let image_id = converted
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("unexpected `hydrate convert` output {converted:?}"))?
-        .to_owned();
+    let image_id = hydrate.convert(
+        &format!("docker://{direct}/library/bench:1"),
+        &format!("oci://{direct}/library/bench:1-hydrate"),
+        dir,
+    )?;
 
     let proxy = FaultProxy::start(registry.host().parse().context("the registry's address")?)
         .context("starting the link proxy")?;
@@ -312,20 +308,12 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
     let trace_arg = trace.display().to_string();
     lazy("record", "1-hydrate", &["--record-trace", &trace_arg])?;
     let read_bytes = crate::startup::trace_read_bytes(&trace)?;
-    let attached = hydrate.run(&[
-        "attach-trace".as_ref(),
-        "--store".as_ref(),
-        format!("oci://{direct}/library/bench").as_ref(),
-        image_id.as_ref(),
-        trace.as_os_str(),
-        "--tag".as_ref(),
-        "1-plan".as_ref(),
-    ])?;
-    let plan_entries = attached
-        .lines()
-        .find_map(|l| l.strip_prefix("prefetch plan: "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected `hydrate attach-trace` output: {attached:?}"))?;
+    let plan_entries = hydrate.attach_trace(
+        &format!("oci://{direct}/library/bench"),
+        &image_id,
+        &trace,
+        "1-plan",
+    )?;
     step("hydrate with the learned plan: hydrate rootfs + runc run");
     let with_plan = lazy("plan", "1-plan", &[])?;
     drop(proxy);

@@ -95,6 +95,38 @@ impl Hydrate {
         })
     }
 
+    /// `hydrate convert SOURCE DEST --tmp-dir TMP`; returns the new image's digest.
+    pub fn convert(&self, source: &str, dest: &str, tmp: &Path) -> Result<String> {
+        let out = self.run(&[
+            "convert".as_ref(),
+            source.as_ref(),
+            dest.as_ref(),
+            "--tmp-dir".as_ref(),
+            tmp.as_os_str(),
+        ])?;
+        out.split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("unexpected `hydrate convert` output {out:?}"))
+    }
+
+    /// `hydrate attach-trace --store STORE IMAGE TRACE --tag TAG`; returns the plan's number of entries.
+    pub fn attach_trace(&self, store: &str, image: &str, trace: &Path, tag: &str) -> Result<u64> {
+        let out = self.run(&[
+            "attach-trace".as_ref(),
+            "--store".as_ref(),
+            store.as_ref(),
+            image.as_ref(),
+            trace.as_os_str(),
+            "--tag".as_ref(),
+            tag.as_ref(),
+        ])?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("prefetch plan: "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow!("unexpected `hydrate attach-trace` output: {out:?}"))
+    }
+
     /// Mounts `image` and returns once the mount serves (that is when `hydrate mount` returns).
     pub fn mount(
         &self,

@@ -228,48 +228,16 @@ fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     if args.real_image_only {
-        let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
-        let outcome = measure_real_image(args, &hydrate, work.path());
-        let load_end = loadavg();
-        if hydrate::mounts_under(work.path())?.is_empty() {
-            work.close().context("removing the work directory")?;
-        }
-        let result = outcome?;
-        print!(
-            "\n{date} UTC, load average {load_start} at the start, {load_end} at the end\n{}",
-            result.table()
-        );
-        if let Some(path) = &args.json {
-            let mut value = json!({ "real_image": result.to_json() });
-            value["real_image"]["date_utc"] = json!(date);
-            value["real_image"]["loadavg"] = json!([load_start, load_end]);
-            let text = serde_json::to_string_pretty(&value)?;
-            std::fs::write(path, text + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        return Ok(());
+        return one_section(args, work, "real_image", |dir| {
+            let result = measure_real_image(args, &hydrate, dir)?;
+            Ok((result.table(), result.to_json()))
+        });
     }
     if args.containers_only {
-        let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
-        let outcome = measure_containers(args, &hydrate, work.path());
-        let load_end = loadavg();
-        if hydrate::mounts_under(work.path())?.is_empty() {
-            work.close().context("removing the work directory")?;
-        }
-        let result = outcome?;
-        print!(
-            "\n{date} UTC, load average {load_start} at the start, {load_end} at the end\n{}",
-            result.table()
-        );
-        if let Some(path) = &args.json {
-            let mut value = json!({ "containers": result.to_json() });
-            value["containers"]["date_utc"] = json!(date);
-            value["containers"]["loadavg"] = json!([load_start, load_end]);
-            let text = serde_json::to_string_pretty(&value)?;
-            std::fs::write(path, text + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        return Ok(());
+        return one_section(args, work, "containers", |dir| {
+            let result = measure_containers(args, &hydrate, dir)?;
+            Ok((result.table(), result.to_json()))
+        });
     }
     if args.build_only {
         return build_only(args, &hydrate, work, big_size);
@@ -423,6 +391,31 @@ fn measure_containers(
             seed: args.seed,
         },
     )
+}
+
+/// Runs one section alone in `work` (removed afterwards unless something is still mounted there): prints its
+/// table after the date and the load average at its start and end, and writes its JSON under `key` with both.
+fn one_section(
+    args: &Args,
+    work: tempfile::TempDir,
+    key: &str,
+    measure: impl FnOnce(&Path) -> Result<(String, serde_json::Value)>,
+) -> Result<()> {
+    let (date, load_start) = (utc_date(SystemTime::now()), loadavg());
+    let outcome = measure(work.path());
+    let load_end = loadavg();
+    if hydrate::mounts_under(work.path())?.is_empty() {
+        work.close().context("removing the work directory")?;
+    }
+    let (table, mut value) = outcome?;
+    print!("\n{date} UTC, load average {load_start} at the start, {load_end} at the end\n{table}");
+    if let Some(path) = &args.json {
+        value["date_utc"] = json!(date);
+        value["loadavg"] = json!([load_start, load_end]);
+        let text = serde_json::to_string_pretty(&json!({ key: value }))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The real-image section with the run's link settings and repeats (at least 3: its figures are medians).

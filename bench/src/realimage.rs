@@ -20,6 +20,7 @@
 //! For hydrate runs also: store requests, chunks fetched on demand, and the daemon's memory (supervisor +
 //! worker): the peak (`VmHWM`) and the resident size (`VmRSS`) when the program ended.
 
+use crate::containers::{need, run_ok};
 use crate::hydrate::{proc_status_kib, Hydrate, Mounted};
 use crate::reads::drop_caches;
 use crate::report::human;
@@ -87,24 +88,6 @@ pub struct RealImageResult {
 
 fn step(what: &str) {
     eprintln!("== real image: {what}");
-}
-
-fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn need(name: &str) -> Result<PathBuf> {
-    hydrate_testkit::find_binary(name).ok_or_else(|| {
-        anyhow!("the real-image section needs {name} (scripts/install-test-deps.sh installs it)")
-    })
 }
 
 /// Runs the program in `root` with a clean environment; checks that it printed its line.
@@ -268,18 +251,11 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &RealImagePlan) -> Result<RealIm
         &format!("docker://{direct}/library/debian:1"),
     )?;
     std::fs::remove_dir_all(&layout)?;
-    let converted = hydrate.run(&[
-        "convert".as_ref(),
-        format!("docker://{direct}/library/debian:1").as_ref(),
-        format!("oci://{direct}/library/debian:1-hydrate").as_ref(),
-        "--tmp-dir".as_ref(),
-        dir.as_os_str(),
-    ])?;
-    let image_id = converted
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("unexpected `hydrate convert` output {converted:?}"))?
-        .to_owned();
+    let image_id = hydrate.convert(
+        &format!("docker://{direct}/library/debian:1"),
+        &format!("oci://{direct}/library/debian:1-hydrate"),
+        dir,
+    )?;
 
     let proxy = FaultProxy::start(registry.host().parse().context("the registry's address")?)
         .context("starting the link proxy")?;
@@ -376,20 +352,12 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &RealImagePlan) -> Result<RealIm
     let trace_arg = trace.display().to_string();
     lazy("record", "1-hydrate", &["--record-trace", &trace_arg])?;
     let read_bytes = crate::startup::trace_read_bytes(&trace)?;
-    let attached = hydrate.run(&[
-        "attach-trace".as_ref(),
-        "--store".as_ref(),
-        format!("oci://{direct}/library/debian").as_ref(),
-        image_id.as_ref(),
-        trace.as_os_str(),
-        "--tag".as_ref(),
-        "1-plan".as_ref(),
-    ])?;
-    let plan_entries = attached
-        .lines()
-        .find_map(|l| l.strip_prefix("prefetch plan: "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected `hydrate attach-trace` output: {attached:?}"))?;
+    let plan_entries = hydrate.attach_trace(
+        &format!("oci://{direct}/library/debian"),
+        &image_id,
+        &trace,
+        "1-plan",
+    )?;
     step("hydrate mount with the learned plan, then the program");
     let with_plan = summarize(
         (0..repeats)
