@@ -88,7 +88,8 @@ impl Env {
         let mut args = vec!["mount", "--store", addr];
         args.extend(image);
         let (mp_s, cache_s) = (mp.to_str().unwrap(), cache.to_str().unwrap());
-        args.extend([mp_s, "--cache-dir", cache_s]);
+        // The background fill is off: these tests count what reads fetch from the registry.
+        args.extend([mp_s, "--cache-dir", cache_s, "--fill-budget", "0"]);
         self.hydrate_ok(&args, auth_file);
         let mountpoint = std::fs::canonicalize(&mp).unwrap();
         let pid = status_value(&mountpoint, "pid");

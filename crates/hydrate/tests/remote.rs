@@ -31,13 +31,16 @@ fn build_into(src: &Path, store: &str, tag: &str) {
     ]);
 }
 
+/// A mount of `tag` with the background fill off: these tests count and fault what reads fetch.
 fn mount(env: &Scratch, store: &str, tag: &str, name: &str, extra: &[&str]) -> Mount {
+    let mut args = vec!["--fill-budget", "0"];
+    args.extend_from_slice(extra);
     Mount::new(
         Path::new(store),
         tag,
         &env.p(&format!("mnt-{name}")),
         &env.p(&format!("cache-{name}")),
-        extra,
+        &args,
     )
 }
 
