@@ -14,7 +14,9 @@
 //!
 //! The budget (`VolumeConfig::fill_budget`, stored bytes, `--fill-budget`) keeps large images lazy: an image
 //! whose stored bytes exceed it gets only its small files fetched (up to the budget), never its large ones.
-//! It also never exceeds half the cache quota, so the fill cannot evict what reads brought in.
+//! It also never exceeds half the cache quota, so the fill cannot evict what reads brought in. When a plan covered
+//! the start, or the image is over the budget, the fill waits until the workload pauses (`FILL_QUIET` without an
+//! open or a read): then only a small image, which the fill can bring in whole, competes with its start.
 
 use crate::image::MappedManifest;
 use crate::prefetch::{BatchLimits, Batches};
@@ -34,8 +36,9 @@ const FILL_BATCHES_IN_FLIGHT: usize = 2;
 /// Files the fill takes at most: an image of more files is never fetched whole (a cache file each), and only
 /// this many of its small files are.
 const FILL_MAX_FILES: u64 = 65_536;
-/// With a plan, the fill starts once the mount has served no open or read for this long after the replay.
-const FILL_AFTER_PLAN_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+/// With a plan, or for an image over the budget, the fill starts once the mount has served no open or read for
+/// this long.
+const FILL_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a fill did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -199,11 +202,9 @@ impl Volume {
         }
         let vol = Arc::clone(self);
         Some(self.rt.spawn(async move {
+            let planned = after.is_some();
             if let Some(plan) = after {
                 let _ = plan.await;
-                // The plan covered the start; the rest of the image waits until the workload pauses, so that
-                // the fill's bytes never queue on the link ahead of a read the plan did not foresee.
-                vol.quiet_for(FILL_AFTER_PLAN_QUIET).await;
             }
             let small_max = vol.config.fill_small_max;
             let chooser = Arc::clone(&vol);
@@ -221,6 +222,13 @@ impl Volume {
                     return FillOutcome::default();
                 }
             };
+            if planned || !choice.whole_image {
+                // A plan covered the start, or the image is too large to be had whole before the workload needs
+                // it: then the fill waits until the workload pauses, so that its bytes never queue on the link
+                // ahead of a read (measured on the 2 GiB start-up image: filling its small files at once cost
+                // 1.73 instead of 1.46 bytes fetched per byte read before the first output).
+                vol.quiet_for(FILL_QUIET).await;
+            }
             let outcome = vol.fill(choice, order).await;
             let whole = choice.whole_image;
             vol.stats.fill_done.store(1, Ordering::Relaxed);
