@@ -55,15 +55,6 @@ pub struct FillOutcome {
     pub failed: u64,
 }
 
-/// The fill's choice, made by one pass over the inodes that keeps no per-file state (a million-file image costs
-/// no memory): whether the whole image fits the budget, and how many files and stored bytes the fill may take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Choice {
-    pub whole_image: bool,
-    pub budget: u64,
-    pub small_max: u64,
-}
-
 /// The fill's passes, in order: small files, large files (whole image only), and last, whole image only,
 /// documentation and translations, which a program's start does not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -158,8 +149,7 @@ impl Iterator for Walk<'_> {
 }
 
 /// Stored bytes of regular file `ino` (its chunks as listed; a chunk repeated within the file counts again).
-fn stored_bytes(vol: &Volume, ino: Ino) -> u64 {
-    let manifest = vol.manifest();
+fn stored_bytes(manifest: &MappedManifest, ino: Ino) -> u64 {
     manifest
         .file_chunks(ino)
         .iter()
@@ -167,23 +157,57 @@ fn stored_bytes(vol: &Volume, ino: Ino) -> u64 {
         .sum()
 }
 
-/// Decides between the whole image and its small files (see the module documentation).
-pub(crate) fn choose(vol: &Volume, budget: u64, small_max: u64) -> Choice {
-    let manifest = vol.manifest();
-    let (mut total, mut files) = (0u64, 0u64);
-    for n in 1..=manifest.inode_count() {
-        let ino = Ino(n);
-        if let Some(attr) = manifest.attr(ino) {
-            if attr.kind == FileKind::Regular && attr.size > 0 {
-                total += stored_bytes(vol, ino);
-                files += 1;
+/// A file the fill may take: its tier, where its first chunk is stored (the order within a tier), the file,
+/// and its stored bytes.
+type Planned = (Tier, (u32, u64), Ino, u64);
+
+/// What the fill takes, decided by one walk of the tree.
+#[derive(Debug)]
+struct FillPlan {
+    /// The whole image fits the budget (and has at most `FILL_MAX_FILES` files).
+    whole_image: bool,
+    /// The files, in the order the fill takes them: by tier, then where their first chunk is stored, so that
+    /// consecutive files are neighbours in a blob and travel in one ranged read whatever order the image was
+    /// built in (a converted layer keeps its tar's order). The small files only unless `whole_image`; at most
+    /// `FILL_MAX_FILES` entries of 32 bytes.
+    files: Vec<Planned>,
+}
+
+impl FillPlan {
+    /// One walk sizes the image and lists the candidates. Files beyond the first `FILL_MAX_FILES` mean the image
+    /// is not taken whole, so from then on only small ones are kept, and only up to that many.
+    fn make(manifest: &MappedManifest, budget: u64, small_max: u64) -> FillPlan {
+        let (mut total, mut count) = (0u64, 0u64);
+        let mut files = Vec::new();
+        for (ino, attr, cold) in Walk::new(manifest) {
+            let Some(first) = manifest.file_chunks(ino).first() else {
+                continue;
+            };
+            let stored = stored_bytes(manifest, ino);
+            total += stored;
+            count += 1;
+            let tier = match (cold, attr.size <= small_max) {
+                (true, _) => Tier::Cold,
+                (false, true) => Tier::Small,
+                (false, false) => Tier::Large,
+            };
+            if count == FILL_MAX_FILES + 1 {
+                // Too many files to be taken whole: only the small ones matter from here on.
+                files.retain(|f: &Planned| f.0 == Tier::Small);
+            }
+            if count <= FILL_MAX_FILES
+                || (tier == Tier::Small && (files.len() as u64) < FILL_MAX_FILES)
+            {
+                let chunk = manifest.chunk(first.chunk_index());
+                files.push((tier, (chunk.blob_index(), chunk.blob_offset()), ino, stored));
             }
         }
-    }
-    Choice {
-        whole_image: total <= budget && files <= FILL_MAX_FILES,
-        budget,
-        small_max,
+        let whole_image = total <= budget && count <= FILL_MAX_FILES;
+        if !whole_image {
+            files.retain(|f| f.0 == Tier::Small);
+        }
+        files.sort_unstable();
+        FillPlan { whole_image, files }
     }
 }
 
@@ -207,32 +231,29 @@ impl Volume {
                 let _ = plan.await;
             }
             let small_max = vol.config.fill_small_max;
-            let chooser = Arc::clone(&vol);
-            // Two passes over the tree: a million-file image takes a while, so not on a runtime thread.
-            let chosen = tokio::task::spawn_blocking(move || {
-                let choice = choose(&chooser, budget, small_max);
-                let order = chooser.fill_order(&choice);
-                (choice, order)
+            let planner = Arc::clone(&vol);
+            // A walk of the whole tree: a million-file image takes a while, so not on a runtime thread.
+            let plan = tokio::task::spawn_blocking(move || {
+                FillPlan::make(&planner.manifest, budget, small_max)
             })
             .await;
-            let (choice, order) = match chosen {
-                Ok(chosen) => chosen,
+            let plan = match plan {
+                Ok(plan) => plan,
                 Err(error) => {
                     tracing::warn!(%error, "background fill: choosing the files failed");
                     return FillOutcome::default();
                 }
             };
-            if planned || !choice.whole_image {
+            if planned || !plan.whole_image {
                 // A plan covered the start, or the image is too large to be had whole before the workload needs
                 // it: then the fill waits until the workload pauses, so that its bytes never queue on the link
                 // ahead of a read (measured on the 2 GiB start-up image: filling its small files at once cost
                 // 1.73 instead of 1.46 bytes fetched per byte read before the first output).
                 vol.quiet_for(FILL_QUIET).await;
             }
-            let outcome = vol.fill(choice, order).await;
-            let whole = choice.whole_image;
+            let outcome = vol.fill(plan, budget).await;
             vol.stats.fill_done.store(1, Ordering::Relaxed);
-            tracing::info!(image = %vol.image(), files = outcome.files, whole_image = whole,
+            tracing::info!(image = %vol.image(), files = outcome.files, whole_image = outcome.whole_image,
                 chunks = outcome.chunks, bytes = outcome.bytes, failed = outcome.failed, "background fill done");
             outcome
         }))
@@ -253,36 +274,8 @@ impl Volume {
         }
     }
 
-    /// The files `choice` allows, in the order the fill takes them: by tier, then where their first chunk is
-    /// stored, so that consecutive files are neighbours in a blob and travel in one ranged read whatever order
-    /// the image was built in (a converted layer keeps its tar's order). At most `FILL_MAX_FILES` entries of
-    /// (tier, stored location, inode): 1.5 MiB at most.
-    fn fill_order(&self, choice: &Choice) -> Vec<(Tier, (u32, u64), Ino)> {
-        let mut order = Vec::new();
-        for (ino, attr, cold) in Walk::new(&self.manifest) {
-            let tier = match (cold, attr.size <= choice.small_max) {
-                (true, _) => Tier::Cold,
-                (false, true) => Tier::Small,
-                (false, false) => Tier::Large,
-            };
-            if attr.size == 0 || (!choice.whole_image && tier != Tier::Small) {
-                continue;
-            }
-            let Some(first) = self.manifest.file_chunks(ino).first() else {
-                continue;
-            };
-            let chunk = self.manifest.chunk(first.chunk_index());
-            order.push((tier, (chunk.blob_index(), chunk.blob_offset()), ino));
-            if order.len() as u64 >= FILL_MAX_FILES {
-                break;
-            }
-        }
-        order.sort_unstable();
-        order
-    }
-
-    /// Fetches what `choice` allows (see `fill_order`), up to `choice.budget` stored bytes.
-    async fn fill(&self, choice: Choice, order: Vec<(Tier, (u32, u64), Ino)>) -> FillOutcome {
+    /// Fetches `plan`'s files in order, up to `budget` stored bytes of files that are not complete yet.
+    async fn fill(&self, plan: FillPlan, budget: u64) -> FillOutcome {
         let mut batches = Batches::new(
             self,
             BatchLimits {
@@ -297,22 +290,13 @@ impl Volume {
             },
         );
         let (mut chosen, mut used) = (0u64, 0u64);
-        for (_, _, ino) in order {
-            let Some(attr) = self.manifest.attr(ino) else {
-                continue;
-            };
-            let stored = stored_bytes(self, ino);
-            if used + stored > choice.budget {
+        for (_, _, ino, stored) in plan.files {
+            if used + stored > budget {
                 break;
             }
-            let file = match self.cache.file(&attr.content, attr.size) {
-                Ok(file) => file,
-                Err(error) => {
-                    tracing::warn!(%ino, %error, "background fill: cache file unavailable; skipping it");
-                    continue;
-                }
+            let Some((file, work)) = self.missing_in_cache(ino, None, "background fill") else {
+                continue;
             };
-            let work = self.missing_chunks(ino, &file, 0..attr.size);
             if work.is_empty() {
                 continue;
             }
@@ -324,7 +308,7 @@ impl Volume {
         let totals = batches.finish().await;
         FillOutcome {
             files: chosen,
-            whole_image: choice.whole_image,
+            whole_image: plan.whole_image,
             chunks: totals.chunks,
             bytes: totals.bytes,
             failed: totals.failed,

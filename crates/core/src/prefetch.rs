@@ -31,6 +31,9 @@ const LISTED_DIRS_MAX: usize = 1 << 16;
 /// configured budget.
 const DIR_WINDOW_GROWTH_MAX: u64 = 8;
 
+/// A chunk of a file missing from its cache file: its offset in the file and where it is stored.
+pub(crate) type MissingChunk = (u64, ChunkLoc);
+
 /// A unit of background work: a chunk to fetch and where in which cache file it goes.
 pub(crate) type Work = (Arc<CacheFile>, u64, ChunkLoc);
 
@@ -141,18 +144,11 @@ impl Volume {
         for entry in self.manifest.prefetch() {
             outcome.entries += 1;
             let ino = entry.ino();
-            let Some(attr) = self.manifest.attr(ino) else {
+            let range = entry.offset()..entry.offset() + entry.len();
+            let Some((file, work)) = self.missing_in_cache(ino, Some(range), "prefetch plan")
+            else {
                 continue;
             };
-            let file = match self.cache.file(&attr.content, attr.size) {
-                Ok(file) => file,
-                Err(error) => {
-                    tracing::warn!(%ino, %error, "prefetch plan: cache file unavailable; skipping the entry");
-                    continue;
-                }
-            };
-            let range = entry.offset()..entry.offset() + entry.len();
-            let work = self.missing_chunks(ino, &file, range);
             if work.is_empty() {
                 outcome.cached += 1;
                 self.stats
@@ -165,13 +161,36 @@ impl Volume {
                 .fetch_add(1, Ordering::Relaxed);
             let work = work
                 .into_iter()
-                .filter(|(offset, _)| seen.insert((attr.content, *offset)));
+                .filter(|(offset, _)| seen.insert((*file.content(), *offset)));
             batches.push_file(&file, work).await;
         }
         let totals = batches.finish().await;
         (outcome.chunks, outcome.bytes, outcome.failed) =
             (totals.chunks, totals.bytes, totals.failed);
         outcome
+    }
+
+    /// For background work on `range` of regular file `ino` (`None`: all of it): its cache file and the chunks
+    /// of the range missing from it; `None` (logged, naming `who`) when the cache file cannot be had, which skips
+    /// the file: a read of it reports the error.
+    pub(crate) fn missing_in_cache(
+        &self,
+        ino: Ino,
+        range: Option<std::ops::Range<u64>>,
+        who: &str,
+    ) -> Option<(Arc<CacheFile>, Vec<MissingChunk>)> {
+        let attr = self.manifest.attr(ino)?;
+        match self.cache.file(&attr.content, attr.size) {
+            Ok(file) => {
+                let range = range.unwrap_or(0..attr.size);
+                let work = self.missing_chunks(ino, &file, range);
+                Some((file, work))
+            }
+            Err(error) => {
+                tracing::warn!(%ino, %error, "{who}: cache file unavailable; skipping it");
+                None
+            }
+        }
     }
 
     fn directory_heuristic_on(&self) -> bool {
