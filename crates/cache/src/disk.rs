@@ -98,7 +98,14 @@ impl Entry {
     }
 }
 
-/// What [`Inner::file`] needs of a closed entry to reopen it (read under the entries lock, used after it).
+/// What the entries say of a content when [`Inner::file`] looks (read under the entries lock, used after it).
+enum Known {
+    Open(Arc<CacheFile>),
+    Closed(ClosedEntry),
+    Absent,
+}
+
+/// What [`Inner::file`] needs of a closed entry to reopen it.
 #[derive(Debug, Clone, Copy)]
 struct ClosedEntry {
     size: u64,
@@ -439,7 +446,7 @@ impl Inner {
         content: &ContentId,
         size: u64,
     ) -> Result<Arc<CacheFile>, CacheError> {
-        if let Some(file) = self.open_entry(content, size)? {
+        if let Known::Open(file) = self.known(content, size)? {
             return Ok(file);
         }
         // Creating or reopening a data file is file-system work (directory, open, ftruncate, an index read)
@@ -448,18 +455,11 @@ impl Inner {
         // content serialize on its stripe and look again once they hold it; eviction skips contents whose
         // stripe is held.
         let _opening = lock(self.stripe(content));
-        if let Some(file) = self.open_entry(content, size)? {
-            return Ok(file);
-        }
-        let closed = lock(&self.entries).get(content).map(|e| ClosedEntry {
-            size: e.size,
-            present_bytes: e.present_bytes,
-            last_used: e.last_used,
-        });
         let path = data_path(&self.data_dir, content);
-        let file = Arc::new(match &closed {
-            Some(entry) => self.reopen(this, content, entry, &path)?,
-            None => self.create(this, content, size, &path)?,
+        let file = Arc::new(match self.known(content, size)? {
+            Known::Open(file) => return Ok(file),
+            Known::Closed(entry) => self.reopen(this, content, &entry, &path)?,
+            Known::Absent => self.create(this, content, size, &path)?,
         });
         let mut entries = lock(&self.entries);
         let entry = entries.entry(*content).or_insert(Entry {
@@ -472,15 +472,11 @@ impl Inner {
         Ok(file)
     }
 
-    /// The open file of `content` if there is one (checking its size), under the entries lock.
-    fn open_entry(
-        &self,
-        content: &ContentId,
-        size: u64,
-    ) -> Result<Option<Arc<CacheFile>>, CacheError> {
+    /// What the entries say of `content` (checking its size), under the entries lock.
+    fn known(&self, content: &ContentId, size: u64) -> Result<Known, CacheError> {
         let entries = lock(&self.entries);
         let Some(entry) = entries.get(content) else {
-            return Ok(None);
+            return Ok(Known::Absent);
         };
         if entry.size != size {
             return Err(CacheError::SizeMismatch {
@@ -489,7 +485,14 @@ impl Inner {
                 requested: size,
             });
         }
-        Ok(entry.file.clone())
+        Ok(match &entry.file {
+            Some(file) => Known::Open(Arc::clone(file)),
+            None => Known::Closed(ClosedEntry {
+                size: entry.size,
+                present_bytes: entry.present_bytes,
+                last_used: entry.last_used,
+            }),
+        })
     }
 
     /// The lock that serializes opening `content`'s data file.
