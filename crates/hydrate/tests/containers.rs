@@ -638,6 +638,27 @@ with open("/tmp/written-by-container", "w") as f:
         .unwrap()
 }
 
+/// The python image pushed to the registry as `library/py:1` and converted next to it as `py:1-hydrate`;
+/// returns that address and the converted image's id.
+fn python_image_in_registry(
+    tools: &Tools,
+    registry: &Registry,
+    s: &Scratch,
+    layout: &mut OciLayout,
+) -> (String, String) {
+    python_image(layout, s);
+    let host = registry.host();
+    skopeo_copy(
+        tools,
+        &s.p("home"),
+        &format!("oci:{}:1", s.s("layout")),
+        &format!("docker://{host}/library/py:1"),
+    );
+    let dest = format!("oci://{host}/library/py:1-hydrate");
+    let out = hydrate_ok(&["convert", &format!("docker://{host}/library/py:1"), &dest]);
+    (dest, image_id(&out))
+}
+
 #[test]
 fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     let Some((tools, registry, s, mut layout)) =
@@ -645,17 +666,7 @@ fn python_image_runs_with_runc_from_a_lazy_rootfs() {
     else {
         return;
     };
-    python_image(&mut layout, &s);
-    let host = registry.host();
-    skopeo_copy(
-        &tools,
-        &s.p("home"),
-        &format!("oci:{}:1", s.s("layout")),
-        &format!("docker://{host}/library/py:1"),
-    );
-    let dest = format!("oci://{host}/library/py:1-hydrate");
-    let out = hydrate_ok(&["convert", &format!("docker://{host}/library/py:1"), &dest]);
-    let image = image_id(&out);
+    let (dest, image) = python_image_in_registry(&tools, &registry, &s, &mut layout);
 
     let mut bundle = Bundle {
         path: s.p("bundle"),
@@ -778,20 +789,8 @@ fn learn_records_the_image_command_and_stores_its_plan_under_the_tag() {
     else {
         return;
     };
-    python_image(&mut layout, &s);
+    let (dest, converted) = python_image_in_registry(&tools, &registry, &s, &mut layout);
     let host = registry.host();
-    skopeo_copy(
-        &tools,
-        &s.p("home"),
-        &format!("oci:{}:1", s.s("layout")),
-        &format!("docker://{host}/library/py:1"),
-    );
-    let dest = format!("oci://{host}/library/py:1-hydrate");
-    let converted = image_id(&hydrate_ok(&[
-        "convert",
-        &format!("docker://{host}/library/py:1"),
-        &dest,
-    ]));
     // Bad input first: an image named by digest needs --tag; a runtime that is not there is named.
     let err = hydrate_err(&[
         "learn",
