@@ -73,7 +73,7 @@ pub fn run(args: LearnArgs) -> Result<()> {
             args.runtime.display()
         )
     })?;
-    let exe = std::env::current_exe().context("locating this program")?;
+    let exe = crate::cmd_rootfs::hydrate_exe()?;
     let scratch = tempfile::Builder::new()
         .prefix("hydrate-learn.")
         .tempdir()
@@ -170,7 +170,10 @@ fn which(program: &Path) -> Option<PathBuf> {
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{} failed: {}",

@@ -496,7 +496,7 @@ fn mount_lower(
 /// This binary, for the `mount` and `umount` it runs. When the file was replaced while we run (an upgrade,
 /// a rebuild), the kernel reports the old path with " (deleted)" appended: the new file at that path is the
 /// one to run.
-fn hydrate_exe() -> Result<PathBuf> {
+pub(crate) fn hydrate_exe() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the hydrate binary")?;
     if exe.exists() {
         return Ok(exe);
