@@ -166,14 +166,10 @@ fn daemon_rss(mount: &Mounted<'_>) -> Result<(u64, u64)> {
     Ok((peak, now))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn median_u64(mut values: Vec<u64>) -> u64 {
-    values.sort_unstable();
-    values.get(values.len() / 2).copied().unwrap_or(0)
+/// The middle value (the upper of the two middle ones for an even count); the default for none.
+fn median<T: PartialOrd + Copy + Default>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 /// What one run measured.
@@ -192,9 +188,9 @@ fn summarize(runs: Vec<Run>) -> Start {
     Start {
         all_secs: runs.iter().map(|r| r.secs).collect(),
         secs: median(runs.iter().map(|r| r.secs).collect()),
-        link_bytes: median_u64(runs.iter().map(|r| r.link_bytes).collect()),
-        requests: median_u64(runs.iter().map(|r| r.requests).collect()),
-        ondemand_chunks: median_u64(runs.iter().map(|r| r.ondemand_chunks).collect()),
+        link_bytes: median(runs.iter().map(|r| r.link_bytes).collect()),
+        requests: median(runs.iter().map(|r| r.requests).collect()),
+        ondemand_chunks: median(runs.iter().map(|r| r.ondemand_chunks).collect()),
         mount_secs: median(runs.iter().map(|r| r.mount_secs).collect()),
         peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
         end_rss_kib: runs.iter().map(|r| r.end_rss_kib).max().unwrap_or(0),
