@@ -51,6 +51,9 @@ pub enum Command {
     /// Internal: the worker process a mount's supervisor runs.
     #[command(name = "__worker", hide = true)]
     Worker(WorkerArgs),
+    /// Internal: a background mount's supervisor (its spec on stdin).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(SuperviseArgs),
     /// Tier a local directory to a store: archive, release to stubs, recall on access (see docs/hsm.md).
     Hsm(crate::cmd_hsm::HsmArgs),
     /// Prepare an OCI runtime bundle from an image (lazy lower, writable upper) for `runc run --bundle`.
@@ -86,8 +89,13 @@ pub struct WorkerArgs {
     /// The supervisor's pid (the worker exits if its parent is not, or stops being, that process).
     #[arg(long)]
     pub supervisor_pid: i32,
-    #[command(flatten)]
-    pub mount: MountArgs,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct SuperviseArgs {
+    /// Descriptor on which the daemon reports readiness to `hydrate mount`.
+    #[arg(long)]
+    pub ready_fd: i32,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -166,9 +174,6 @@ pub struct MountArgs {
     /// Log file of the background daemon [default: <cache-dir>/daemon.log].
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Internal: descriptor on which the background daemon reports readiness to `hydrate mount`.
-    #[arg(long, hide = true)]
-    pub ready_fd: Option<i32>,
     /// Testing only: delay every store read by this many milliseconds (to have reads blocked on fetches).
     #[arg(long, hide = true, default_value_t = 0)]
     pub test_store_latency_ms: u64,
@@ -305,6 +310,9 @@ pub struct StatusArgs {
     /// Print the mount's counters in Prometheus text format.
     #[arg(long)]
     pub metrics: bool,
+    /// Print the mount's status and metrics as one JSON object (the control protocol's typed answers).
+    #[arg(long, conflicts_with = "metrics")]
+    pub json: bool,
 }
 
 impl Command {
@@ -313,7 +321,6 @@ impl Command {
     pub fn fill_default_image(&mut self) -> anyhow::Result<()> {
         let (image, store) = match self {
             Command::Mount(a) => (&mut a.image, &a.store),
-            Command::Worker(a) => (&mut a.mount.image, &a.mount.store),
             Command::Inspect(a) => (&mut a.image, &a.store),
             Command::Push(a) => (&mut a.image, &a.store),
             _ => return Ok(()),

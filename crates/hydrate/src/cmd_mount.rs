@@ -1,93 +1,199 @@
-//! `hydrate mount` (start a daemon and wait until its mount is ready) and `hydrate umount`.
+//! `hydrate mount`, `umount`, `status`, `upgrade` and `abort`: the command-line face of the mount runtime
+//! (crate `hydrate-mountd`) and of its control protocol (crate `hydrate-control`).
 //!
-//! The daemon is the mount's supervisor (`supervise.rs`), which runs the serving worker (`daemon.rs`) as a
-//! child process. Without --foreground, `mount` re-executes itself as a detached daemon with a pipe on which the daemon reports
-//! "ready" once the kernel's INIT is answered, or the error that stopped it. So `hydrate mount` returns only when
-//! the mount works, and a bad image or store is reported by the command the user typed, with a non-zero exit.
+//! `mount` turns its arguments into a [`MountSpec`] and validates all of it before a daemon starts, so a bad
+//! option, store address, missing credentials or a missing mount point fail here with nothing left behind.
 
-use crate::cli::{MountArgs, UmountArgs};
-use crate::control;
-use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::cli::{AbortArgs, MountArgs, StatusArgs, UmountArgs, UpgradeArgs};
+use crate::units::{parse_duration, parse_size};
+use anyhow::{Context, Result};
+use hydrate_control::mount::supervisor_sockets;
+use hydrate_control::MountClient;
+use hydrate_mountd::{launch, CacheSpec, FetchSpec, MountSpec, VolumeSpec};
 
-pub fn run(args: MountArgs) -> Result<()> {
-    if args.foreground || args.ready_fd.is_some() {
-        return crate::supervise::run(args);
+/// The validated spec of `hydrate mount ARGS`.
+pub fn spec_from_args(a: &MountArgs) -> Result<MountSpec> {
+    let size = |flag: &'static str, text: &str| parse_size(text).with_context(|| flag.to_owned());
+    let duration =
+        |flag: &'static str, text: &str| parse_duration(text).with_context(|| flag.to_owned());
+    let mut spec = MountSpec::new(&a.store, &a.image, &a.mountpoint)?;
+    spec.cache = CacheSpec {
+        dir: a.cache_dir.clone(),
+        size: size("--cache-size", &a.cache_size)?,
+    };
+    spec.log_file = a.log_file.clone();
+    spec.threads = a.threads;
+    spec.passthrough = !a.no_passthrough;
+    spec.private = a.private;
+    spec.fetch = FetchSpec {
+        timeout: duration("--fetch-timeout", &a.fetch_timeout)?,
+        read_deadline: duration("--read-deadline", &a.read_deadline)?,
+        max_in_flight: a.max_in_flight,
+        memory_limit: size("--memory-limit", &a.memory_limit)?,
+        min_request_bytes: a.min_request_bytes,
+    };
+    spec.volume = VolumeSpec {
+        readahead: size("--readahead", &a.readahead)?,
+        dir_prefetch: size("--dir-prefetch", &a.dir_prefetch)?,
+        replay_plan: !a.no_prefetch,
+        elf_prefetch: size("--elf-prefetch", &a.elf_prefetch)?,
+        fill_budget: size("--fill-budget", &a.fill_budget)?,
+    };
+    spec.metrics = match &a.metrics {
+        None => None,
+        Some(text) => Some(text.parse().with_context(|| {
+            format!("--metrics {text:?}: expected IP:PORT, e.g. 127.0.0.1:9100")
+        })?),
+    };
+    spec.record_trace = a.record_trace.clone();
+    spec.test_store_latency_ms = a.test_store_latency_ms;
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// `log_filter`: what the daemon logs (its processes get it as HYDRATE_LOG, as `-v` gave it to us).
+pub fn run(args: MountArgs, log_filter: &str) -> Result<()> {
+    let spec = spec_from_args(&args)?;
+    if args.foreground {
+        return launch::run_foreground(spec);
     }
-    let mp = &args.mountpoint;
-    let meta = std::fs::metadata(mp).with_context(|| format!("mount point {}", mp.display()))?;
-    if !meta.is_dir() {
-        bail!("mount point {} is not a directory", mp.display());
-    }
-    // An inheritable pipe: the daemon writes its verdict on `write`, we read it from `read`.
-    let (read, write) = nix::unistd::pipe().context("creating the readiness pipe")?;
-    nix::fcntl::fcntl(
-        &read,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .context("readiness pipe")?;
-    let exe = std::env::current_exe().context("locating the hydrate binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
-        .arg("--ready-fd")
-        .arg(write.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = cmd.spawn().context("starting the mount daemon")?;
-    drop(write);
-    let mut verdict = String::new();
-    File::from(read)
-        .read_to_string(&mut verdict)
-        .context("waiting for the mount daemon")?;
-    let verdict = verdict.trim();
-    if verdict == "ready" {
-        return Ok(());
-    }
-    let status = child.wait().ok();
-    if let Some(msg) = verdict.strip_prefix("error: ") {
-        bail!("{msg}");
-    }
-    bail!("the mount daemon exited before the mount was ready ({status:?}); see its log")
+    let program = std::env::current_exe().context("locating the hydrate binary")?;
+    let env = [("HYDRATE_LOG".to_owned(), log_filter.to_owned())];
+    launch::mount(&spec, &program, &env)
 }
 
 pub fn umount(args: UmountArgs) -> Result<()> {
-    let mp = crate::supervise::mountpoint_path(&args.mountpoint)?;
-    let pid = control::request(&mp, "info")
-        .ok()
-        .and_then(|info| control::info_value(&info, "pid"))
-        .and_then(|p| p.parse::<i32>().ok());
-    hydrate_fuse_transport::unmount(&mp, args.lazy).map_err(|err| {
-        // The transport wraps umount2's errno with its context (WithErrno): raw_os_error alone misses it.
-        let errno = hydrate_fuse_transport::errno_of(&err);
-        if errno == Some(libc::EBUSY) {
-            anyhow::anyhow!(
-                "{} is busy (files are open or a process works in it); use --lazy to detach it now",
-                mp.display()
-            )
-        } else if errno == Some(libc::EINVAL) {
-            anyhow::anyhow!("{} is not a mount point", mp.display())
-        } else {
-            anyhow::Error::new(err).context(format!("unmounting {}", mp.display()))
-        }
-    })?;
-    // Wait for the daemon to flush its cache and exit, so the cache directory is free for the next mount.
-    if let (Some(pid), false) = (pid, args.lazy) {
-        let started = Instant::now();
-        let pid = nix::unistd::Pid::from_raw(pid);
-        while nix::sys::signal::kill(pid, None).is_ok() {
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "unmounted {}, but its daemon (pid {pid}) has not exited after 30 s",
-                    mp.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    launch::unmount(&args.mountpoint, args.lazy)
+}
+
+pub fn status(args: StatusArgs) -> Result<()> {
+    let Some(mountpoint) = &args.mountpoint else {
+        return list_mounts();
+    };
+    let client = MountClient::for_mountpoint(mountpoint)?;
+    let context = || format!("status of {}", mountpoint.display());
+    if args.metrics {
+        print!(
+            "{}",
+            client.metrics().with_context(context)?.to_prometheus()
+        );
+        return Ok(());
+    }
+    let info = client.info().with_context(context)?;
+    if args.json {
+        let metrics = client.metrics().with_context(context)?;
+        let both = serde_json::json!({ "info": info, "metrics": metrics });
+        println!("{both}");
+        return Ok(());
+    }
+    print!("{}", info.to_lines());
+    for m in client.metrics().with_context(context)?.metrics {
+        println!("hydrate_{} {}", m.name, m.value);
     }
     Ok(())
+}
+
+fn list_mounts() -> Result<()> {
+    let mut found = 0;
+    for socket in supervisor_sockets().context("listing /run/hydrate")? {
+        // A socket nobody answers on is left by a daemon that died; skip it.
+        let Ok(info) = MountClient::at_socket(socket).info() else {
+            continue;
+        };
+        found += 1;
+        let s = &info.supervisor;
+        let w = info.worker.as_ref();
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "{}  image={} store={} pid={} worker={} generation={} restarts={} in_flight={} oldest_ms={} \
+cache_used={} cache={}",
+            info.mountpoint.display(),
+            opt(w.map(|w| w.image.clone())),
+            opt(w.map(|w| w.store.clone())),
+            s.pid,
+            opt(s.worker_pid.map(|p| p.to_string())),
+            s.generation,
+            s.restarts,
+            opt(w.map(|w| w.requests_in_flight.to_string())),
+            opt(w.map(|w| w.oldest_request_ms.to_string())),
+            opt(w.map(|w| w.cache_used_bytes.to_string())),
+            opt(w.map(|w| w.cache_dir.display().to_string())),
+        );
+    }
+    if found == 0 {
+        println!("no hydrate mounts");
+    }
+    Ok(())
+}
+
+pub fn upgrade(args: UpgradeArgs) -> Result<()> {
+    let binary = match &args.binary {
+        Some(bin) => {
+            Some(std::fs::canonicalize(bin).with_context(|| format!("binary {}", bin.display()))?)
+        }
+        None => None,
+    };
+    let client = MountClient::for_mountpoint(&args.mountpoint)?;
+    let generation = client
+        .upgrade(binary)
+        .with_context(|| format!("upgrading {}", args.mountpoint.display()))?;
+    println!("{}: ok generation={generation}", args.mountpoint.display());
+    Ok(())
+}
+
+pub fn abort(args: AbortArgs) -> Result<()> {
+    let (mp, id) = launch::abort(&args.mountpoint)?;
+    println!(
+        "{}: connection {id} aborted; accesses now fail (ENOTCONN) until it is unmounted",
+        mp.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(extra: &[&str], dir: &std::path::Path) -> Result<MountSpec> {
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        let mut argv = vec![
+            "hydrate".to_owned(),
+            "mount".into(),
+            "--store".into(),
+            store.display().to_string(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.extend(["app:1".into(), dir.join("mnt").display().to_string()]);
+        let crate::cli::Command::Mount(args) = crate::cli::Args::parse_from(argv).command else {
+            unreachable!()
+        };
+        spec_from_args(&args)
+    }
+
+    #[test]
+    fn the_command_line_defaults_are_the_spec_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let from_cli = parse(&[], dir.path()).unwrap();
+        let mut plain = MountSpec::new(&from_cli.store, "app:1", &dir.path().join("mnt")).unwrap();
+        plain.store = from_cli.store.clone();
+        assert_eq!(from_cli, plain);
+    }
+
+    #[test]
+    fn bad_options_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        for (args, want) in [
+            (&["--cache-size", "lots"][..], "--cache-size"),
+            (&["--fetch-timeout", "soon"][..], "--fetch-timeout"),
+            (&["--memory-limit", "1M"][..], "--memory-limit"),
+            (&["--metrics", "localhost"][..], "--metrics"),
+            (&["--readahead", "x"][..], "--readahead"),
+        ] {
+            let err = format!("{:#}", parse(args, dir.path()).unwrap_err());
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+    }
 }

@@ -15,12 +15,12 @@
 //! routine that undoes whatever exists, so a failure midway leaves nothing behind and a half-prepared bundle
 //! can always be removed.
 
-use crate::daemon::DEFAULT_CACHE_ROOT;
 use crate::rootfs_shared::SharedLower;
 use crate::runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use hydrate_format::annotation;
+use hydrate_mountd::DEFAULT_CACHE_ROOT;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,6 @@
 //! what it needs (sizes, paths, store addresses) before doing any work, so a bad argument is reported before
 //! anything is touched.
 
-mod alloc;
 mod cli;
 mod cmd_build;
 mod cmd_convert;
@@ -14,14 +13,9 @@ mod cmd_learn;
 mod cmd_mount;
 mod cmd_push;
 mod cmd_rootfs;
-mod control;
-mod daemon;
-mod fetch_opts;
-mod metrics_http;
 mod retry;
 mod rootfs_shared;
 mod runtime_spec;
-mod supervise;
 mod units;
 
 use clap::Parser;
@@ -32,12 +26,12 @@ fn main() -> ExitCode {
     if std::env::var_os("HYDRATE_MALLOC_DEFAULTS").is_none()
         && matches!(
             args.command,
-            cli::Command::Mount(_) | cli::Command::Worker(_)
+            cli::Command::Mount(_) | cli::Command::Worker(_) | cli::Command::Supervise(_)
         )
     {
-        alloc::tune_for_daemon();
+        hydrate_mountd::alloc::tune_for_daemon();
     }
-    init_logging(args.verbose);
+    let log_filter = init_logging(args.verbose);
     if matches!(
         args.command,
         cli::Command::Status(_) | cli::Command::Inspect(_)
@@ -46,7 +40,7 @@ fn main() -> ExitCode {
     }
     let result = match args.command.fill_default_image() {
         Err(err) => Err(err),
-        Ok(()) => run(args.command),
+        Ok(()) => run(args.command, &log_filter),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,18 +66,19 @@ fn error_chain(err: &anyhow::Error) -> String {
     text
 }
 
-fn run(command: cli::Command) -> anyhow::Result<()> {
+fn run(command: cli::Command, log_filter: &str) -> anyhow::Result<()> {
     match command {
         cli::Command::Build(a) => cmd_build::run(a),
-        cli::Command::Mount(a) => cmd_mount::run(a),
+        cli::Command::Mount(a) => cmd_mount::run(a, log_filter),
         cli::Command::Umount(a) => cmd_mount::umount(a),
         cli::Command::Inspect(a) => cmd_inspect::run(a),
         cli::Command::AttachTrace(a) => cmd_build::attach_trace(a),
-        cli::Command::Status(a) => control::status(a),
+        cli::Command::Status(a) => cmd_mount::status(a),
         cli::Command::Push(a) => cmd_push::run(a),
-        cli::Command::Upgrade(a) => supervise::upgrade(a),
-        cli::Command::Abort(a) => supervise::abort(a),
-        cli::Command::Worker(a) => daemon::run_worker(a),
+        cli::Command::Upgrade(a) => cmd_mount::upgrade(a),
+        cli::Command::Abort(a) => cmd_mount::abort(a),
+        cli::Command::Worker(a) => hydrate_mountd::worker::worker_main(a.link_fd, a.supervisor_pid),
+        cli::Command::Supervise(a) => hydrate_mountd::launch::supervisor_main(a.ready_fd),
         cli::Command::Hsm(a) => cmd_hsm::run(a),
         cli::Command::Rootfs(a) => cmd_rootfs::run(a),
         cli::Command::Convert(a) => cmd_convert::run(a),
@@ -91,14 +86,16 @@ fn run(command: cli::Command) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Sets up logging to stderr; returns the filter in use (a background mount passes it on to its daemon).
+fn init_logging(verbose: u8) -> String {
     let default = match verbose {
-        0 => "warn,hydrate=info",
+        0 => "warn,hydrate=info,hydrate_mountd=info",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HYDRATE_LOG")
+    let text = std::env::var("HYDRATE_LOG").unwrap_or_else(|_| default.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&text)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -107,6 +104,7 @@ fn init_logging(verbose: u8) {
         // The background daemon's stderr is its log file: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    text
 }
 
 /// Reporting commands end quietly when their reader goes away (`hydrate status | head`), like other Unix tools;

@@ -1,4 +1,5 @@
-//! Human sizes: parsing "10G"/"512K"/"1.5GiB" arguments and printing byte counts.
+//! Human sizes and durations: parsing "10G"/"512K"/"1.5GiB" and "500ms"/"10s"/"2m" arguments, printing byte
+//! counts.
 
 use anyhow::{bail, Context, Result};
 
@@ -25,6 +26,26 @@ pub fn parse_size(text: &str) -> Result<u64> {
         bail!("size {text:?} is out of range");
     }
     Ok(bytes as u64)
+}
+
+/// `500ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .with_context(|| format!("{text:?}: expected a duration like 500ms, 10s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        other => bail!("{text:?}: unknown unit {other:?} (use ms, s or m)"),
+    };
+    std::time::Duration::try_from_secs_f64(seconds)
+        .with_context(|| format!("{text:?}: out of range"))
 }
 
 pub fn human(bytes: u64) -> String {
@@ -56,6 +77,19 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("abc").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "s", "10h", "-1s", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

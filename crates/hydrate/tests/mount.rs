@@ -418,8 +418,11 @@ fn builds_are_reproducible_and_dedup_across_images() {
 /// Resident memory of the mount's daemon (supervisor + worker) in KiB: (VmHWM peak, VmRSS now).
 fn daemon_memory_kib(m: &Mount) -> (u64, u64) {
     let pids = [
-        status_value::<i32>(&m.mountpoint, "pid").expect("supervisor pid"),
-        status_value::<i32>(&m.mountpoint, "worker_pid").expect("worker pid"),
+        mount_info(&m.mountpoint).supervisor.pid as i32,
+        mount_info(&m.mountpoint)
+            .supervisor
+            .worker_pid
+            .expect("worker pid") as i32,
     ];
     let field = |text: &str, name: &str| -> u64 {
         text.lines()
@@ -614,7 +617,7 @@ fn directories_open_without_upcalls_across_takeovers() {
     // and serves listings it was never asked for before (fh 0), with a directory kept open across the upgrade.
     let held = fs::read_dir(mnt.join("deep")).unwrap();
     hydrate_ok(&["upgrade", mnt.to_str().unwrap()]);
-    assert_eq!(status_value::<u64>(&mnt, "generation"), Some(2));
+    assert_eq!(mount_info(&mnt).supervisor.generation, 2);
     assert_eq!(in_mnt("later"), in_src("later"));
     assert_eq!(compare_trees(&src, &mnt), in_src("").len());
     let names: Vec<_> = held.map(|e| e.unwrap().file_name()).collect();
@@ -628,15 +631,15 @@ fn directories_open_without_upcalls_across_takeovers() {
     );
 
     // Same after a crash of the worker.
-    let worker: i32 = status_value(&mnt, "worker_pid").unwrap();
+    let worker = mount_info(&mnt).supervisor.worker_pid.unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker),
+        nix::unistd::Pid::from_raw(worker as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while status_value::<String>(&mnt, "worker_state").as_deref() != Some("serving")
-        || status_value::<i32>(&mnt, "worker_pid") == Some(worker)
+    while !mount_info(&mnt).supervisor.worker_serving
+        || mount_info(&mnt).supervisor.worker_pid == Some(worker)
     {
         assert!(std::time::Instant::now() < deadline, "no worker restarted");
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -92,7 +92,7 @@ impl Env {
         args.extend([mp_s, "--cache-dir", cache_s, "--fill-budget", "0"]);
         self.hydrate_ok(&args, auth_file);
         let mountpoint = std::fs::canonicalize(&mp).unwrap();
-        let pid = status_value(&mountpoint, "pid");
+        let pid = Some(mount_info(&mountpoint).supervisor.pid as i32);
         Mount {
             mountpoint,
             cache_dir: cache,

@@ -290,8 +290,10 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
         "stored: {:?}",
         systemd.store.keys().collect::<Vec<_>>()
     );
-    let worker =
-        status_value::<i32>(&mountpoint, "worker_pid").expect("hydrate status names the worker");
+    let worker = mount_info(&mountpoint)
+        .supervisor
+        .worker_pid
+        .expect("hydrate status names the worker") as i32;
 
     // The whole service dies (supervisor SIGKILLed; its worker follows). Only the fd store keeps the connection.
     cleanup.children[0].kill().unwrap();

@@ -62,14 +62,8 @@ impl Env {
     }
 }
 
-fn info(m: &Mount) -> String {
-    hydrate_ok(&["status", m.mountpoint.to_str().unwrap()])
-}
-
-fn info_get(info: &str, key: &str) -> Option<String> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_owned)
+fn info(m: &Mount) -> hydrate_control::MountInfo {
+    mount_info(&m.mountpoint)
 }
 
 #[derive(Default)]
@@ -253,10 +247,10 @@ fn chaos_kill_worker_every_few_hundred_ms() {
         );
         std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
         let info = info(&m);
-        if info_get(&info, "worker_state").as_deref() != Some("serving") {
+        if !info.supervisor.worker_serving {
             continue;
         }
-        let Some(pid) = info_get(&info, "worker_pid").and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = info.supervisor.worker_pid.map(|p| p as i32) else {
             continue;
         };
         if nix::sys::signal::kill(
@@ -274,9 +268,9 @@ fn chaos_kill_worker_every_few_hundred_ms() {
         r.join().expect("reader thread");
     }
     let info = info(&m);
-    eprintln!("chaos: {kills} kills in {:?}\n{info}", started.elapsed());
+    eprintln!("chaos: {kills} kills in {:?}\n{info:?}", started.elapsed());
     tally.assert_clean("chaos");
-    let restarts: u64 = info_get(&info, "restarts").unwrap().parse().unwrap();
+    let restarts = info.supervisor.restarts;
     assert!(restarts >= kills, "every kill was followed by a restart");
     assert!(kills >= 100);
     m.unmount();
@@ -304,11 +298,11 @@ fn upgrade_under_load_fails_no_request() {
         r.join().expect("reader thread");
     }
     let info = info(&m);
-    eprintln!("upgrade durations: {stalls:?}\n{info}");
+    eprintln!("upgrade durations: {stalls:?}\n{info:?}");
     tally.assert_clean("upgrade");
-    assert_eq!(info_get(&info, "upgrades").as_deref(), Some("10"));
-    assert_eq!(info_get(&info, "restarts").as_deref(), Some("0"));
-    assert_eq!(info_get(&info, "generation").as_deref(), Some("11"));
+    assert_eq!(info.supervisor.upgrades, 10);
+    assert_eq!(info.supervisor.restarts, 0);
+    assert_eq!(info.supervisor.generation, 11);
     m.unmount();
 }
 
@@ -346,7 +340,7 @@ fn killing_the_supervisor_fails_readers_promptly() {
     let env = Env::new();
     let m = env.mount(30_000);
     let info = info(&m);
-    let worker: i32 = info_get(&info, "worker_pid").unwrap().parse().unwrap();
+    let worker = info.supervisor.worker_pid.unwrap() as i32;
     let reader = blocked_reader(m.path("big"));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(m.pid.unwrap()),

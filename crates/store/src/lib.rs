@@ -115,6 +115,14 @@ pub fn open_existing_store_with(
     open_store_with(addr, remote)
 }
 
+/// Checks a store address without contacting the store: its syntax, that a local store directory exists,
+/// and that an `s3://` or `oci://` store finds credentials or a deliberate choice of none where it looks for
+/// them (so a mount with no credentials fails before it starts, naming where it looked, instead of at its
+/// first read with an HTTP error). Opening a store makes no request, so this is exactly the open.
+pub fn check_address(addr: &str, remote: &RemoteOptions) -> Result<(), StoreError> {
+    open_existing_store_with(addr, remote).map(|_| ())
+}
+
 /// [`open_existing_store_with`] with the default network options.
 pub fn open_existing_store(addr: &str) -> Result<Arc<dyn BlobStore>, StoreError> {
     open_existing_store_with(addr, &RemoteOptions::default())

@@ -34,6 +34,9 @@ pub(crate) struct S3Address {
     pub prefix: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// `credentials=instance`: no keys are configured on purpose; the client asks the instance's metadata
+    /// service (EC2 instance roles) for them.
+    pub instance_credentials: bool,
 }
 
 impl S3Address {
@@ -61,14 +64,22 @@ impl S3Address {
             prefix: url.path().trim_matches('/').to_owned(),
             endpoint: None,
             region: None,
+            instance_credentials: false,
         };
         for (key, value) in url.query_pairs() {
             match key.as_ref() {
                 "endpoint" => out.endpoint = Some(value.into_owned()),
                 "region" => out.region = Some(value.into_owned()),
+                "credentials" if value == "instance" => out.instance_credentials = true,
+                "credentials" => {
+                    return Err(bad(format!(
+                        "credentials={value:?}: the only value is \"instance\" (keys come from the \
+                         environment or ~/.aws, never from the address)"
+                    )))
+                }
                 other => {
                     return Err(bad(format!(
-                        "unknown parameter {other:?} (known: endpoint, region)"
+                        "unknown parameter {other:?} (known: endpoint, region, credentials)"
                     )))
                 }
             }
@@ -127,6 +138,8 @@ impl S3Store {
                 }
             }
         }
+        check_credentials(&address, &env, &profile)
+            .map_err(|why| StoreError::new(ErrorKind::Permanent, &description, "", why))?;
         let has_region = env.contains_key("AWS_REGION") || env.contains_key("AWS_DEFAULT_REGION");
         if let (false, Some(region)) = (has_region, profile.get("region")) {
             builder = builder.with_region(region);
@@ -185,18 +198,13 @@ struct SharedProfile(HashMap<String, String>);
 
 impl SharedProfile {
     fn load(env: &HashMap<String, String>) -> Result<Self, (PathBuf, std::io::Error)> {
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let file = |var: &str, default: &str| {
-            env.get(var)
-                .map(PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(default)))
-        };
+        let (credentials, config) = shared_files(env);
         let profile = env.get("AWS_PROFILE").map_or("default", String::as_str);
         let mut out = SharedProfile::default();
-        if let Some(path) = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials") {
+        if let Some(path) = credentials {
             out.merge(&read_optional(&path)?, &[profile.to_owned()]);
         }
-        if let Some(path) = file("AWS_CONFIG_FILE", ".aws/config") {
+        if let Some(path) = config {
             // The config file names profiles "[profile NAME]", except "[default]".
             let sections = [format!("profile {profile}"), profile.to_owned()];
             out.merge(&read_optional(&path)?, &sections);
@@ -213,6 +221,55 @@ impl SharedProfile {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
+}
+
+/// Keys must come from the environment or the shared files, unless another source is chosen on purpose:
+/// without keys the S3 client asks the cloud's instance metadata endpoint, and a machine that is not an
+/// instance gets an HTTP error from an address the user never gave.
+fn check_credentials(
+    address: &S3Address,
+    env: &HashMap<String, String>,
+    profile: &SharedProfile,
+) -> Result<(), String> {
+    let has_keys =
+        env.contains_key("AWS_ACCESS_KEY_ID") || profile.get("aws_access_key_id").is_some();
+    let other_source = address.instance_credentials
+        || [
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_SKIP_SIGNATURE",
+        ]
+        .iter()
+        .any(|k| env.contains_key(*k));
+    if has_keys || other_source {
+        return Ok(());
+    }
+    let (credentials, config) = shared_files(env);
+    let shown =
+        |p: Option<PathBuf>| p.map_or_else(|| "(no HOME)".to_owned(), |p| p.display().to_string());
+    Err(format!(
+        "no S3 credentials found: looked in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and in profile {:?} of {} \
+         and {}; set those variables or add the keys to that profile (for an EC2 instance role add \
+         credentials=instance to the address; for a public bucket set AWS_SKIP_SIGNATURE=true)",
+        env.get("AWS_PROFILE").map_or("default", String::as_str),
+        shown(credentials),
+        shown(config)
+    ))
+}
+
+/// The shared credentials and config files the environment points at (default: under ~/.aws).
+fn shared_files(env: &HashMap<String, String>) -> (Option<PathBuf>, Option<PathBuf>) {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let file = |var: &str, default: &str| {
+        env.get(var)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    (
+        file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+        file("AWS_CONFIG_FILE", ".aws/config"),
+    )
 }
 
 fn read_optional(path: &std::path::Path) -> Result<String, (PathBuf, std::io::Error)> {
@@ -261,6 +318,7 @@ mod tests {
                 prefix: "team/x".into(),
                 endpoint: Some("http://127.0.0.1:3900".into()),
                 region: Some("garage".into()),
+                instance_credentials: false,
             }
         );
         assert_eq!(a.describe(), "s3://images/team/x at http://127.0.0.1:3900");
@@ -271,6 +329,35 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Permanent, "{bad}");
             assert!(!err.to_string().contains("secret@"), "{err}");
         }
+    }
+
+    #[test]
+    fn missing_credentials_are_refused_naming_where_they_were_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        let env: HashMap<String, String> = [
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let addr = S3Address::parse("s3://b/p?endpoint=http://127.0.0.1:1").unwrap();
+        let profile = SharedProfile::load(&env).unwrap();
+        let err = check_credentials(&addr, &env, &profile).unwrap_err();
+        assert!(err.contains("no S3 credentials found"), "{err}");
+        assert!(err.contains(creds.to_str().unwrap()), "{err}");
+        assert!(err.contains("/nonexistent/config"), "{err}");
+        let instance = S3Address::parse("s3://b/p?credentials=instance").unwrap();
+        assert!(check_credentials(&instance, &env, &profile).is_ok());
+        assert!(S3Address::parse("s3://b/p?credentials=AKIA").is_err());
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = A\naws_secret_access_key = S\n",
+        )
+        .unwrap();
+        let profile = SharedProfile::load(&env).unwrap();
+        assert!(check_credentials(&addr, &env, &profile).is_ok());
     }
 
     #[test]

@@ -29,5 +29,5 @@ pub use state::{Event, HandoverState, OpenRecord, STATE_VERSION};
 pub use supervisor::{
     Connection, Exit, Status, Supervisor, SupervisorConfig, SupervisorHandle, WorkerArgs,
 };
-pub use sys::{abort_connection, fuse_connection_id};
+pub use sys::{abort_connection, fuse_connection_id, is_mounted};
 pub use wire::LINK_VERSION;

@@ -44,6 +44,9 @@ pub struct SupervisorConfig {
     pub stop_timeout: Duration,
     /// Called with a worker's generation once it has exited (to remove what it left behind, e.g. its socket).
     pub on_worker_exit: Box<dyn Fn(u64) + Send>,
+    /// Notes put into the hand-over state before the first worker starts, replacing inherited notes of the
+    /// same keys (for `hydrate`: the mount's spec, which every worker serves).
+    pub notes: Vec<(String, String)>,
 }
 
 /// Where the connection comes from.
@@ -195,6 +198,10 @@ impl Supervisor {
             Connection::Mount(opts) => (Some(opts), None, HandoverState::default()),
             Connection::Inherited { dev, state } => (None, Some(dev), state),
         };
+        let mut state = state;
+        for (key, value) in &cfg.notes {
+            state.notes.insert(key.clone(), value.clone());
+        }
         let program = cfg.program.clone();
         let sup = Supervisor {
             cfg,

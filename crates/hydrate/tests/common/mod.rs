@@ -330,7 +330,7 @@ impl Mount {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
         let mountpoint = fs::canonicalize(mountpoint).unwrap();
-        let pid = status_value(&mountpoint, "pid");
+        let pid = Some(mount_info(&mountpoint).supervisor.pid as i32);
         Ok(Mount {
             mountpoint,
             cache_dir: cache_dir.to_path_buf(),
@@ -340,13 +340,12 @@ impl Mount {
 
     /// All counters of the daemon, by Prometheus name without the `hydrate_` prefix.
     pub fn metrics(&self) -> HashMap<String, u64> {
-        let text = hydrate_ok(&["status", "--metrics", self.mountpoint.to_str().unwrap()]);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                Some((k.strip_prefix("hydrate_")?.to_owned(), v.parse().ok()?))
-            })
+        hydrate_control::MountClient::for_mountpoint(&self.mountpoint)
+            .and_then(|c| c.metrics().map_err(std::io::Error::other))
+            .unwrap_or_else(|e| panic!("metrics of {}: {e}", self.mountpoint.display()))
+            .metrics
+            .into_iter()
+            .map(|m| (m.name, m.value))
             .collect()
     }
 
@@ -406,12 +405,11 @@ pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The `KEY=value` line of `hydrate status MOUNTPOINT` (which must succeed), parsed.
-pub fn status_value<T: std::str::FromStr>(mountpoint: &Path, key: &str) -> Option<T> {
-    hydrate_ok(&["status", mountpoint.to_str().unwrap()])
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.trim().parse().ok())
+/// What the mount's supervisor answers to `info` (the typed control protocol); panics if it does not answer.
+pub fn mount_info(mountpoint: &Path) -> hydrate_control::MountInfo {
+    hydrate_control::MountClient::for_mountpoint(mountpoint)
+        .and_then(|c| c.info().map_err(std::io::Error::other))
+        .unwrap_or_else(|e| panic!("status of {}: {e}", mountpoint.display()))
 }
 
 pub fn is_mounted(mountpoint: &Path) -> bool {

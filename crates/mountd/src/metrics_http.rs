@@ -1,5 +1,4 @@
-//! `hydrate mount --metrics 127.0.0.1:PORT`: the mount's counters over HTTP in the Prometheus text format, and
-//! the rendering of the fetch engine's latency histogram into that format.
+//! `hydrate mount --metrics 127.0.0.1:PORT`: the mount's counters over HTTP in the Prometheus text format.
 //!
 //! The endpoint serves exactly what `hydrate status --metrics` prints (the supervisor's `metrics` answer, which
 //! merges the worker's); if the supervisor cannot be asked, it falls back to the worker's own counters, so a
@@ -10,20 +9,12 @@
 //! binding is retried in the background until the port is free, for as long as the worker lives.
 
 use anyhow::{Context, Result};
-use hydrate_fetch::LatencyHistogram;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Produces the metrics text for one scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Parses the `--metrics` address (`HOST:PORT`, e.g. `127.0.0.1:9100`).
-pub fn parse_addr(text: &str) -> Result<SocketAddr> {
-    text.parse()
-        .with_context(|| format!("--metrics {text:?}: expected IP:PORT, e.g. 127.0.0.1:9100"))
-}
 
 /// Binds `addr` (retrying while another process holds it) and serves scrapes on a thread for the life of the
 /// process. Returns once the first bind attempt was made; a bind failure other than "in use" is an error.
@@ -84,22 +75,6 @@ fn answer(request: tiny_http::Request, render: &Render) {
     }
 }
 
-/// `h` as a Prometheus histogram named `hydrate_<name>` (bucket bounds in seconds).
-pub fn histogram(name: &str, help: &str, h: &LatencyHistogram) -> String {
-    let mut out = format!("# HELP hydrate_{name} {help}\n# TYPE hydrate_{name} histogram\n");
-    for (bound, count) in h.cumulative() {
-        let le = if bound.is_infinite() {
-            "+Inf".to_owned()
-        } else {
-            bound.to_string()
-        };
-        let _ = writeln!(out, "hydrate_{name}_bucket{{le=\"{le}\"}} {count}");
-    }
-    let _ = writeln!(out, "hydrate_{name}_sum {}", h.sum_seconds());
-    let _ = writeln!(out, "hydrate_{name}_count {}", h.count());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,21 +106,5 @@ mod tests {
         assert!(ok.contains("text/plain; version=0.0.4"), "{ok}");
         assert!(ok.ends_with("hydrate_x 1\n"), "{ok}");
         assert!(get(addr, "/other").starts_with("HTTP/1.1 404"));
-        assert!(parse_addr("localhost").is_err());
-    }
-
-    #[test]
-    fn histogram_text_is_prometheus() {
-        let h = LatencyHistogram {
-            counts: [1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1],
-            sum_micros: 1_500_000,
-        };
-        let text = histogram("fetch_request_seconds", "Store request latency.", &h);
-        assert!(text.contains("# TYPE hydrate_fetch_request_seconds histogram\n"));
-        assert!(text.contains("hydrate_fetch_request_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("hydrate_fetch_request_seconds_bucket{le=\"0.05\"} 3\n"));
-        assert!(text.contains("hydrate_fetch_request_seconds_bucket{le=\"+Inf\"} 4\n"));
-        assert!(text.contains("hydrate_fetch_request_seconds_sum 1.5\n"));
-        assert!(text.ends_with("hydrate_fetch_request_seconds_count 4\n"));
     }
 }

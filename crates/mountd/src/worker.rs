@@ -9,17 +9,20 @@
 //! kernel sees it. On `Stop` it finishes the requests it has read and exits; when the supervisor disappears it
 //! exits at once, so the kernel ends the connection instead of leaving readers hanging.
 
-use crate::cli::{MountArgs, WorkerArgs};
-use crate::control::{self, Answer, Metric};
-use crate::units::parse_size;
+use crate::spec::MountSpec;
+use crate::supervise::{BACKGROUND_NOTE, SPEC_NOTE};
+use crate::worker_status::WorkerStatus;
 use anyhow::{bail, Context, Result};
 use hydrate_cache::{CacheConfig, CacheError, DiskCache};
-use hydrate_core::{load_manifest, TraceRecorder, Volume, VolumeConfig};
+use hydrate_control::mount::{socket_path, worker_socket_path, WorkerReply, WorkerRequest};
+use hydrate_control::wire::{self, Handler};
+use hydrate_control::MountClient;
+use hydrate_core::{load_manifest, TraceRecorder, Volume};
 use hydrate_fetch::FetchEngine;
 use hydrate_format::ImageId;
 use hydrate_fuse::{FileHandle, HandleRecord, HydrateFs, IoEvent, IoJournal, RestoredIo};
 use hydrate_fuse_transport::{
-    abi, BackingId, FuseDev, Negotiated, OpStats, Session, SessionConfig, SessionEnd, StopHandle,
+    BackingId, FuseDev, Negotiated, Session, SessionConfig, SessionEnd, StopHandle,
 };
 use hydrate_store::{BlobStore, CountingStore, FaultyStore};
 use hydrate_supervisor::{Event, HandoverState, OfferError, OpenRecord, Start, WorkerLink};
@@ -27,26 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where a mount keeps an image's cache without --cache-dir: DEFAULT_CACHE_ROOT/<image digest>, shared by the
-/// image's mounts one at a time.
-pub(crate) const DEFAULT_CACHE_ROOT: &str = "/var/cache/hydrate";
-
-const SERVED_OPCODES: [u32; 14] = [
-    abi::FUSE_LOOKUP,
-    abi::FUSE_FORGET,
-    abi::FUSE_GETATTR,
-    abi::FUSE_READLINK,
-    abi::FUSE_OPEN,
-    abi::FUSE_READ,
-    abi::FUSE_RELEASE,
-    abi::FUSE_OPENDIR,
-    abi::FUSE_READDIR,
-    abi::FUSE_READDIRPLUS,
-    abi::FUSE_RELEASEDIR,
-    abi::FUSE_STATFS,
-    abi::FUSE_GETXATTR,
-    abi::FUSE_LISTXATTR,
-];
+/// How long a new mount waits for the cache of an earlier mount of the same image to be released (that
+/// mount's daemon flushing after a plain `umount`), and a worker taking over for its predecessor's.
+const CACHE_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Journals the FUSE adapter's bookkeeping changes to the supervisor.
 struct LinkJournal(Arc<WorkerLink>);
@@ -93,10 +79,10 @@ fn restored_io(state: &HandoverState) -> RestoredIo {
     }
 }
 
-pub fn run_worker(args: WorkerArgs) -> Result<()> {
-    let link = Arc::new(
-        WorkerLink::connect(args.link_fd, args.supervisor_pid).context("supervisor link")?,
-    );
+/// The worker process (`hydrate __worker --link-fd N --supervisor-pid P`): serves the mount described by the
+/// spec in the supervisor's hand-over state until it is unmounted or asked to hand over.
+pub fn worker_main(link_fd: i32, supervisor_pid: i32) -> Result<()> {
+    let link = Arc::new(WorkerLink::connect(link_fd, supervisor_pid).context("supervisor link")?);
     let offer = match link.recv_offer() {
         Ok(offer) => offer,
         Err(OfferError::Unsupported(err)) => {
@@ -107,13 +93,28 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
             return Err(err).context("waiting for the supervisor's offer")
         }
     };
+    let refuse = |reason: String| -> anyhow::Error {
+        let _ = link.refuse(&reason);
+        anyhow::anyhow!("refusing the hand-over: {reason}")
+    };
     if let Some(bytes) = &offer.state.negotiated {
         if let Err(err) = Negotiated::from_bytes(bytes) {
-            let _ = link.refuse(&err.to_string());
-            bail!("refusing the hand-over: {err}");
+            return Err(refuse(err.to_string()));
         }
     }
-    let prepared = match prepare(&args.mount, &offer.state, &link) {
+    // A supervisor of an older hydrate passed the options on the command line instead: refusing keeps its
+    // current worker serving (an upgrade fails cleanly; a restart is retried by its policy).
+    let spec = match offer.state.note(SPEC_NOTE) {
+        Some(text) => MountSpec::from_json(text).map_err(refuse)?,
+        None => {
+            return Err(refuse(
+                "the supervisor gave no mount spec (it runs an older hydrate): unmount and mount again to \
+                 serve with this version"
+                    .into(),
+            ))
+        }
+    };
+    let prepared = match prepare(&spec, &offer.state, &link) {
         Ok(p) => p,
         Err(err) => {
             let _ = link.fatal(&format!("{err:#}"));
@@ -124,7 +125,14 @@ pub fn run_worker(args: WorkerArgs) -> Result<()> {
     let start = link
         .recv_start()
         .context("waiting for the FUSE connection")?;
-    serve(args.mount, prepared, offer.generation, start, link)
+    serve(
+        spec,
+        prepared,
+        offer.generation,
+        supervisor_pid as u32,
+        start,
+        link,
+    )
 }
 
 /// What a worker sets up before it gets the connection (a predecessor may still be serving).
@@ -139,22 +147,19 @@ struct Prepared {
     cache: Option<Arc<DiskCache>>,
 }
 
-fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result<Prepared> {
-    let quota = parse_size(&args.cache_size).context("--cache-size")?;
+fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result<Prepared> {
+    let quota = spec.cache.size;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hydrate-io")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut inner = hydrate_store::open_existing_store_with(
-        &args.store,
-        &crate::fetch_opts::from_args(args)?.1,
-    )
-    .with_context(|| format!("store {}", args.store))?;
-    if args.test_store_latency_ms > 0 {
+    let mut inner = hydrate_store::open_existing_store_with(&spec.store, &spec.remote_options())
+        .with_context(|| format!("store {}", spec.store))?;
+    if spec.test_store_latency_ms > 0 {
         let slow = FaultyStore::new(inner);
-        slow.set_read_delay(Duration::from_millis(args.test_store_latency_ms));
+        slow.set_read_delay(Duration::from_millis(spec.test_store_latency_ms));
         inner = Arc::new(slow);
     }
     let store = Arc::new(CountingStore::new(inner));
@@ -165,8 +170,8 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
             .map_err(|e| anyhow::anyhow!("hand-over state names image {digest:?}: {e}"))?,
         None => {
             let image = rt
-                .block_on(hydrate_store::resolve(store.as_ref(), &args.image))
-                .with_context(|| format!("image {:?} in store {}", args.image, args.store))?;
+                .block_on(hydrate_store::resolve(store.as_ref(), &spec.image))
+                .with_context(|| format!("image {:?} in store {}", spec.image, spec.store))?;
             note(link, "image", &image.to_string())?;
             image
         }
@@ -174,22 +179,19 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
     let cache_dir = match state.note("cache_dir") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let dir = args
-                .cache_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_ROOT).join(image.to_string()));
+            let dir = spec.cache_dir_for(&image.to_string());
             note(link, "cache_dir", &dir.display().to_string())?;
             dir
         }
     };
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cache directory {}", cache_dir.display()))?;
-    if args.ready_fd.is_some() {
-        let log = args
+    if state.note(BACKGROUND_NOTE).is_some() {
+        let log = spec
             .log_file
             .clone()
             .unwrap_or_else(|| cache_dir.join("daemon.log"));
-        redirect_stderr(&log)?;
+        crate::launch::redirect_stderr(&log)?;
         if state.note("log_file").is_none() {
             note(link, "log_file", &log.display().to_string())?;
         }
@@ -209,7 +211,7 @@ fn prepare(args: &MountArgs, state: &HandoverState, link: &WorkerLink) -> Result
             &image,
             &cache_dir.join("manifests"),
         ))
-        .with_context(|| format!("image {image} ({})", args.image));
+        .with_context(|| format!("image {image} ({})", spec.image));
     let opened = early_cache.map(|spawned| {
         spawned
             .context("starting the cache-open thread")?
@@ -254,148 +256,44 @@ fn note(link: &WorkerLink, key: &str, value: &str) -> Result<()> {
     .context("reporting to the supervisor")
 }
 
-/// Opens the cache; the predecessor releases its lock when it exits, which the supervisor waited for, so a
-/// short retry only covers the kernel closing its files.
+/// Opens the cache, waiting while another process holds it: a predecessor worker (the supervisor waited for
+/// it to exit, so only the kernel closing its files remains) or the daemon of an earlier mount of the same image
+/// that was unmounted with a plain `umount` and is still flushing.
 fn open_cache(config: CacheConfig) -> Result<Arc<DiskCache>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let started = Instant::now();
+    let mut said = false;
     loop {
         match DiskCache::open(config.clone()) {
-            Err(CacheError::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
+            Err(CacheError::Locked { .. }) if started.elapsed() < CACHE_LOCK_WAIT => {
+                if !said && started.elapsed() > Duration::from_millis(500) {
+                    tracing::info!(
+                        cache = %config.dir.display(),
+                        "the cache is held by another process (an earlier mount still exiting?); waiting up to {} s",
+                        CACHE_LOCK_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(err @ CacheError::Locked { .. }) => {
+                return Err(err).with_context(|| {
+                    format!(
+                        "still held after {} s; give this mount its own --cache-dir, or stop the process \
+                         holding it",
+                        CACHE_LOCK_WAIT.as_secs()
+                    )
+                })
             }
             other => return other.with_context(|| format!("cache {}", config.dir.display())),
         }
     }
 }
 
-struct Daemon {
-    mountpoint: PathBuf,
-    store_addr: String,
-    cache_dir: PathBuf,
-    generation: u64,
-    vol: Arc<Volume>,
-    store: Arc<CountingStore<Arc<dyn BlobStore>>>,
-    fs: Arc<HydrateFs>,
-    ops: Arc<OpStats>,
-}
-
-impl Answer for Daemon {
-    fn metrics_extra(&self) -> String {
-        let latency = self.vol.engine().stats().latency;
-        crate::metrics_http::histogram(
-            "fetch_request_seconds",
-            "Latency of store requests.",
-            &latency,
-        )
-    }
-
-    fn info(&self) -> Vec<(&'static str, String)> {
-        let (in_flight, oldest) = self.fs.in_flight().snapshot();
-        let cache = self.vol.cache().stats();
-        vec![
-            ("mountpoint", self.mountpoint.display().to_string()),
-            ("image", self.vol.image().to_string()),
-            ("store", self.store_addr.clone()),
-            ("pid", std::process::id().to_string()),
-            ("cache_dir", self.cache_dir.display().to_string()),
-            ("worker_generation", self.generation.to_string()),
-            ("requests_in_flight", in_flight.to_string()),
-            ("oldest_request_ms", oldest.as_millis().to_string()),
-            ("worker_open_handles", self.fs.open_handles().to_string()),
-            ("cache_used_bytes", cache.used_bytes.to_string()),
-            ("cache_quota_bytes", cache.quota_bytes.to_string()),
-            ("cache_files", cache.files.to_string()),
-        ]
-    }
-
-    fn metrics(&self) -> Vec<Metric> {
-        let counter = |prefix: &str, (name, value): (&str, u64)| Metric {
-            name: format!("{prefix}_{name}"),
-            gauge: false,
-            value,
-        };
-        let mut out: Vec<Metric> = Vec::new();
-        out.extend(
-            self.vol
-                .stats()
-                .snapshot()
-                .into_iter()
-                .map(|m| counter("volume", m)),
-        );
-        out.extend(
-            self.vol
-                .engine()
-                .stats()
-                .snapshot()
-                .into_iter()
-                // The byte budget's figures are levels, not counts.
-                .map(|m| Metric {
-                    gauge: m.0.starts_with("budget_"),
-                    ..counter("fetch", m)
-                }),
-        );
-        out.extend(
-            self.store
-                .stats()
-                .snapshot()
-                .into_iter()
-                .map(|m| counter("store", m)),
-        );
-        // Every opcode the filesystem serves is listed, also at zero, so dashboards and tests see a stable set.
-        for op in SERVED_OPCODES {
-            let name = abi::opcode_name(op).to_ascii_lowercase();
-            out.push(Metric {
-                name: format!("fuse_requests_{name}"),
-                gauge: false,
-                value: self.ops.get(op),
-            });
-        }
-        let a = self.fs.stats();
-        for (name, v) in [
-            ("passthrough_opens", &a.passthrough_opens),
-            ("cached_opens", &a.cached_opens),
-            ("backing_open_failures", &a.backing_open_failures),
-            ("handles_rebuilt", &a.handles_rebuilt),
-            ("resent_opens_matched", &a.resent_opens_matched),
-        ] {
-            out.push(counter(
-                "fuse",
-                (name, v.load(std::sync::atomic::Ordering::Relaxed)),
-            ));
-        }
-        let (in_flight, oldest) = self.fs.in_flight().snapshot();
-        out.push(Metric {
-            name: "fuse_requests_in_flight".into(),
-            gauge: true,
-            value: in_flight as u64,
-        });
-        out.push(Metric {
-            name: "fuse_oldest_request_ms".into(),
-            gauge: true,
-            value: oldest.as_millis() as u64,
-        });
-        let c = self.vol.cache().stats();
-        for (name, value, gauge) in [
-            ("used_bytes", c.used_bytes, true),
-            ("quota_bytes", c.quota_bytes, true),
-            ("files", c.files, true),
-            ("evictions", c.evictions, false),
-            ("evicted_bytes", c.bytes_evicted, false),
-        ] {
-            out.push(Metric {
-                name: format!("cache_{name}"),
-                gauge,
-                value,
-            });
-        }
-        out
-    }
-}
-
 fn serve(
-    args: MountArgs,
+    spec: MountSpec,
     prepared: Prepared,
     generation: u64,
+    supervisor_pid: u32,
     start: Start,
     link: Arc<WorkerLink>,
 ) -> Result<()> {
@@ -408,30 +306,28 @@ fn serve(
         manifest,
         cache,
     } = prepared;
-    let mountpoint = crate::supervise::mountpoint_path(&args.mountpoint)
-        .unwrap_or_else(|_| args.mountpoint.clone());
+    let mountpoint = spec.mountpoint.clone();
     let cache = match cache {
         Some(cache) => cache,
         None => open_cache(cache_config(&cache_dir, quota))?,
     };
-    let (fetch_config, _) = crate::fetch_opts::from_args(&args)?;
-    let engine = FetchEngine::new(store.clone() as Arc<dyn BlobStore>, fetch_config);
+    let engine = FetchEngine::new(store.clone() as Arc<dyn BlobStore>, spec.fetch_config());
     let mut vol = Volume::new(
         image,
         manifest,
         cache.clone(),
         engine,
         rt.handle().clone(),
-        volume_config(&args)?,
+        spec.volume_config(),
     );
     // A trace needs every read in user space: passthrough reads never reach the daemon.
-    let passthrough = !args.no_passthrough && args.record_trace.is_none();
-    if let Some(path) = &args.record_trace {
+    let passthrough = spec.serves_passthrough();
+    if let Some(path) = &spec.record_trace {
         let recorder = Arc::new(trace_recorder(path, &vol, &start.state));
         vol = vol.with_trace(recorder);
     }
     let vol = Arc::new(vol);
-    if let Some(path) = &args.record_trace {
+    if let Some(path) = &spec.record_trace {
         vol.spawn_trace_writer(path.clone(), Duration::from_secs(2));
     }
     let plan = vol.start_plan();
@@ -446,7 +342,7 @@ fn serve(
     let fill_task = fill.as_ref().map(|task| task.abort_handle());
     if fill.is_some() {
         tracing::info!(
-            budget = %args.fill_budget,
+            budget = spec.volume.fill_budget,
             "filling the image in the background (reads first)"
         );
     }
@@ -461,7 +357,7 @@ fn serve(
         .with_restored(&restored_io(&start.state)),
     );
     let config = SessionConfig {
-        threads: args.threads as usize,
+        threads: spec.threads as usize,
         want_passthrough: passthrough,
         // Directory handles carry nothing (HydrateFs::opendir answers fh 0): let the kernel open directories
         // without asking and keep their listings cached, which makes a hot tree walk upcall-free.
@@ -490,9 +386,8 @@ fn serve(
         Some(negotiated) => Session::resume(dev, config, negotiated),
         None => Session::new(dev, config),
     };
-    let daemon = Arc::new(Daemon {
-        mountpoint: mountpoint.clone(),
-        store_addr: args.store.clone(),
+    let status = Arc::new(WorkerStatus {
+        store_addr: spec.store.clone(),
         cache_dir: cache_dir.clone(),
         generation,
         vol: Arc::clone(&vol),
@@ -500,26 +395,26 @@ fn serve(
         fs: Arc::clone(&fs),
         ops: session.stats(),
     });
-    if let Some(addr) = &args.metrics {
+    if let Some(addr) = spec.metrics {
         // Scrapes get what `hydrate status --metrics` prints: the supervisor's merged answer, else ours.
-        let (answer, mp): (Arc<dyn Answer>, PathBuf) = (daemon.clone(), mountpoint.clone());
+        let (status, client) = (
+            Arc::clone(&status),
+            MountClient::at_socket(socket_path(&mountpoint)),
+        );
         crate::metrics_http::spawn(
-            crate::metrics_http::parse_addr(addr)?,
+            addr,
             Arc::new(move || {
-                control::request(&mp, "metrics").unwrap_or_else(|_| {
-                    control::prometheus(&answer.metrics()) + &answer.metrics_extra()
-                })
+                client
+                    .metrics()
+                    .unwrap_or_else(|_| status.metrics())
+                    .to_prometheus()
             }),
         )?;
     }
-    let socket_path = control::worker_socket_path(&mountpoint, generation);
-    let socket = match control::serve_at(&socket_path, &mountpoint, daemon) {
-        Ok(path) => Some(path),
-        Err(error) => {
-            tracing::warn!(error = %format!("{error:#}"), "worker control socket unavailable; status will be partial");
-            None
-        }
-    };
+    let socket = serve_status(
+        &worker_socket_path(&mountpoint, supervisor_pid, generation),
+        status,
+    );
     spawn_link_thread(Arc::clone(&link), session.stop_handle())?;
     {
         let vol = Arc::clone(&vol);
@@ -528,8 +423,8 @@ fn serve(
     }
     tracing::info!(image = %image, generation, resumed = resumed.is_some(), mountpoint = %mountpoint.display(), "serving");
     let served = session.serve(fs);
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = socket {
+        socket.remove();
     }
     // Background fetching stops before the cache closes: what it wrote after the close would not be recorded,
     // and a later open would delete those files one by one.
@@ -541,7 +436,7 @@ fn serve(
     if let Err(error) = cache.close() {
         tracing::error!(%error, "flushing the cache at exit failed; recently fetched data will be fetched again");
     }
-    if let Some(path) = &args.record_trace {
+    if let Some(path) = &spec.record_trace {
         match vol.save_trace(path) {
             Ok(()) => tracing::info!(trace = %path.display(), "access trace written"),
             Err(error) => tracing::error!(%error, "writing the access trace at exit failed"),
@@ -558,19 +453,24 @@ fn serve(
     Ok(())
 }
 
-/// The core's read-path tuning from the mount options.
-fn volume_config(args: &MountArgs) -> Result<VolumeConfig> {
-    let defaults = VolumeConfig::default();
-    let readahead_max = parse_size(&args.readahead).context("--readahead")?;
-    Ok(VolumeConfig {
-        readahead_min: defaults.readahead_min.min(readahead_max),
-        readahead_max,
-        replay_plan: !args.no_prefetch,
-        dir_prefetch_file_max: parse_size(&args.dir_prefetch).context("--dir-prefetch")?,
-        fill_budget: parse_size(&args.fill_budget).context("--fill-budget")?,
-        elf_whole_max: parse_size(&args.elf_prefetch).context("--elf-prefetch")?,
-        ..defaults
-    })
+/// Serves the worker's control socket (asked by its supervisor only); a failure leaves `hydrate status` partial.
+fn serve_status(path: &Path, status: Arc<WorkerStatus>) -> Option<wire::SocketFile> {
+    let bound = wire::bind(path).and_then(|(listener, file)| {
+        let handler: Handler<WorkerRequest, WorkerReply> = Arc::new(move |request, _peer| {
+            Ok(match request {
+                WorkerRequest::Info => WorkerReply::Info(status.info()),
+                WorkerRequest::Metrics => WorkerReply::Metrics(status.metrics()),
+            })
+        });
+        wire::serve(listener, "worker-control", handler).map(|()| file)
+    });
+    match bound {
+        Ok(file) => Some(file),
+        Err(error) => {
+            tracing::warn!(%error, socket = %path.display(), "worker control socket unavailable; status will be partial");
+            None
+        }
+    }
 }
 
 /// The recorder of `--record-trace`: a worker that takes over a running mount continues its predecessor's
@@ -603,22 +503,6 @@ fn spawn_link_thread(link: Arc<WorkerLink>, stop: StopHandle) -> Result<()> {
             }
         })
         .context("starting the supervisor link thread")?;
-    Ok(())
-}
-
-pub fn redirect_stderr(log: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("log directory {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("log file {}", log.display()))?;
-    nix::unistd::dup2_stderr(&file)
-        .with_context(|| format!("redirecting stderr to {}", log.display()))?;
-    let _ = file.as_raw_fd();
     Ok(())
 }
 

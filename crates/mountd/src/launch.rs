@@ -1,0 +1,188 @@
+//! Starting and stopping mounts: [`mount`] (a background daemon, returning once the mount serves),
+//! [`run_foreground`], [`supervisor_main`] (what the background daemon runs), [`unmount`] and [`abort`].
+//!
+//! A background mount runs the binary again as `__supervise --ready-fd N`, detached, with the validated spec
+//! written to its stdin; the daemon answers on the readiness pipe with "ready" once the kernel's INIT is
+//! answered, or with the error that stopped it. So [`mount`] returns only when the mount works, and a bad image
+//! or store is reported to the caller. Everything that can be checked without the store is checked before the
+//! daemon starts ([`MountSpec::validate`]): a bad option leaves no process and no log file behind.
+
+use crate::spec::MountSpec;
+use anyhow::{bail, Context, Result};
+use hydrate_control::{resolve_mountpoint, MountClient};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long [`unmount`] waits for the daemon to flush its cache and exit.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+/// The write end of the readiness pipe to [`mount`]; written at most once.
+pub(crate) struct ReadyPipe(Mutex<Option<OwnedFd>>);
+
+impl ReadyPipe {
+    fn none() -> Self {
+        ReadyPipe(Mutex::new(None))
+    }
+
+    fn from_fd(fd: i32) -> Result<Self> {
+        // SAFETY: `mount` created this descriptor for us and passed its number; nothing else in this process
+        // owns it.
+        #[allow(unsafe_code)]
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Workers must not inherit it, or `mount` would wait for them too.
+        nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .context("readiness pipe")?;
+        Ok(ReadyPipe(Mutex::new(Some(owned))))
+    }
+
+    pub(crate) fn send(&self, verdict: &str) {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(fd) = taken {
+            let _ = nix::unistd::write(&fd, format!("{verdict}\n").as_bytes());
+        }
+    }
+}
+
+/// Validates `spec`, starts a background daemon for it by running `program` (the hydrate binary) with `env`
+/// added to its environment, and returns once the mount serves, or with the daemon's error.
+pub fn mount(spec: &MountSpec, program: &Path, env: &[(String, String)]) -> Result<()> {
+    spec.validate()?;
+    spec.check_mountpoint()?;
+    // An inheritable pipe: the daemon writes its verdict on `write`, we read it from `read`.
+    let (read, write) = nix::unistd::pipe().context("creating the readiness pipe")?;
+    nix::fcntl::fcntl(
+        &read,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("readiness pipe")?;
+    let mut child = Command::new(program)
+        .arg(crate::SUPERVISE_SUBCOMMAND)
+        .arg("--ready-fd")
+        .arg(write.as_raw_fd().to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting the mount daemon {}", program.display()))?;
+    drop(write);
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A daemon that dies before reading shows as its verdict below; the write error adds nothing.
+    let _ = stdin.write_all(spec.to_json().as_bytes());
+    drop(stdin);
+    let mut verdict = String::new();
+    File::from(read)
+        .read_to_string(&mut verdict)
+        .context("waiting for the mount daemon")?;
+    let verdict = verdict.trim();
+    if verdict == "ready" {
+        return Ok(());
+    }
+    let status = child.wait().ok();
+    if let Some(msg) = verdict.strip_prefix("error: ") {
+        bail!("{msg}");
+    }
+    bail!("the mount daemon exited before the mount was ready ({status:?}); see its log")
+}
+
+/// Serves `spec` in this process until it is unmounted (Ctrl-C unmounts); the caller has validated it.
+pub fn run_foreground(spec: MountSpec) -> Result<()> {
+    spec.validate()?;
+    crate::supervise::run(spec, &ReadyPipe::none(), false)
+}
+
+/// The background daemon: reads its spec from stdin, reports on `ready_fd`.
+pub fn supervisor_main(ready_fd: i32) -> Result<()> {
+    let ready = ReadyPipe::from_fd(ready_fd)?;
+    let result = read_spec_from_stdin().and_then(|spec| {
+        spec.validate()?;
+        crate::supervise::run(spec, &ready, true)
+    });
+    if let Err(err) = &result {
+        ready.send(&format!("error: {err:#}"));
+    }
+    result
+}
+
+fn read_spec_from_stdin() -> Result<MountSpec> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the mount spec from stdin")?;
+    // Workers inherit stdin: give them /dev/null, not the spent pipe.
+    let null = File::open("/dev/null").context("opening /dev/null")?;
+    nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
+    MountSpec::from_json(&text).map_err(anyhow::Error::msg)
+}
+
+/// Unmounts `mountpoint` and (unless `lazy`) waits for its daemon to flush its cache and exit, so the cache
+/// directory is free for the next mount.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let mp = resolve_mountpoint(mountpoint)?;
+    let pid = MountClient::for_mountpoint(&mp)
+        .ok()
+        .and_then(|client| client.info().ok())
+        .map(|info| info.supervisor.pid);
+    hydrate_fuse_transport::unmount(&mp, lazy).map_err(|err| {
+        // The transport wraps umount2's errno with its context (WithErrno): raw_os_error alone misses it.
+        let errno = hydrate_fuse_transport::errno_of(&err);
+        if errno == Some(libc::EBUSY) {
+            anyhow::anyhow!(
+                "{} is busy (files are open or a process works in it); use --lazy to detach it now",
+                mp.display()
+            )
+        } else if errno == Some(libc::EINVAL) {
+            anyhow::anyhow!("{} is not a mount point", mp.display())
+        } else {
+            anyhow::Error::new(err).context(format!("unmounting {}", mp.display()))
+        }
+    })?;
+    if let (Some(pid), false) = (pid, lazy) {
+        let started = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            if started.elapsed() > EXIT_WAIT {
+                bail!(
+                    "unmounted {}, but its daemon (pid {pid}) has not exited after {} s",
+                    mp.display(),
+                    EXIT_WAIT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Ends a stuck mount's FUSE connection (as /sys/fs/fuse/connections/N/abort): every waiting access fails.
+/// Returns the connection's number. Never touches the mount point itself: on a stuck connection even a stat can
+/// hang.
+pub fn abort(mountpoint: &Path) -> Result<(PathBuf, u32)> {
+    let mp = resolve_mountpoint(mountpoint)?;
+    let id = hydrate_supervisor::abort_connection(&mp)
+        .with_context(|| format!("aborting the FUSE connection of {}", mp.display()))?;
+    Ok((mp, id))
+}
+
+/// Appends this process's stderr (where its log goes) to `log`.
+pub(crate) fn redirect_stderr(log: &Path) -> Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("log directory {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("log file {}", log.display()))?;
+    nix::unistd::dup2_stderr(&file)
+        .with_context(|| format!("redirecting stderr to {}", log.display()))?;
+    Ok(())
+}
