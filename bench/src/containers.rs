@@ -272,9 +272,8 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
             .and_then(|bytes| Ok(serde_json::from_slice::<Value>(&bytes)?))
             .and_then(|state| {
                 let lower = PathBuf::from(state["lower"].as_str().unwrap_or_default());
-                hydrate.run(&["status".as_ref(), "--metrics".as_ref(), lower.as_os_str()])
-            })
-            .map(|text| crate::hydrate::Metrics::parse(&text));
+                crate::hydrate::Metrics::of_mount(&lower)
+            });
         let removed = hydrate.run(&["rootfs".as_ref(), "--remove".as_ref(), bundle.as_os_str()]);
         let first = outcome?;
         removed?;

@@ -6,6 +6,7 @@
 
 use crate::cancel;
 use anyhow::{anyhow, bail, Context, Result};
+use hydrate_control::{MetricSet, MountClient, MountInfo};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -161,17 +162,8 @@ impl Hydrate {
             released: false,
         };
         // From here on the guard unmounts, even if asking for the pid fails.
-        let info = self.run(&["status".as_ref(), mounted.mountpoint.as_os_str()])?;
-        mounted.pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("pid="))
-            .and_then(|p| p.trim().parse().ok());
-        if mounted.pid.is_none() {
-            bail!(
-                "`hydrate status` shows no pid for {}: {info:?}",
-                mounted.mountpoint.display()
-            );
-        }
+        let info = mounted.info()?;
+        mounted.pid = Some(info.supervisor.pid as i32);
         Ok(mounted)
     }
 }
@@ -186,23 +178,22 @@ pub struct Mounted<'a> {
     released: bool,
 }
 
-/// The daemon's counters by Prometheus name without the `hydrate_` prefix.
+/// The daemon's counters and gauges by name (the Prometheus name without the `hydrate_` prefix).
 #[derive(Debug, Clone, Default)]
 pub struct Metrics(pub HashMap<String, u64>);
 
 impl Metrics {
-    pub fn parse(text: &str) -> Metrics {
-        Metrics(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let (k, v) = l.split_once(' ')?;
-                    // Lower case: per-opcode names have been spelled both ways (READ, read).
-                    let name = k.strip_prefix("hydrate_")?.to_ascii_lowercase();
-                    Some((name, v.trim().parse().ok()?))
-                })
-                .collect(),
-        )
+    pub fn from_set(set: MetricSet) -> Metrics {
+        Metrics(set.metrics.into_iter().map(|m| (m.name, m.value)).collect())
+    }
+
+    /// The metrics of the mount at `mountpoint`, asked over its control socket.
+    pub fn of_mount(mountpoint: &Path) -> Result<Metrics> {
+        let client = MountClient::for_mountpoint(mountpoint)?;
+        let set = client
+            .metrics()
+            .with_context(|| format!("metrics of {}", mountpoint.display()))?;
+        Ok(Metrics::from_set(set))
     }
 
     /// A counter the benchmark cannot do without.
@@ -228,12 +219,14 @@ impl Mounted<'_> {
     }
 
     pub fn metrics(&self) -> Result<Metrics> {
-        let text = self.hydrate.run(&[
-            "status".as_ref(),
-            "--metrics".as_ref(),
-            self.mountpoint.as_os_str(),
-        ])?;
-        Ok(Metrics::parse(&text))
+        Metrics::of_mount(&self.mountpoint)
+    }
+
+    /// The supervisor's answer to `info` (typed control protocol).
+    pub fn info(&self) -> Result<MountInfo> {
+        MountClient::for_mountpoint(&self.mountpoint)?
+            .info()
+            .with_context(|| format!("status of {}", self.mountpoint.display()))
     }
 
     /// Unmounts and waits for the daemon; an error still leaves nothing mounted (lazy detach as a fallback).
@@ -292,23 +285,13 @@ pub struct DaemonMemory {
 pub const MEMORY_SETTLE: Duration = Duration::from_secs(2);
 
 impl Mounted<'_> {
-    /// The supervisor's and the worker's pids, from `hydrate status`.
+    /// The supervisor's and the worker's pids.
     pub fn daemon_pids(&self) -> Result<Vec<i32>> {
-        let info = self
-            .hydrate
-            .run(&["status".as_ref(), self.mountpoint.as_os_str()])?;
-        let pids: Vec<i32> = ["pid=", "worker_pid="]
-            .iter()
-            .filter_map(|key| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|p| p.trim().parse().ok())
-            })
-            .collect();
-        if pids.len() != 2 {
-            bail!("`hydrate status` names no supervisor and worker pid: {info:?}");
-        }
-        Ok(pids)
+        let info = self.info()?;
+        let Some(worker) = info.supervisor.worker_pid else {
+            bail!("{} has no worker running", self.mountpoint.display());
+        };
+        Ok(vec![info.supervisor.pid as i32, worker as i32])
     }
 
     /// Starts a new peak: the kernel resets VmHWM to the current RSS on "5" into clear_refs.
@@ -442,18 +425,25 @@ pub fn await_passthrough(mount: &Mounted<'_>, rel: &str, patience: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrate_control::Metric;
 
     #[test]
-    fn parses_prometheus_text() {
-        let text = "# TYPE hydrate_store_bytes_read counter\nhydrate_store_bytes_read 4096\nhydrate_fuse_requests_READ 3\n\
-                    # TYPE hydrate_cache_used_bytes gauge\nhydrate_cache_used_bytes 12\nother_metric 5\nhydrate_bad x\n";
-        let m = Metrics::parse(text);
+    fn metrics_come_from_the_typed_answer() {
+        let set = MetricSet {
+            metrics: vec![
+                Metric::counter("store_bytes_read", 4096),
+                Metric::gauge("cache_used_bytes", 12),
+            ],
+            histograms: Vec::new(),
+        };
+        let m = Metrics::from_set(set);
         assert_eq!(m.require("store_bytes_read").unwrap(), 4096);
         assert_eq!(m.require("cache_used_bytes").unwrap(), 12);
-        assert_eq!(m.require("fuse_requests_read").unwrap(), 3);
-        assert_eq!(m.0.len(), 3, "{m:?}");
         assert!(m.require("other_metric").is_err());
-        let later = Metrics::parse("hydrate_store_bytes_read 10000\n");
+        let later = Metrics::from_set(MetricSet {
+            metrics: vec![Metric::counter("store_bytes_read", 10000)],
+            histograms: Vec::new(),
+        });
         assert_eq!(
             later.require_since(&m, "store_bytes_read").unwrap(),
             10000 - 4096

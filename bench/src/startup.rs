@@ -217,18 +217,9 @@ fn status_kib(pid: i32, field: &str) -> u64 {
 }
 
 /// Supervisor + worker (RSS, anonymous RSS) of a mount.
-fn mount_rss_kib(hydrate: &Hydrate, mount: &Mounted<'_>) -> Result<(u64, u64)> {
-    let info = hydrate.run(&["status".as_ref(), mount.mountpoint.as_os_str()])?;
-    let pid = |key: &str| {
-        info.split_whitespace()
-            .chain(info.lines())
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|p| p.trim().parse::<i32>().ok())
-    };
-    let supervisor = pid("pid=").ok_or_else(|| anyhow!("no pid in `hydrate status`: {info:?}"))?;
-    let worker = pid("worker=").or_else(|| pid("worker_pid="));
-    let pids = [Some(supervisor), worker.filter(|&w| w != supervisor)];
-    let sum = |field: &str| pids.iter().flatten().map(|&p| status_kib(p, field)).sum();
+fn mount_rss_kib(mount: &Mounted<'_>) -> Result<(u64, u64)> {
+    let pids = mount.daemon_pids()?;
+    let sum = |field: &str| pids.iter().map(|&p| status_kib(p, field)).sum();
     Ok((sum("VmRSS:"), sum("RssAnon:")))
 }
 
@@ -262,12 +253,12 @@ fn scale_point(hydrate: &Hydrate, dir: &Path, files: usize) -> Result<ScalePoint
         &["--fill-budget", "0"],
     )?;
     let remount_secs = m.ready_secs;
-    let (rss_mounted_kib, _) = mount_rss_kib(hydrate, &m)?;
+    let (rss_mounted_kib, _) = mount_rss_kib(&m)?;
     let (entries, walk_secs) = walk(&m.mountpoint)?;
     if entries < files as u64 {
         bail!("the {files}-file mount shows only {entries} entries");
     }
-    let (rss_walked_kib, anon_walked_kib) = mount_rss_kib(hydrate, &m)?;
+    let (rss_walked_kib, anon_walked_kib) = mount_rss_kib(&m)?;
     m.unmount()?;
     std::fs::remove_dir_all(&store).context("removing the scale store")?;
     std::fs::remove_dir_all(&cache).context("removing the scale cache")?;

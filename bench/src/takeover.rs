@@ -27,6 +27,7 @@ use crate::reads::{percentile, RANDOM_LEN};
 use crate::report::human;
 use crate::tree::{self, Rng};
 use anyhow::{anyhow, bail, Context, Result};
+use hydrate_control::SupervisorInfo;
 use serde_json::{json, Value};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -520,7 +521,7 @@ fn measure(
     if !await_passthrough(m, PASSTHROUGH, Duration::from_secs(10))? {
         bail!("{PASSTHROUGH} never opened with passthrough");
     }
-    let before = status(hydrate, m)?;
+    let before = status(m)?;
     let clock = Instant::now();
     let ns = |t: Instant| (t - clock).as_nanos() as u64;
     let readers = Readers::start(m, &cached, src, &plan, clock)?;
@@ -535,7 +536,7 @@ fn measure(
     bounds.push(ns(Instant::now()));
     let mut kills = Vec::new();
     for _ in 0..plan.kills {
-        let pid = serving_worker(hydrate, m)?;
+        let pid = serving_worker(m)?;
         kills.push(ns(Instant::now()));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -545,7 +546,7 @@ fn measure(
         cancel::sleep(plan.interval)?;
     }
     bounds.push(ns(Instant::now()));
-    serving_worker(hydrate, m)?;
+    serving_worker(m)?;
     cancel::sleep(plan.interval)?;
     bounds.push(ns(Instant::now()));
     let (mut upgrades, mut upgrade_cmd_ms) = (Vec::new(), Vec::new());
@@ -563,7 +564,7 @@ fn measure(
     cancel::sleep(plan.steady)?;
     bounds.push(ns(Instant::now()));
     let samples = readers.finish()?;
-    let after = status(hydrate, m)?;
+    let after = status(m)?;
 
     let names = ["before", "kills", "settle", "upgrades", "after"];
     let phases: Vec<Phase> = names
@@ -606,8 +607,8 @@ fn measure(
         kill_control: stalls(&passthrough, &kills, bounds[2]),
         upgrade_control: stalls(&passthrough, &upgrades, bounds[4]),
         upgrade_cmd_ms,
-        restarts: counter(&after, "restarts")? - counter(&before, "restarts")?,
-        upgrades_done: counter(&after, "upgrades")? - counter(&before, "upgrades")?,
+        restarts: after.restarts - before.restarts,
+        upgrades_done: after.upgrades - before.upgrades,
         failures: samples.iter().filter(|s| !s.ok).count() as u64,
     })
 }
@@ -656,32 +657,17 @@ fn stalls(samples: &[Sample], events: &[u64], end: u64) -> Stalls {
     Stalls { ms }
 }
 
-fn status(hydrate: &Hydrate, m: &Mounted<'_>) -> Result<String> {
-    hydrate.run(&["status".as_ref(), m.mountpoint.as_os_str()])
+fn status(m: &Mounted<'_>) -> Result<SupervisorInfo> {
+    Ok(m.info()?.supervisor)
 }
 
-fn field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .map(str::trim)
-}
-
-fn counter(status: &str, key: &str) -> Result<u64> {
-    field(status, key)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("`hydrate status` shows no {key}: {status:?}"))
-}
-
-/// The pid of the worker once `hydrate status` shows it serving (a just-restarted worker may still start).
-fn serving_worker(hydrate: &Hydrate, m: &Mounted<'_>) -> Result<i32> {
+/// The pid of the worker once the supervisor reports it serving (a just-restarted worker may still start).
+fn serving_worker(m: &Mounted<'_>) -> Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let st = status(hydrate, m)?;
-        if field(&st, "worker_state") == Some("serving") {
-            if let Some(pid) = field(&st, "worker_pid").and_then(|p| p.parse().ok()) {
-                return Ok(pid);
-            }
+        let st = status(m)?;
+        if let (true, Some(pid)) = (st.worker_serving, st.worker_pid) {
+            return Ok(pid as i32);
         }
         if Instant::now() > deadline {
             bail!(
@@ -759,14 +745,5 @@ mod tests {
         seen.extend(rest.iter().copied());
         assert_eq!((rest.len(), seen.len()), (53, 64));
         assert!(seen.iter().all(|s| *s < 64));
-    }
-
-    #[test]
-    fn reads_status_fields() {
-        let st = "mountpoint=/m\npid=5\nworker_pid=77\nworker_state=serving\nrestarts=3\n";
-        assert_eq!(field(st, "worker_pid"), Some("77"));
-        assert_eq!(field(st, "pid"), Some("5"));
-        assert_eq!(counter(st, "restarts").unwrap(), 3);
-        assert!(counter(st, "upgrades").is_err());
     }
 }

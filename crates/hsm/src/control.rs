@@ -1,22 +1,25 @@
 //! The daemon's control socket: how `hydrate hsm archive|release|recall|pin|unpin|status|policy` reach the
 //! one process that holds the journal and the fanotify group.
 //!
-//! One JSON request per connection, one JSON reply. The socket lives in the root-only state directory with
-//! mode 0600, and the server also checks the peer's uid (SO_PEERCRED): only root configures the HSM.
+//! The messages are this module's; the framing (one versioned JSON envelope each way), the client call and
+//! the server loop are the control protocol every hydrate daemon speaks (crate `hydrate-control`). The
+//! socket lives in the root-only state directory with mode 0600, and the server also checks the peer's uid
+//! (SO_PEERCRED): only root configures the HSM.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hydrate_control::wire::{self, ControlError, Handler, RemoteError};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::ArchiveReport;
 use crate::config::Layout;
 use crate::service::Service;
-use crate::{sys, HsmError};
+use crate::HsmError;
+
+/// How long a client waits for a reply: an archive or recall of a large tree runs for as long as it takes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -92,52 +95,18 @@ impl Reply {
 pub fn serve(svc: Arc<Service>) -> Result<(), HsmError> {
     let path = svc.layout.socket();
     let root = svc.layout.root.clone();
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| HsmError::io("bind", &path, e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| HsmError::io("chmod", &path, e))?;
-    std::thread::Builder::new()
-        .name("hsm-control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let svc = svc.clone();
-                let _ = std::thread::Builder::new()
-                    .name("hsm-request".into())
-                    .spawn(move || {
-                        if let Err(e) = handle(&svc, conn) {
-                            tracing::warn!(error = %e, "control request failed");
-                        }
-                    });
-            }
-        })
-        .map_err(|e| HsmError::io("start control thread for", &root, e))?;
-    Ok(())
-}
-
-fn handle(svc: &Service, conn: UnixStream) -> std::io::Result<()> {
-    let uid = sys::peer_uid(conn.as_fd())?;
-    let mut writer = conn.try_clone()?;
-    let reply = if uid != 0 {
-        Reply::error(HsmError::NotRoot { uid })
-    } else {
-        let mut line = String::new();
-        BufReader::new(&conn).read_line(&mut line)?;
-        match serde_json::from_str::<Request>(&line) {
-            Err(e) => Reply {
-                ok: false,
-                lines: vec![format!("error: bad request: {e}")],
-                ..Reply::default()
-            },
-            Ok(req) => {
-                tracing::info!(?req, "control request");
-                dispatch(svc, req)
-            }
+    let (listener, _file) = wire::bind(&path).map_err(|e| HsmError::io("bind", &path, e))?;
+    let handler: Handler<Request, Reply> = Arc::new(move |req, peer| {
+        if peer.uid != 0 {
+            return Err(RemoteError::denied(
+                HsmError::NotRoot { uid: peer.uid }.to_string(),
+            ));
         }
-    };
-    let mut bytes = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    writer.write_all(&bytes)
+        tracing::info!(?req, "control request");
+        Ok(dispatch(&svc, req))
+    });
+    wire::serve(listener, "hsm-control", handler)
+        .map_err(|e| HsmError::io("start control thread for", &root, e))
 }
 
 fn dispatch(svc: &Service, req: Request) -> Reply {
@@ -168,23 +137,15 @@ fn dispatch(svc: &Service, req: Request) -> Reply {
 /// Sends `req` to the daemon of `layout` and waits for its reply.
 pub fn call(layout: &Layout, req: &Request) -> Result<Reply, HsmError> {
     let path = layout.socket();
-    let daemon = |reason: String| HsmError::Daemon {
+    wire::call(&path, req, CALL_TIMEOUT).map_err(|e| HsmError::Daemon {
         root: layout.root.clone(),
-        reason,
-    };
-    let mut conn = UnixStream::connect(&path).map_err(|e| {
-        daemon(format!(
-            "not reachable at {} ({e}); is `hydrate hsm daemon` running?",
-            path.display()
-        ))
-    })?;
-    let mut bytes = serde_json::to_vec(req).expect("requests serialize");
-    bytes.push(b'\n');
-    conn.write_all(&bytes)
-        .map_err(|e| daemon(format!("sending the request: {e}")))?;
-    let mut line = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut line)
-        .map_err(|e| daemon(format!("reading the reply: {e}")))?;
-    serde_json::from_str(&line).map_err(|e| daemon(format!("bad reply {line:?}: {e}")))
+        reason: match e {
+            ControlError::Unreachable { source, .. } => format!(
+                "not reachable at {} ({source}); is `hydrate hsm daemon` running?",
+                path.display()
+            ),
+            ControlError::Remote { error, .. } => error.message,
+            other => other.to_string(),
+        },
+    })
 }

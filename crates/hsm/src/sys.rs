@@ -355,12 +355,6 @@ pub fn recv_with_fds(
     }
 }
 
-/// The uid of the process at the other end of a Unix socket.
-pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
-    let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(cred.uid())
-}
-
 /// The executable of process `pid`, if it can be read.
 pub fn exe_of(pid: i32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()

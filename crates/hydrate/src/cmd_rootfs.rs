@@ -16,7 +16,7 @@
 //! can always be removed.
 
 use crate::rootfs_shared::SharedLower;
-use crate::runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
+use hydrate_runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use hydrate_format::annotation;

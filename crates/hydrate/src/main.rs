@@ -15,7 +15,6 @@ mod cmd_push;
 mod cmd_rootfs;
 mod retry;
 mod rootfs_shared;
-mod runtime_spec;
 mod units;
 
 use clap::Parser;

@@ -38,8 +38,14 @@ pub fn sh(program: &str, args: &[&OsStr]) -> String {
     check(out, &format!("{program} {args:?}"))
 }
 
+/// Runs hydrate with the Garage test key in its environment (harmless for other stores; an s3:// store
+/// without credentials is refused).
 pub fn hydrate(args: &[&OsStr]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("run hydrate");
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(hydrate_testkit::garage::Garage::credentials_env())
+        .output()
+        .expect("run hydrate");
     check(out, &format!("hydrate {args:?}"))
 }
 

@@ -1,6 +1,6 @@
 //! The OCI runtime spec (`config.json`) of a `hydrate rootfs` bundle, derived from the image's OCI config.
 //!
-//! This module owns the translation from what the image author wrote (Entrypoint, Cmd, Env, User, WorkingDir,
+//! This crate owns the translation from what the image author wrote (Entrypoint, Cmd, Env, User, WorkingDir,
 //! Labels) to what `runc run` executes, with Docker's semantics for each field and for the command-line
 //! overrides, so a converted image starts in runc as it starts in Docker. Everything else (mounts, namespaces,
 //! masked and read-only paths, rlimits) is what `runc spec` generates, with two deliberate differences: a
@@ -631,5 +631,4 @@ fn read_in_root(root: &Path, path: &str) -> io::Result<Option<Vec<u8>>> {
 }
 
 #[cfg(test)]
-#[path = "runtime_spec_tests.rs"]
 mod tests;
