@@ -16,11 +16,11 @@
 //! can always be removed.
 
 use crate::rootfs_shared::SharedLower;
-use hydrate_runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use hydrate_format::annotation;
 use hydrate_mountd::DEFAULT_CACHE_ROOT;
+use hydrate_runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};

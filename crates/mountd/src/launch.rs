@@ -7,49 +7,19 @@
 //! or store is reported to the caller. Everything that can be checked without the store is checked before the
 //! daemon starts ([`MountSpec::validate`]): a bad option leaves no process and no log file behind.
 
+use crate::process::ReadyPipe;
 use crate::spec::MountSpec;
 use anyhow::{bail, Context, Result};
 use hydrate_control::{resolve_mountpoint, MountClient};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long [`unmount`] waits for the daemon to flush its cache and exit.
 const EXIT_WAIT: Duration = Duration::from_secs(30);
-
-/// The write end of the readiness pipe to [`mount`]; written at most once.
-pub(crate) struct ReadyPipe(Mutex<Option<OwnedFd>>);
-
-impl ReadyPipe {
-    fn none() -> Self {
-        ReadyPipe(Mutex::new(None))
-    }
-
-    fn from_fd(fd: i32) -> Result<Self> {
-        // SAFETY: `mount` created this descriptor for us and passed its number; nothing else in this process
-        // owns it.
-        #[allow(unsafe_code)]
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Workers must not inherit it, or `mount` would wait for them too.
-        nix::fcntl::fcntl(
-            &owned,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
-        .context("readiness pipe")?;
-        Ok(ReadyPipe(Mutex::new(Some(owned))))
-    }
-
-    pub(crate) fn send(&self, verdict: &str) {
-        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(fd) = taken {
-            let _ = nix::unistd::write(&fd, format!("{verdict}\n").as_bytes());
-        }
-    }
-}
 
 /// Validates `spec`, starts a background daemon for it by running `program` (the hydrate binary) with `env`
 /// added to its environment, and returns once the mount serves, or with the daemon's error.
@@ -102,7 +72,7 @@ pub fn run_foreground(spec: MountSpec) -> Result<()> {
 /// The background daemon: reads its spec from stdin, reports on `ready_fd`.
 pub fn supervisor_main(ready_fd: i32) -> Result<()> {
     let ready = ReadyPipe::from_fd(ready_fd)?;
-    let result = read_spec_from_stdin().and_then(|spec| {
+    let result = crate::process::read_spec_from_stdin().and_then(|spec| {
         spec.validate()?;
         crate::supervise::run(spec, &ready, true)
     });
@@ -110,17 +80,6 @@ pub fn supervisor_main(ready_fd: i32) -> Result<()> {
         ready.send(&format!("error: {err:#}"));
     }
     result
-}
-
-fn read_spec_from_stdin() -> Result<MountSpec> {
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
-        .context("reading the mount spec from stdin")?;
-    // Workers inherit stdin: give them /dev/null, not the spent pipe.
-    let null = File::open("/dev/null").context("opening /dev/null")?;
-    nix::unistd::dup2_stdin(&null).context("redirecting stdin")?;
-    MountSpec::from_json(&text).map_err(anyhow::Error::msg)
 }
 
 /// Unmounts `mountpoint` and (unless `lazy`) waits for its daemon to flush its cache and exit, so the cache
@@ -170,19 +129,4 @@ pub fn abort(mountpoint: &Path) -> Result<(PathBuf, u32)> {
     let id = hydrate_supervisor::abort_connection(&mp)
         .with_context(|| format!("aborting the FUSE connection of {}", mp.display()))?;
     Ok((mp, id))
-}
-
-/// Appends this process's stderr (where its log goes) to `log`.
-pub(crate) fn redirect_stderr(log: &Path) -> Result<()> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("log directory {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("log file {}", log.display()))?;
-    nix::unistd::dup2_stderr(&file)
-        .with_context(|| format!("redirecting stderr to {}", log.display()))?;
-    Ok(())
 }

@@ -9,7 +9,10 @@
 //!   crashed one, swapping one on upgrade; crate `hydrate-supervisor`) and answers the mount's control socket.
 //! - `worker.rs` (+ `worker_status.rs`): the worker process, which wires store → fetch engine → cache → core
 //!   volume → FUSE adapter → kernel session and answers the supervisor's status questions.
+//! - `process.rs`: what a daemon process gets from its parent (spec, readiness pipe, log file).
 //! - `metrics_http.rs`: the optional Prometheus endpoint; `alloc.rs`: the daemon's malloc settings.
+//!
+//! Module dependencies run one way: launch → supervise → process ← worker → worker_status, metrics_http.
 //!
 //! The control protocol itself (messages, framing, the client) is crate `hydrate-control`, so that clients do
 //! not link the runtime. Errors inside the daemon processes are `anyhow` chains that end in the log and, before
@@ -19,6 +22,7 @@
 pub mod alloc;
 pub mod launch;
 mod metrics_http;
+mod process;
 mod spec;
 mod supervise;
 pub mod worker;

@@ -9,7 +9,7 @@
 //! A mount point whose previous daemon is still exiting (unmounted with a plain `umount`, still flushing its
 //! cache) is free: the socket is only refused while its owner's FUSE connection is still mounted there.
 
-use crate::launch::ReadyPipe;
+use crate::process::{redirect_stderr, ReadyPipe, BACKGROUND_NOTE, SPEC_NOTE};
 use crate::spec::MountSpec;
 use anyhow::{bail, Context, Result};
 use hydrate_control::mount::{
@@ -29,12 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The hand-over state note that carries the spec to workers.
-pub(crate) const SPEC_NOTE: &str = "spec";
-/// The note that tells workers the mount runs in the background (so they log to the log file).
-pub(crate) const BACKGROUND_NOTE: &str = "background";
-
-/// Runs the supervisor of `spec` until the mount is gone. `daemonized`: started by [`crate::launch::mount`]
+/// Runs the supervisor of `spec` until the mount is gone. `daemonized`: started by `launch::mount`
 /// (detach from the terminal, log to the log file once the first worker named it).
 pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Result<()> {
     if daemonized {
@@ -103,7 +98,7 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
                     .clone()
                     .or_else(|| state.note("log_file").map(PathBuf::from));
                 if let Some(log) = log {
-                    if let Err(error) = crate::launch::redirect_stderr(&log) {
+                    if let Err(error) = redirect_stderr(&log) {
                         tracing::warn!(error = %format!("{error:#}"), "no log file for the supervisor");
                     }
                 }

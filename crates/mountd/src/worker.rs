@@ -9,8 +9,8 @@
 //! kernel sees it. On `Stop` it finishes the requests it has read and exits; when the supervisor disappears it
 //! exits at once, so the kernel ends the connection instead of leaving readers hanging.
 
+use crate::process::{redirect_stderr, BACKGROUND_NOTE, SPEC_NOTE};
 use crate::spec::MountSpec;
-use crate::supervise::{BACKGROUND_NOTE, SPEC_NOTE};
 use crate::worker_status::WorkerStatus;
 use anyhow::{bail, Context, Result};
 use hydrate_cache::{CacheConfig, CacheError, DiskCache};
@@ -191,7 +191,7 @@ fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result
             .log_file
             .clone()
             .unwrap_or_else(|| cache_dir.join("daemon.log"));
-        crate::launch::redirect_stderr(&log)?;
+        redirect_stderr(&log)?;
         if state.note("log_file").is_none() {
             note(link, "log_file", &log.display().to_string())?;
         }
