@@ -24,6 +24,7 @@ mod tree;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hydrate::Hydrate;
+use hydrate_mountinfo::MountInfo;
 use hydrate_units::{human, parse_size};
 use phases::{Bench, Plan};
 use report::{Machine, Results};
@@ -641,20 +642,13 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Filesystem type of the mount holding `dir` (the longest mount point that is a prefix of it).
+/// Filesystem type of the mount holding `dir`.
 fn fs_type(dir: &Path) -> Result<String> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let best = text
-        .lines()
-        .filter_map(|l| {
-            let mp = l.split(' ').nth(4)?;
-            let fstype = l.split_once(" - ")?.1.split(' ').next()?;
-            dir.starts_with(mp).then(|| (mp.len(), fstype.to_owned()))
-        })
-        .max_by_key(|(len, _)| *len);
-    Ok(best.map(|(_, t)| t).unwrap_or_else(|| "unknown".to_owned()))
+    let mounts = MountInfo::read_self()?;
+    Ok(mounts
+        .containing(&dir)
+        .map_or_else(|| "unknown".to_owned(), |m| m.fs_type.clone()))
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in UTC, without a date crate (days-to-civil from Howard Hinnant's algorithms).
