@@ -5,6 +5,7 @@
 //! - [`records`]: the fixed little-endian record layouts of the manifest;
 //! - [`annotation`]: the sorted key → bytes annotations of an image, and the keys hydrate uses;
 //! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
+//! - [`oci`]: SHA-256 content digests and the OCI/Docker media types shared by the converter, store and tests;
 //! - [`writer`]: the tree model that produces deterministic manifest bytes;
 //! - [`trace`]: recorded access traces and the prefetch plans made from them.
 //!
@@ -21,6 +22,7 @@ pub mod chunk;
 pub mod error;
 pub mod ids;
 pub mod manifest;
+pub mod oci;
 pub mod records;
 pub mod trace;
 pub mod validate;
