@@ -16,7 +16,6 @@
 
 use crate::hydrate::Hydrate;
 use crate::reads::drop_caches;
-use crate::report::human;
 use crate::startup;
 use anyhow::{anyhow, bail, Context, Result};
 use hydrate_testkit::oci_image::{
@@ -24,6 +23,7 @@ use hydrate_testkit::oci_image::{
 };
 use hydrate_testkit::proxy::FaultProxy;
 use hydrate_testkit::registry::Registry;
+use hydrate_units::human;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -12,11 +12,11 @@
 
 use crate::hydrate::Hydrate;
 use crate::reads::{self, drop_caches, mb_per_s, random_offsets, RANDOM_LEN};
-use crate::report::human;
 use crate::tree;
 use anyhow::{bail, Context, Result};
 use hydrate_testkit::nginx::{Nginx, NginxMode};
 use hydrate_testkit::proxy::FaultProxy;
+use hydrate_units::human;
 use serde_json::{json, Value};
 use std::fs::File;
 use std::os::unix::fs::FileExt;

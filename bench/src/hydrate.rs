@@ -6,7 +6,8 @@
 
 use crate::cancel;
 use anyhow::{anyhow, bail, Context, Result};
-use hydrate_control::{MetricSet, MountClient, MountInfo};
+use hydrate_control::{MetricSet, MountClient};
+use hydrate_mountinfo::MountInfo;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -223,7 +224,7 @@ impl Mounted<'_> {
     }
 
     /// The supervisor's answer to `info` (typed control protocol).
-    pub fn info(&self) -> Result<MountInfo> {
+    pub fn info(&self) -> Result<hydrate_control::MountInfo> {
         MountClient::for_mountpoint(&self.mountpoint)?
             .info()
             .with_context(|| format!("status of {}", self.mountpoint.display()))
@@ -362,39 +363,10 @@ impl Drop for Mounted<'_> {
     }
 }
 
-/// Mount points at or below `dir` (from /proc/self/mountinfo, whose paths escape space, tab, newline and
-/// backslash as octal).
+/// Mount points at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| p.starts_with(dir))
-        .collect())
-}
-
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let info = MountInfo::read_self().context("reading /proc/self/mountinfo")?;
+    Ok(info.under(dir).map(|e| e.mount_point.clone()).collect())
 }
 
 /// Polls until `hydrate mount`'s cache holds `path` completely, judged by the mount offering passthrough: opens
@@ -458,16 +430,6 @@ mod tests {
         assert_eq!(parse_status_kib(text, "VmHWM:"), Some(152_340));
         assert_eq!(parse_status_kib(text, "VmRSS:"), Some(8120));
         assert_eq!(parse_status_kib(text, "RssAnon:"), None);
-    }
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(
-            unescape_mountinfo(r"/var/tmp/a\040b\134c"),
-            "/var/tmp/a b\\c"
-        );
-        assert_eq!(unescape_mountinfo(r"/plain\"), "/plain\\");
-        assert_eq!(unescape_mountinfo(r"/x\09"), r"/x\09");
     }
 
     #[test]

@@ -17,11 +17,11 @@
 
 use crate::hydrate::{Hydrate, Mounted};
 use crate::reads::{self, drop_caches, RANDOM_LEN};
-use crate::report::human;
 use crate::tree;
 use anyhow::{bail, Context, Result};
 use hydrate_testkit::nginx::{Nginx, NginxMode};
 use hydrate_testkit::proxy::FaultProxy;
+use hydrate_units::human;
 use serde_json::{json, Value};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

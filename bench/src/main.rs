@@ -24,6 +24,8 @@ mod tree;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hydrate::Hydrate;
+use hydrate_mountinfo::MountInfo;
+use hydrate_units::{human, parse_size};
 use phases::{Bench, Plan};
 use report::{Machine, Results};
 use serde_json::json;
@@ -596,31 +598,11 @@ fn check_space(dir: &Path, big_size: u64, small_files: usize) -> Result<()> {
         bail!(
             "{} has {} free; this run needs about {} (use --big-size/--small-files for a smaller run)",
             dir.display(),
-            report::human(free),
-            report::human(need)
+            human(free),
+            human(need)
         );
     }
     Ok(())
-}
-
-/// Sizes like 1G, 256M, 64K or plain bytes (binary units).
-fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, suffix) = t.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("size {text:?}: not a whole number"))?;
-    let shift = match suffix.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KIB" => 10,
-        "M" | "MIB" => 20,
-        "G" | "GIB" => 30,
-        other => bail!("size {text:?}: unknown unit {other:?} (use K, M or G)"),
-    };
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .with_context(|| format!("size {text:?} is too large"))
 }
 
 fn machine_info(hydrate: &Hydrate, workdir: &Path) -> Result<Machine> {
@@ -660,20 +642,13 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-/// Filesystem type of the mount holding `dir` (the longest mount point that is a prefix of it).
+/// Filesystem type of the mount holding `dir`.
 fn fs_type(dir: &Path) -> Result<String> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let best = text
-        .lines()
-        .filter_map(|l| {
-            let mp = l.split(' ').nth(4)?;
-            let fstype = l.split_once(" - ")?.1.split(' ').next()?;
-            dir.starts_with(mp).then(|| (mp.len(), fstype.to_owned()))
-        })
-        .max_by_key(|(len, _)| *len);
-    Ok(best.map(|(_, t)| t).unwrap_or_else(|| "unknown".to_owned()))
+    let mounts = MountInfo::read_self()?;
+    Ok(mounts
+        .containing(&dir)
+        .map_or_else(|| "unknown".to_owned(), |m| m.fs_type.clone()))
 }
 
 /// "YYYY-MM-DD HH:MM:SS" in UTC, without a date crate (days-to-civil from Howard Hinnant's algorithms).
@@ -702,18 +677,6 @@ fn utc_date(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("256m").unwrap(), 256 << 20);
-        assert_eq!(parse_size("64KiB").unwrap(), 64 << 10);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("3X").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999999G").is_err());
-    }
 
     #[test]
     fn formats_utc_dates() {

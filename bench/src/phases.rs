@@ -13,9 +13,10 @@
 
 use crate::hydrate::{self, Hydrate, Metrics, Mounted};
 use crate::reads::{self, drop_caches, Best, SeqRead};
-use crate::report::{self, BuildResult, ColdSeq, HotSeq, RandomResult};
+use crate::report::{BuildResult, ColdSeq, HotSeq, RandomResult};
 use crate::tree::{self, TreeSpec, BIG_FILE};
 use anyhow::{bail, Context, Result};
+use hydrate_units::human;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ impl<'a> Bench<'a> {
         let p = &self.plan;
         step(&format!(
             "generating {} + {} small files",
-            report::human(p.big_size),
+            human(p.big_size),
             p.small_files
         ));
         let spec = TreeSpec {

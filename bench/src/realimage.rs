@@ -23,11 +23,11 @@
 use crate::containers::{need, run_ok};
 use crate::hydrate::{proc_status_kib, Hydrate, Mounted};
 use crate::reads::drop_caches;
-use crate::report::human;
 use anyhow::{anyhow, bail, Context, Result};
 use hydrate_testkit::oci_image::{Compression, Layer, OciLayout, RunConfig};
 use hydrate_testkit::proxy::FaultProxy;
 use hydrate_testkit::registry::Registry;
+use hydrate_units::human;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

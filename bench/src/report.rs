@@ -9,6 +9,9 @@ use crate::tree::TreeStats;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
+// Re-exported for takeover.rs, which still names it here; the formatting itself lives in hydrate-units.
+pub use hydrate_units::human;
+
 /// Where and when the numbers were taken.
 #[derive(Debug, Clone, Default)]
 pub struct Machine {
@@ -430,21 +433,6 @@ fn us(ns: u64) -> String {
     }
 }
 
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// Four aligned columns plus indented note lines under a row.
 #[derive(Default)]
 struct Table {
@@ -652,12 +640,5 @@ mod tests {
                 .all(|w| w[0].chars().count() == w[1].chars().count()),
             "{text}"
         );
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(5), "5 B");
-        assert_eq!(human(1 << 30), "1.0 GiB");
-        assert_eq!(human(1536), "1.5 KiB");
     }
 }

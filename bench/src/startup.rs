@@ -17,11 +17,11 @@
 use crate::cancel;
 use crate::hydrate::{Hydrate, Metrics, Mounted};
 use crate::reads::drop_caches;
-use crate::report::human;
 use crate::tree;
 use anyhow::{anyhow, bail, Context, Result};
 use hydrate_testkit::nginx::{Nginx, NginxMode};
 use hydrate_testkit::proxy::FaultProxy;
+use hydrate_units::human;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::error::CacheError;
 use crate::file::CacheFile;
 use crate::index::{FileRecord, Index};
-use crate::rangeset::RangeSet;
+use hydrate_format::RangeSet;
 
 /// Eviction brings usage down to this share of the quota, so that it does not run again
 /// at the very next write.

@@ -18,7 +18,7 @@ use hydrate_format::ContentId;
 
 use crate::disk::Inner;
 use crate::error::CacheError;
-use crate::rangeset::RangeSet;
+use hydrate_format::RangeSet;
 
 #[derive(Debug)]
 pub(crate) struct FileState {

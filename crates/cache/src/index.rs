@@ -22,7 +22,7 @@ use hydrate_format::ContentId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::CacheError;
-use crate::rangeset::RangeSet;
+use hydrate_format::RangeSet;
 
 const FILES: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("files");
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");

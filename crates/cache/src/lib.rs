@@ -1,7 +1,7 @@
 //! The local tier of hydrate: a bounded, crash-safe cache of file contents.
 //!
 //! Each distinct file content (keyed by its [`ContentId`]) is one sparse data file plus a
-//! persisted record of which byte ranges it holds ([`RangeSet`] in a redb index). A complete
+//! persisted record of which byte ranges it holds ([`hydrate_format::RangeSet`] in a redb index). A complete
 //! data file is what FUSE passthrough hands to the kernel. See [`DiskCache`] for the
 //! durability and eviction rules.
 //!
@@ -15,12 +15,10 @@ mod disk;
 mod error;
 mod file;
 mod index;
-mod rangeset;
 
 pub use disk::{CacheConfig, CacheStats, DiskCache};
 pub use error::CacheError;
 pub use file::CacheFile;
-pub use rangeset::RangeSet;
 
 #[cfg(test)]
 mod tests;

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use hydrate_format::{FileKind, NodeMeta};
-use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
-use crate::oci::{
-    DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
-};
 use crate::ConvertError;
+use hydrate_format::oci::{
+    Sha256Hasher, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Compression {
@@ -74,7 +74,7 @@ impl LayerPlan {
 /// sha256 state shared between a reader and the code that checks it afterwards.
 #[derive(Default)]
 struct HashState {
-    hasher: Sha256,
+    hasher: Sha256Hasher,
     bytes: u64,
 }
 
@@ -175,8 +175,8 @@ pub(crate) fn read_layer(
     )
 }
 
-fn check(what: &str, part: &str, expected: &str, hasher: Sha256) -> Result<(), ConvertError> {
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+fn check(what: &str, part: &str, expected: &str, hasher: Sha256Hasher) -> Result<(), ConvertError> {
+    let actual = hasher.digest();
     if actual != expected {
         return Err(ConvertError::DigestMismatch {
             what: format!("{what} {part}"),

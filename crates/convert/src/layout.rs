@@ -6,11 +6,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use hydrate_format::oci::{DOCKER_CONFIG, OCI_CONFIG, REF_NAME};
 use serde::Deserialize;
 
 use crate::oci::{
-    self, check_digest, parse_manifest, read_verified, select_platform, ParsedManifest, Platform,
-    REF_NAME,
+    check_digest, parse_manifest, read_verified, select_platform, ParsedManifest, Platform,
 };
 use crate::{ConvertError, SourceImage, SourceLayer};
 
@@ -116,7 +116,7 @@ pub fn open_layout(
             ParsedManifest::Index(list) => desc = select_platform(&list, platform)?,
             ParsedManifest::Image { config, layers } => {
                 let config_what = format!("image config {}", config.digest);
-                if config.media_type != oci::OCI_CONFIG && config.media_type != oci::DOCKER_CONFIG {
+                if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
                     return Err(ConvertError::unsupported(
                         &what,
                         format!(

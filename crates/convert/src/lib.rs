@@ -31,16 +31,13 @@ use std::path::PathBuf;
 
 use hydrate_builder::{build_tree, BuildOptions, BuildReport, FileSink, Progress, TreeBuild};
 use hydrate_format::annotation;
+use hydrate_format::oci::sha256_digest;
 use hydrate_store::BlobStore;
 
 pub use error::ConvertError;
 pub use layout::open_layout;
 pub use merge::MergeStats;
-pub use oci::{
-    parse_manifest, select_platform, sha256_digest, Descriptor, ParsedManifest, Platform,
-    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-    OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME,
-};
+pub use oci::{parse_manifest, select_platform, Descriptor, ParsedManifest, Platform};
 
 use layer::{entry_info, read_layer, Compression, LayerPlan};
 use merge::Merged;

@@ -1,5 +1,6 @@
 //! OCI and Docker image JSON: descriptors, manifests, indexes, the config's `rootfs.diff_ids`, platform
-//! selection and sha256 digests.
+//! selection and digest checks. The media types and the sha256 function themselves are in
+//! `hydrate_format::oci`.
 //!
 //! Own small serde structs rather than a full spec crate: the converter needs a handful of fields, must
 //! accept both OCI and Docker schema2 documents (same shapes, other media types), and must refuse everything
@@ -9,25 +10,13 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::ConvertError;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-/// Uncompressed Docker layer (what some tools push when they skip compression).
-pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
-/// The annotation naming a manifest in an OCI layout's `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+use hydrate_format::oci::{
+    sha256_digest, sha256_hex, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_SCHEMA1, OCI_INDEX,
+    OCI_MANIFEST,
+};
 
 /// Largest manifest, index or config accepted (hostile sources must not make us hold gigabytes).
 pub const JSON_MAX: u64 = 16 << 20;
@@ -241,7 +230,7 @@ pub fn diff_ids(config: &[u8], what: &str) -> Result<Vec<String>, ConvertError> 
 /// Checks `digest` is `sha256:` and 64 lowercase hex digits (the only algorithm accepted, and the check
 /// that makes it safe to use in a path); returns the hex part.
 pub fn check_digest<'a>(digest: &'a str, what: &str) -> Result<&'a str, ConvertError> {
-    let Some((alg, hex)) = digest.split_once(':') else {
+    let Some((alg, _)) = digest.split_once(':') else {
         return Err(ConvertError::corrupt(
             what,
             format!("malformed digest {digest:?}"),
@@ -253,18 +242,12 @@ pub fn check_digest<'a>(digest: &'a str, what: &str) -> Result<&'a str, ConvertE
             format!("digest algorithm {alg} is not supported yet (only sha256)"),
         ));
     }
-    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(ConvertError::corrupt(
+    sha256_hex(digest).ok_or_else(|| {
+        ConvertError::corrupt(
             what,
-            format!("malformed digest {digest:?}"),
-        ));
-    }
-    Ok(hex)
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+            format!("malformed digest {digest:?} (expected sha256:<64 hex digits>)"),
+        )
+    })
 }
 
 /// Reads a small JSON blob of `expected_size` bytes, checking size and digest.

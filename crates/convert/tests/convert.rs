@@ -11,7 +11,7 @@ use hydrate_convert::{
     convert, open_layout, parse_manifest, select_platform, ConvertError, ParsedManifest, Platform,
     SourceImage,
 };
-use hydrate_format::{annotation, decode_chunk, FileKind, Ino, Manifest};
+use hydrate_format::{annotation, decode_chunk, oci, FileKind, Ino, Manifest};
 use hydrate_store::{keys, BlobStore, LocalStore};
 use serde_json::json;
 
@@ -354,8 +354,11 @@ async fn digest_and_diff_id_mismatches_are_refused() {
     // A config whose diff_id is wrong: the blob matches its digest but not the config.
     let mut src2 = src.clone();
     std::fs::write(&src.layers[0].path, &tar).unwrap();
-    let cfg = serde_json::to_vec(&json!({"rootfs": {"type": "layers", "diff_ids": [hydrate_convert::sha256_digest(b"other")]}})).unwrap();
-    src2.config_digest = hydrate_convert::sha256_digest(&cfg);
+    let cfg = serde_json::to_vec(
+        &json!({"rootfs": {"type": "layers", "diff_ids": [oci::sha256_digest(b"other")]}}),
+    )
+    .unwrap();
+    src2.config_digest = oci::sha256_digest(&cfg);
     src2.config = cfg;
     let e = convert(&src2, &store, &opts(), &NoProgress)
         .await
@@ -363,7 +366,7 @@ async fn digest_and_diff_id_mismatches_are_refused() {
     assert!(e.to_string().contains("diff_id"), "{e}");
     // Fewer diff_ids than layers.
     let cfg = serde_json::to_vec(&json!({"rootfs": {"type": "layers", "diff_ids": []}})).unwrap();
-    src2.config_digest = hydrate_convert::sha256_digest(&cfg);
+    src2.config_digest = oci::sha256_digest(&cfg);
     src2.config = cfg;
     let e = convert(&src2, &store, &opts(), &NoProgress)
         .await
@@ -446,17 +449,13 @@ fn docker_manifest_list_selects_the_platform() {
     }
     let list = serde_json::to_vec(&json!({
         "schemaVersion": 2,
-        "mediaType": hydrate_convert::DOCKER_MANIFEST_LIST,
+        "mediaType": oci::DOCKER_MANIFEST_LIST,
         "manifests": list_entries,
     }))
     .unwrap();
     let list_digest = common::put_blob(dir.path(), &list);
-    let mut top = common::descriptor(
-        hydrate_convert::DOCKER_MANIFEST_LIST,
-        &list_digest,
-        list.len(),
-    );
-    top["annotations"] = json!({ hydrate_convert::REF_NAME: "multi" });
+    let mut top = common::descriptor(oci::DOCKER_MANIFEST_LIST, &list_digest, list.len());
+    top["annotations"] = json!({ oci::REF_NAME: "multi" });
     write_index(dir.path(), vec![top]);
 
     let ParsedManifest::Index(entries) = parse_manifest(&list, None).unwrap() else {
@@ -486,7 +485,7 @@ fn docker_manifest_list_selects_the_platform() {
     assert_eq!(src.manifest_digest, arm["digest"]);
     let src = open_layout(dir.path(), Some("multi"), &amd64()).unwrap();
     assert_eq!(src.manifest_digest, amd["digest"]);
-    assert_eq!(src.layers[0].media_type, hydrate_convert::DOCKER_LAYER_GZIP);
+    assert_eq!(src.layers[0].media_type, oci::DOCKER_LAYER_GZIP);
     let e = open_layout(dir.path(), Some("nope"), &amd64())
         .unwrap_err()
         .to_string();

@@ -8,7 +8,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::image::MappedManifest;
-use hydrate_format::{range_insert, range_subtract, FileKind, Ino, Trace, TraceEvent, TraceKind};
+use hydrate_format::{FileKind, Ino, RangeSet, Trace, TraceEvent, TraceKind};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::ops::Range;
@@ -27,7 +27,7 @@ enum Touch {
 struct State {
     touches: Vec<Touch>,
     opened: HashSet<Ino>,
-    read: HashMap<Ino, Vec<Range<u64>>>,
+    read: HashMap<Ino, RangeSet>,
 }
 
 /// First touches of a running mount, in order.
@@ -87,8 +87,9 @@ impl TraceRecorder {
         let mut st = self.lock();
         let State { touches, read, .. } = &mut *st;
         let done = read.entry(ino).or_default();
-        for part in range_subtract(range, done) {
-            range_insert(done, part.clone());
+        let new_parts = done.missing(range.clone());
+        done.insert(range);
+        for part in new_parts {
             match touches.last_mut() {
                 Some(Touch::Read(last, r)) if *last == ino && r.end == part.start => {
                     r.end = part.end

@@ -5,6 +5,8 @@
 //! - [`records`]: the fixed little-endian record layouts of the manifest;
 //! - [`annotation`]: the sorted key → bytes annotations of an image, and the keys hydrate uses;
 //! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
+//! - [`rangeset`]: sets of byte ranges (cache presence, HSM stubs, traces);
+//! - [`oci`]: SHA-256 content digests and the OCI/Docker media types shared by the converter, store and tests;
 //! - [`writer`]: the tree model that produces deterministic manifest bytes;
 //! - [`trace`]: recorded access traces and the prefetch plans made from them.
 //!
@@ -21,6 +23,8 @@ pub mod chunk;
 pub mod error;
 pub mod ids;
 pub mod manifest;
+pub mod oci;
+pub mod rangeset;
 pub mod records;
 pub mod trace;
 pub mod validate;
@@ -38,11 +42,10 @@ pub use chunk::{
 pub use error::FormatError;
 pub use ids::{BlobId, ChunkId, ContentId, Digest, FileKind, ImageId, Ino, InodeAttr, S_IFMT};
 pub use manifest::Manifest;
+pub use rangeset::RangeSet;
 pub use records::{
     BlobRecord, ChunkRecord, FileChunk, PrefetchEntry, Section, COMPRESSION_NONE, COMPRESSION_ZSTD,
     VERSION,
 };
-pub use trace::{
-    plan_from_trace, range_insert, range_subtract, Plan, PlanOptions, Trace, TraceEvent, TraceKind,
-};
+pub use trace::{plan_from_trace, Plan, PlanOptions, Trace, TraceEvent, TraceKind};
 pub use writer::{ManifestWriter, NodeId, NodeMeta};

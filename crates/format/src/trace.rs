@@ -16,10 +16,10 @@
 //! file name survives. Lines starting with `#` are comments; the first line must be the version line.
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use crate::ids::{FileKind, Ino};
 use crate::manifest::Manifest;
+use crate::rangeset::RangeSet;
 use crate::records::PrefetchEntry;
 use crate::FormatError;
 
@@ -191,7 +191,7 @@ pub fn plan_from_trace<B: AsRef<[u8]>>(
 ) -> Plan {
     let align = opts.align.max(1);
     let mut plan = Plan::default();
-    let mut covered: HashMap<Ino, Vec<Range<u64>>> = HashMap::new();
+    let mut covered: HashMap<Ino, RangeSet> = HashMap::new();
     let mut resolved: HashMap<&[u8], Option<(Ino, u64)>> = HashMap::new();
     for event in &trace.events {
         let file = *resolved.entry(event.path.as_slice()).or_insert_with(|| {
@@ -219,9 +219,10 @@ pub fn plan_from_trace<B: AsRef<[u8]>>(
             }
         };
         let done = covered.entry(ino).or_default();
-        for part in range_subtract(want, done) {
+        let new_parts = done.missing(want.clone());
+        done.insert(want);
+        for part in new_parts {
             plan.bytes += part.end - part.start;
-            range_insert(done, part.clone());
             // Extend the previous entry when this continues it: a streamed file becomes one entry.
             match plan.entries.last_mut() {
                 Some(last) if last.ino() == ino && last.offset() + last.len() == part.start => {
@@ -237,44 +238,9 @@ pub fn plan_from_trace<B: AsRef<[u8]>>(
     plan
 }
 
-/// The parts of `want` not in `have` (a sorted, disjoint set as [`range_insert`] keeps it).
-pub fn range_subtract(want: Range<u64>, have: &[Range<u64>]) -> Vec<Range<u64>> {
-    let mut out = Vec::new();
-    let mut at = want.start;
-    for h in have {
-        if h.end <= at {
-            continue;
-        }
-        if h.start >= want.end {
-            break;
-        }
-        if h.start > at {
-            out.push(at..h.start);
-        }
-        at = at.max(h.end);
-    }
-    if at < want.end {
-        out.push(at..want.end);
-    }
-    out
-}
-
-/// Adds `r` to the sorted disjoint set `set`, merging overlapping and adjacent ranges.
-pub fn range_insert(set: &mut Vec<Range<u64>>, r: Range<u64>) {
-    let i = set.partition_point(|x| x.end < r.start);
-    let mut merged = r;
-    while i < set.len() && set[i].start <= merged.end {
-        merged.start = merged.start.min(set[i].start);
-        merged.end = merged.end.max(set[i].end);
-        set.remove(i);
-    }
-    set.insert(i, merged);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
     fn text_round_trip_keeps_odd_names() {
@@ -309,32 +275,5 @@ mod tests {
         assert!(matches!(err, FormatError::Trace { line: 2, .. }), "{err}");
         let err = Trace::parse("# hydrate-trace 1\nopen a%4\n").unwrap_err();
         assert!(matches!(err, FormatError::Trace { line: 2, .. }), "{err}");
-    }
-
-    proptest! {
-        #[test]
-        fn subtract_and_insert_partition_the_range(
-            ranges in proptest::collection::vec((0u64..1000, 1u64..200), 0..20),
-            want in (0u64..1000, 1u64..400),
-        ) {
-            let mut set = Vec::new();
-            for (s, l) in ranges {
-                range_insert(&mut set, s..s + l);
-            }
-            // The set stays sorted, disjoint and non-adjacent.
-            for w in set.windows(2) {
-                prop_assert!(w[0].end < w[1].start);
-            }
-            let want = want.0..want.0 + want.1;
-            let parts = range_subtract(want.clone(), &set);
-            for b in want.clone() {
-                let in_set = set.iter().any(|r| r.contains(&b));
-                let in_parts = parts.iter().any(|r| r.contains(&b));
-                prop_assert!(in_set != in_parts, "byte {} in set {} in parts {}", b, in_set, in_parts);
-            }
-            for p in &parts {
-                prop_assert!(p.start >= want.start && p.end <= want.end && p.start < p.end);
-            }
-        }
     }
 }

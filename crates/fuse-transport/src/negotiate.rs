@@ -251,8 +251,15 @@ pub(crate) fn negotiate(
         offered |= u64::from(init.flags2) << 32;
     }
 
-    let mut wanted =
-        abi::FUSE_BIG_WRITES | abi::FUSE_MAX_PAGES | abi::FUSE_INIT_EXT | abi::FUSE_HAS_RESEND;
+    // FUSE_ABORT_ERROR: an abort through fusectl is then recorded as such, and reads of the device fail with
+    // ECONNABORTED instead of the ENODEV of an unmount; that is how a supervisor tells a dead mount it must
+    // detach from a mount point already reused by a new mount (the kernel recycles connection numbers).
+    // Requests of an aborted connection fail with ECONNABORTED.
+    let mut wanted = abi::FUSE_BIG_WRITES
+        | abi::FUSE_MAX_PAGES
+        | abi::FUSE_INIT_EXT
+        | abi::FUSE_HAS_RESEND
+        | abi::FUSE_ABORT_ERROR;
     let optional = [
         (config.async_read, abi::FUSE_ASYNC_READ),
         (config.parallel_dirops, abi::FUSE_PARALLEL_DIROPS),

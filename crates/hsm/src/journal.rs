@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hydrate_fetch::ChunkLoc;
-use hydrate_format::{BlobId, ChunkId};
+use hydrate_format::{BlobId, ChunkId, RangeSet};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::ranges::RangeSet;
 use crate::HsmError;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

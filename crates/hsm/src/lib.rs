@@ -8,7 +8,7 @@
 //! worker crash never lets a reader see zeros; stubs are recalled whole on open by readers that may skip holes
 //! (zeros hazard 2). docs/hsm.md explains the design.
 //!
-//! Modules: `sys` (syscalls), `filemap` (the per-file chunk map format), `ranges` (presence sets), `journal`,
+//! Modules: `sys` (syscalls), `filemap` (the per-file chunk map format), `journal`,
 //! `config` (state directory layout), `archive`, `release`, `recall`, `events`, `holder`, `control` (the
 //! daemon's socket), `policy` (watermarks), `service` (the worker's state and operations).
 
@@ -23,7 +23,6 @@ pub mod filemap;
 pub mod holder;
 pub mod journal;
 pub mod policy;
-pub mod ranges;
 pub mod recall;
 pub mod release;
 pub mod service;

@@ -131,19 +131,19 @@ pub(crate) fn fill(svc: &Service, file: &File, want: Range<u64>) -> Result<bool,
                 .recalled_bytes
                 .fetch_add(written, Ordering::Relaxed);
             wrote = true;
-            if !rec.present.covers(0..horizon) {
+            if !rec.present.contains(0..horizon) {
                 rec.last_recall = now_secs();
                 rec.fingerprint = Fingerprint::of(
                     &file
                         .metadata()
                         .map_err(|e| HsmError::io("stat", &path, e))?,
                 );
-                let detail = format!("{} of {} bytes local", rec.present.total(), horizon);
+                let detail = format!("{} of {} bytes local", rec.present.len(), horizon);
                 svc.journal.commit(&[&rec], &[("recall", &rec, detail)])?;
             }
         }
     }
-    let complete = rec.present.covers(0..horizon);
+    let complete = rec.present.contains(0..horizon);
     if complete {
         sys::unmark_stub(svc.group.as_fd(), file.as_fd())
             .map_err(|e| HsmError::io("unmark", &path, e))?;

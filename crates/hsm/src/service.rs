@@ -18,8 +18,8 @@ use crate::config::{Config, Layout, STATE_DIR};
 use crate::control::{FileStatus, Reply, Totals};
 use crate::filemap::{FileMap, FileMapId};
 use crate::journal::{FileRecord, FileState, Journal};
-use crate::ranges::RangeSet;
 use crate::{sys, HsmError};
+use hydrate_format::RangeSet;
 
 /// Counters of the event path, reported by `status`.
 #[derive(Debug, Default)]
@@ -122,7 +122,7 @@ impl Service {
         let Some((present, horizon)) = cache.get(&ino) else {
             return false;
         };
-        size >= *horizon && present.covers(want.start.min(*horizon)..want.end.min(*horizon))
+        size >= *horizon && present.contains(want.start.min(*horizon)..want.end.min(*horizon))
     }
 
     /// The file map `hex`, from memory or the store (verified against its id), within the recall deadline.

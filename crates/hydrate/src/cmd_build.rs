@@ -2,10 +2,10 @@
 //! `hydrate attach-trace`: an existing image plus a recorded trace → the same image with a prefetch plan.
 
 use crate::cli::{AttachTraceArgs, BuildArgs};
-use crate::units::{human, parse_size};
 use anyhow::{bail, Context, Result};
 use hydrate_builder::{attach_trace as attach, build_dir_with_trace, BuildOptions, Progress};
 use hydrate_format::{PlanOptions, Trace};
+use hydrate_units::{human, parse_size};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::Instant;
 

@@ -18,7 +18,7 @@ use hydrate_store::{BlobDownload, ImageReference, ImageSource, RemoteOptions};
 use crate::cli::ConvertArgs;
 use crate::cmd_build::Bar;
 use crate::retry::with_retries;
-use crate::units::{human, parse_size};
+use hydrate_units::{human, parse_size};
 
 /// Largest image config accepted (real ones are a few KiB; this bounds memory against a hostile registry).
 const MAX_CONFIG_BYTES: u64 = 16 << 20;

@@ -4,9 +4,9 @@
 //! worker (`__worker`, hidden) that does everything else. All other subcommands are requests to that worker
 //! over its root-only control socket; `status` reads the journal directly when no daemon runs.
 
+use hydrate_units::parse_duration;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Subcommand};
@@ -116,23 +116,6 @@ fn parse_percent(s: &str) -> Result<f64> {
         bail!("percentage {s:?} outside 0..100");
     }
     Ok(v)
-}
-
-/// Parses `30d`, `12h`, `5m`, `10s`, `250ms`.
-fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
-    let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86400),
-        _ => bail!("bad duration unit in {s:?} (use ms, s, m, h, d)"),
-    })
 }
 
 fn layout_of(path: &Path) -> Result<Layout> {
@@ -284,16 +267,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_percentages_and_durations() {
+    fn parses_percentages() {
         assert_eq!(parse_percent("90%").unwrap(), 90.0);
         assert_eq!(parse_percent("75").unwrap(), 75.0);
         assert!(parse_percent("120%").is_err());
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86400)
-        );
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert!(parse_duration("3w").is_err());
     }
 }

@@ -1,9 +1,9 @@
 //! `hydrate inspect`: what an image holds, read from its manifest alone (no file data is fetched).
 
 use crate::cli::InspectArgs;
-use crate::units::human;
 use anyhow::{bail, Context, Result};
 use hydrate_format::{FileKind, ImageId, Ino, Manifest};
+use hydrate_units::human;
 use std::collections::HashSet;
 
 pub fn run(args: InspectArgs) -> Result<()> {

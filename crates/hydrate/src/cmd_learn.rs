@@ -8,9 +8,9 @@
 //! the bundle apart (which writes the trace), and stores the image again with the plan (`attach-trace`), under
 //! the image's own tag unless `--tag` names another, so that every later start of that tag replays it.
 
-use crate::units::parse_duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
+use hydrate_units::parse_duration;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,11 +5,11 @@
 //! option, store address, missing credentials or a missing mount point fail here with nothing left behind.
 
 use crate::cli::{AbortArgs, MountArgs, StatusArgs, UmountArgs, UpgradeArgs};
-use crate::units::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use hydrate_control::mount::supervisor_sockets;
 use hydrate_control::MountClient;
 use hydrate_mountd::{launch, CacheSpec, FetchSpec, MountSpec, VolumeSpec};
+use hydrate_units::{parse_duration, parse_size};
 
 /// The validated spec of `hydrate mount ARGS`.
 pub fn spec_from_args(a: &MountArgs) -> Result<MountSpec> {
@@ -144,7 +144,7 @@ pub fn upgrade(args: UpgradeArgs) -> Result<()> {
 pub fn abort(args: AbortArgs) -> Result<()> {
     let (mp, id) = launch::abort(&args.mountpoint)?;
     println!(
-        "{}: connection {id} aborted; accesses now fail (ENOTCONN) until it is unmounted",
+        "{}: connection {id} aborted; accesses now fail (ECONNABORTED, ENOTCONN) until it is unmounted",
         mp.display()
     );
     Ok(())

@@ -23,7 +23,7 @@ use indicatif::ProgressBar;
 
 use crate::cli::PushArgs;
 use crate::retry::{with_retries, Damaged};
-use crate::units::human;
+use hydrate_units::human;
 
 /// What a push did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

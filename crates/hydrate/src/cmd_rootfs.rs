@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args as ClapArgs;
 use hydrate_format::annotation;
 use hydrate_mountd::DEFAULT_CACHE_ROOT;
+use hydrate_mountinfo::MountInfo;
 use hydrate_runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -666,12 +667,7 @@ pub(crate) fn unmount_lower(lower: &Path) -> Result<()> {
 /// Whether `path` (absolute, with a canonical parent) is a mount point, from /proc/self/mountinfo: a stat
 /// would fail on a FUSE mount whose daemon died, which is exactly a mount teardown must still find.
 pub(crate) fn is_mount_point(path: &Path) -> Result<bool> {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| Path::new(&unescape_mountinfo(mount_point)) == path))
+    Ok(MountInfo::read_self()?.is_mount_point(path))
 }
 
 /// A process in another mount namespace that has an overlayfs with this upper directory mounted (one
@@ -695,49 +691,18 @@ fn overlay_user(upper: &Path) -> Result<Option<i32>> {
         if !seen.insert(ns.ino()) {
             continue;
         }
-        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        let Ok(info) = MountInfo::read_pid(pid) else {
             continue;
         };
-        let uses = info.lines().any(|line| {
-            let Some((_, tail)) = line.split_once(" - ") else {
-                return false;
-            };
-            let mut fields = tail.split(' ');
-            fields.next() == Some("overlay")
-                && fields.nth(1).is_some_and(|options| {
-                    unescape_mountinfo(options).split(',').any(|o| o == wanted)
-                })
-        });
+        let uses = info
+            .entries()
+            .iter()
+            .any(|m| m.fs_type == "overlay" && m.has_super_option(&wanted));
         if uses {
             return Ok(Some(pid));
         }
     }
     Ok(None)
-}
-
-/// Mountinfo escapes space, tab, newline and backslash as three octal digits (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Writes `path` whole or not at all: a temporary file beside it, fsync, rename, fsync of the directory.

@@ -16,9 +16,7 @@ fn image_addresses_name_their_store() {
 }
 
 #[test]
-fn mountinfo_escapes_are_decoded() {
-    assert_eq!(unescape_mountinfo(r"/run/a\040b\134c"), "/run/a b\\c");
-    assert_eq!(unescape_mountinfo(r"/plain\x"), r"/plain\x");
+fn mount_points_are_found() {
     assert!(is_mount_point(Path::new("/proc")).unwrap());
     let dir = tempfile::tempdir().unwrap();
     assert!(!is_mount_point(dir.path()).unwrap());

@@ -15,7 +15,6 @@ mod cmd_push;
 mod cmd_rootfs;
 mod retry;
 mod rootfs_shared;
-mod units;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -172,7 +172,14 @@ fn plain_umount_leaves_the_mount_point_reusable_under_load() {
             &env.p("cache"),
             &["--fill-budget", "0"],
         )
-        .unwrap_or_else(|e| panic!("round {round}: mount after a plain umount failed: {e}"));
+        .unwrap_or_else(|e| {
+            let log = fs::read_to_string(env.p("cache/daemon.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "round {round}: mount after a plain umount failed: {e}\nlog (last lines first):\n{}",
+                tail.join("\n")
+            )
+        });
         let pid = m.pid.take().expect("the new daemon's pid");
         daemons.push(pid);
         let info = mount_info(&m.mountpoint);

@@ -512,19 +512,13 @@ fn spawn_link_thread(link: Arc<WorkerLink>, stop: StopHandle) -> Result<()> {
 fn raise_readahead(mountpoint: &Path, bytes: u32) {
     let wanted_kib = bytes / 1024;
     // The device numbers come from mountinfo, not stat(2): a stat of the mount root would be served by this very
-    // connection, which may still be starting.
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let Some(mp) = mountpoint.to_str() else {
-        return;
-    };
-    // The last matching line is the mount on top, i.e. ours.
-    let Some(dev) = mountinfo
-        .lines()
-        .rev()
-        .find(|line| line.split(' ').nth(4) == Some(mp))
-        .and_then(|line| line.split(' ').nth(2))
+    // connection, which may still be starting. The mount on top at the mount point is ours.
+    let Some(dev) = hydrate_mountinfo::MountInfo::read_self()
+        .ok()
+        .and_then(|info| {
+            info.top_at(mountpoint)
+                .map(|e| format!("{}:{}", e.major, e.minor))
+        })
     else {
         return;
     };

@@ -35,6 +35,9 @@ pub enum SupervisorError {
     },
     #[error("the first worker failed before the mount was ready: {reason}")]
     FirstWorkerFailed { reason: String },
+    /// Finding a mount's FUSE connection needs mountinfo (the message names the file or the bad line).
+    #[error(transparent)]
+    MountInfo(#[from] hydrate_mountinfo::MountInfoError),
     #[error("no FUSE connection is mounted on {}", path.display())]
     NotMounted { path: PathBuf },
 }

@@ -110,6 +110,17 @@ impl SupervisorHandle {
     }
 }
 
+/// Whether an ended connection was aborted (its mount may still be in the table) rather than unmounted. The
+/// read must offer room for a whole request (max_write plus headers) or the kernel refuses it with EINVAL
+/// before it looks at the connection.
+fn connection_aborted(dev: &FuseDev) -> bool {
+    let mut buf = vec![0u8; (16 << 20) + 8192];
+    matches!(
+        nix::unistd::read(dev.as_fd(), &mut buf),
+        Err(nix::errno::Errno::ECONNABORTED)
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -314,6 +325,9 @@ impl Supervisor {
                     if self.dev.is_none() {
                         // Nothing mounted yet: nothing to wait for.
                         self.kill_all();
+                    } else if self.gone() {
+                        // Already unmounted (the worker finishes and the loop ends): the mount point may hold
+                        // another mount by now (see finish_unmount), which is not ours to detach.
                     } else if let Err(error) =
                         hydrate_fuse_transport::unmount(&self.cfg.mountpoint, true)
                     {
@@ -720,9 +734,16 @@ impl Supervisor {
     }
 
     /// Cleans up after the connection ended: a dead (aborted) mount left in the table is detached.
+    ///
+    /// Only an aborted connection leaves its mount behind. After an unmount the connection's number is free
+    /// again, and the kernel gives it to the next FUSE mount: after a plain `umount` and a new `hydrate mount`
+    /// of the same mount point, the mount found there with "our" number is the new one, which must not be
+    /// touched (a test found the old supervisor detaching it). The kernel tells the two apart on the device:
+    /// a read fails with ECONNABORTED after an abort and with ENODEV after an unmount.
     fn finish_unmount(&mut self) {
         let id = lock(&self.status).connection;
-        if let Some(id) = id {
+        let aborted = self.dev.as_ref().is_some_and(connection_aborted);
+        if let (Some(id), true) = (id, aborted) {
             if sys::is_mounted(&self.cfg.mountpoint, id) {
                 let _ = hydrate_fuse_transport::unmount(&self.cfg.mountpoint, true);
             }

@@ -2,6 +2,7 @@
 //! aborting the kernel's FUSE connection of a mount point.
 
 use crate::error::SupervisorError;
+use hydrate_mountinfo::MountInfo;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,48 +56,18 @@ pub fn die_with_parent(supervisor_pid: i32) -> Result<(), SupervisorError> {
 /// mount point would hang on a stuck connection). The connection's control directory is
 /// /sys/fs/fuse/connections/<minor>.
 pub fn fuse_connection_id(mountpoint: &Path) -> Result<u32, SupervisorError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| SupervisorError::sys("reading /proc/self/mountinfo", e))?;
+    let info = MountInfo::read_self()?;
     connection_id_in(&info, mountpoint).ok_or_else(|| SupervisorError::NotMounted {
         path: mountpoint.to_path_buf(),
     })
 }
 
-/// The last (topmost) FUSE mount at `mountpoint` in a mountinfo text.
-fn connection_id_in(mountinfo: &str, mountpoint: &Path) -> Option<u32> {
-    let want = mountpoint.to_str()?;
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let dash = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(dash + 1)?;
-        let point = unescape(fields.get(4)?);
-        let (_major, minor) = fields.get(2)?.split_once(':')?;
-        (point == want && (*fstype == "fuse" || fstype.starts_with("fuse.")))
-            .then(|| minor.parse().ok())
-            .flatten()
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The last (topmost) FUSE mount at `mountpoint`.
+fn connection_id_in(info: &MountInfo, mountpoint: &Path) -> Option<u32> {
+    info.at(mountpoint)
+        .rev()
+        .find(|m| m.is_fuse())
+        .map(|m| m.minor)
 }
 
 const FUSECTL: &str = "/sys/fs/fuse/connections";
@@ -143,9 +114,10 @@ mod tests {
 91 90 0:52 / /mnt/my\\040app rw,nosuid shared:61 - fuse hydrate:b rw,user_id=0
 92 22 0:53 / /mnt/other rw shared:62 - tmpfs tmpfs rw
 ";
-        assert_eq!(connection_id_in(info, Path::new("/mnt/my app")), Some(52));
-        assert_eq!(connection_id_in(info, Path::new("/mnt/other")), None);
-        assert_eq!(connection_id_in(info, Path::new("/")), None);
+        let info = MountInfo::parse(info).unwrap();
+        assert_eq!(connection_id_in(&info, Path::new("/mnt/my app")), Some(52));
+        assert_eq!(connection_id_in(&info, Path::new("/mnt/other")), None);
+        assert_eq!(connection_id_in(&info, Path::new("/")), None);
     }
 
     #[test]

@@ -11,7 +11,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest as _, Sha256};
+use hydrate_format::oci::{
+    sha256_digest, sha256_hex, Sha256Hasher, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME,
+};
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +30,9 @@ pub enum Compression {
 impl Compression {
     fn media_type(self) -> &'static str {
         match self {
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip | Compression::GzipDefault => {
-                "application/vnd.oci.image.layer.v1.tar+gzip"
-            }
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::None => OCI_LAYER_TAR,
+            Compression::Gzip | Compression::GzipDefault => OCI_LAYER_GZIP,
+            Compression::Zstd => OCI_LAYER_ZSTD,
         }
     }
 }
@@ -203,11 +204,6 @@ pub struct OciLayout {
     manifests: Vec<serde_json::Value>,
 }
 
-/// `sha256:<hex>` of `data`.
-pub fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
 impl OciLayout {
     /// Starts a layout in `dir` (created; must not hold another layout).
     pub fn create(dir: &Path) -> std::io::Result<OciLayout> {
@@ -223,13 +219,15 @@ impl OciLayout {
         &self.dir
     }
 
+    /// Where the blob `digest` (one this layout computed, so well formed) lives.
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = sha256_hex(digest).expect("a digest computed by this layout");
+        self.dir.join("blobs/sha256").join(hex)
+    }
+
     fn put_blob(&self, data: &[u8]) -> std::io::Result<String> {
-        let digest = sha256(data);
-        let path = self
-            .dir
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"));
-        std::fs::write(path, data)?;
+        let digest = sha256_digest(data);
+        std::fs::write(self.blob_path(&digest), data)?;
         Ok(digest)
     }
 
@@ -253,7 +251,7 @@ impl OciLayout {
             )),
             Compression::Zstd => Box::new(zstd::Encoder::new(out, 3)?),
         };
-        let mut plain = Sha256::new();
+        let mut plain = Sha256Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = tar.read(&mut buf)?;
@@ -264,16 +262,8 @@ impl OciLayout {
             encoder.write_all(&buf[..n])?;
         }
         let (digest, size) = encoder.finish_all()?;
-        let path = self
-            .dir
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"));
-        std::fs::rename(&spool, path)?;
-        Ok((
-            format!("sha256:{}", hex::encode(plain.finalize())),
-            digest,
-            size,
-        ))
+        std::fs::rename(&spool, self.blob_path(&digest))?;
+        Ok((plain.digest(), digest, size))
     }
 
     /// Adds an image tagged `tag` made of `layers` (bottom first); returns its manifest digest.
@@ -320,9 +310,9 @@ impl OciLayout {
         let config_digest = self.put_blob(&config)?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST,
             "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "mediaType": OCI_CONFIG,
                 "digest": config_digest,
                 "size": config.len(),
             },
@@ -331,14 +321,14 @@ impl OciLayout {
         let manifest = serde_json::to_vec(&manifest)?;
         let digest = self.put_blob(&manifest)?;
         self.manifests.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": OCI_MANIFEST,
             "digest": digest,
             "size": manifest.len(),
-            "annotations": { "org.opencontainers.image.ref.name": tag },
+            "annotations": { REF_NAME: tag },
         }));
         let index = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "mediaType": OCI_INDEX,
             "manifests": self.manifests,
         });
         std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index)?)?;
@@ -349,7 +339,7 @@ impl OciLayout {
 /// A writer that hashes what it writes to a file.
 struct HashingWriter {
     file: std::io::BufWriter<std::fs::File>,
-    hash: Sha256,
+    hash: Sha256Hasher,
     len: u64,
 }
 
@@ -357,7 +347,7 @@ impl HashingWriter {
     fn new(file: std::fs::File) -> HashingWriter {
         HashingWriter {
             file: std::io::BufWriter::new(file),
-            hash: Sha256::new(),
+            hash: Sha256Hasher::new(),
             len: 0,
         }
     }
@@ -384,10 +374,7 @@ trait FinishWrite: Write {
 impl FinishWrite for HashingWriter {
     fn finish_all(mut self: Box<Self>) -> std::io::Result<(String, u64)> {
         self.file.flush()?;
-        Ok((
-            format!("sha256:{}", hex::encode(self.hash.finalize())),
-            self.len,
-        ))
+        Ok((self.hash.digest(), self.len))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use hydrate_convert::sha256_digest;
+use hydrate_format::oci::{self, sha256_digest};
 use serde_json::json;
 
 /// Builds one layer tar.
@@ -117,10 +117,10 @@ pub fn compress(tar: &[u8], c: Comp) -> Vec<u8> {
 
 pub fn media_type(c: Comp, docker: bool) -> &'static str {
     match (c, docker) {
-        (Comp::Gzip, true) => hydrate_convert::DOCKER_LAYER_GZIP,
-        (Comp::Plain, _) => hydrate_convert::OCI_LAYER_TAR,
-        (Comp::Gzip, false) => hydrate_convert::OCI_LAYER_GZIP,
-        (Comp::Zstd, _) => hydrate_convert::OCI_LAYER_ZSTD,
+        (Comp::Gzip, true) => oci::DOCKER_LAYER_GZIP,
+        (Comp::Plain, _) => oci::OCI_LAYER_TAR,
+        (Comp::Gzip, false) => oci::OCI_LAYER_GZIP,
+        (Comp::Zstd, _) => oci::OCI_LAYER_ZSTD,
     }
 }
 
@@ -153,12 +153,9 @@ pub fn write_image(dir: &Path, layers: &[(Vec<u8>, Comp)], docker: bool) -> serd
     }))
     .unwrap();
     let (mt, cmt) = if docker {
-        (
-            hydrate_convert::DOCKER_MANIFEST,
-            hydrate_convert::DOCKER_CONFIG,
-        )
+        (oci::DOCKER_MANIFEST, oci::DOCKER_CONFIG)
     } else {
-        (hydrate_convert::OCI_MANIFEST, hydrate_convert::OCI_CONFIG)
+        (oci::OCI_MANIFEST, oci::OCI_CONFIG)
     };
     let cd = put_blob(dir, &config);
     let manifest = serde_json::to_vec(&json!({
@@ -174,13 +171,13 @@ pub fn write_image(dir: &Path, layers: &[(Vec<u8>, Comp)], docker: bool) -> serd
 /// Writes `oci-layout` and `index.json` listing `manifests`.
 pub fn write_index(dir: &Path, manifests: Vec<serde_json::Value>) {
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = json!({"schemaVersion": 2, "mediaType": hydrate_convert::OCI_INDEX, "manifests": manifests});
+    let index = json!({"schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": manifests});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
 /// A one-image layout whose manifest is named `name`.
 pub fn layout(dir: &Path, layers: &[(Vec<u8>, Comp)], name: &str) {
     let mut d = write_image(dir, layers, false);
-    d["annotations"] = json!({ hydrate_convert::REF_NAME: name });
+    d["annotations"] = json!({ oci::REF_NAME: name });
     write_index(dir, vec![d]);
 }

@@ -418,11 +418,9 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 
 /// How many mounts sit exactly at `mountpoint` (stacked mounts count separately).
 pub fn mounts_at(mountpoint: &Path) -> usize {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mp = mountpoint.to_str().unwrap();
-    mounts
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mp))
+    hydrate_mountinfo::MountInfo::read_self()
+        .unwrap()
+        .at(mountpoint)
         .count()
 }
 

@@ -67,12 +67,11 @@ pub fn content(seed: u64, len: usize, text: bool) -> Vec<u8> {
     out
 }
 
-pub fn sha256_of(bytes: &[u8], scratch: &Path) -> String {
-    let p = scratch.join(format!("sha-{}", blake3::hash(bytes).to_hex()));
-    std::fs::write(&p, bytes).unwrap();
-    let s = sh("sha256sum", &[p.as_os_str()]);
-    std::fs::remove_file(&p).unwrap();
-    s.split_whitespace().next().unwrap().to_owned()
+/// `sha256sum`'s answer for `path`, as an OCI digest (`sha256:<hex>`) to compare with
+/// `hydrate_format::oci::sha256_digest` of the bytes the file should hold.
+pub fn sha256sum(path: &Path) -> String {
+    let out = sh("sha256sum", &[path.as_os_str()]);
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
 }
 
 /// Blocks allocated under `dir`, in bytes, leaving out the HSM state directory.

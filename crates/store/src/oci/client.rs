@@ -20,22 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use bytes::Bytes;
+use hydrate_format::oci::{sha256_digest, ACCEPT_MANIFEST};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, Response, StatusCode};
-use sha2::{Digest as _, Sha256};
 
 use super::address::OciAddress;
 use super::auth::Credentials;
 use crate::error::ErrorKind;
 use crate::remote::RemoteOptions;
-
-/// Media types accepted when reading a manifest: hydrate images are OCI manifests, but a repository also holds
-/// ordinary images (Docker schema 2, indexes) that must be readable to be recognised and skipped; a registry
-/// asked for an OCI manifest only may answer 400 MANIFEST_INVALID for a Docker one (docker-registry 2.8 does).
-const ACCEPT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, \
-application/vnd.oci.image.index.v1+json, \
-application/vnd.docker.distribution.manifest.v2+json, \
-application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Why a registry request failed, before it is given a store and key.
 #[derive(Debug)]
@@ -569,11 +561,6 @@ impl RegistryClient {
     }
 }
 
-/// `sha256:<hex>` of `data`.
-pub(crate) fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
 /// The response if it is a success, `None` for 404, a failure otherwise.
 async fn found(url: &str, response: Response) -> Result<Option<Response>, Failure> {
     let status = response.status();
@@ -747,13 +734,5 @@ mod tests {
         }
         let f = status_failure("x", StatusCode::UNAUTHORIZED, b"");
         assert!(f.auth && f.kind == ErrorKind::Permanent);
-    }
-
-    #[test]
-    fn sha256_of_empty_input() {
-        assert_eq!(
-            sha256_digest(b""),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 }

@@ -32,9 +32,10 @@ use bytes::Bytes;
 use hydrate_format::{BlobId, Digest, ImageId, Manifest};
 
 pub use address::OciAddress;
-use artifact::{Artifact, Located, OCI_MANIFEST_MEDIA_TYPE};
+use artifact::{Artifact, Located};
 use auth::AuthEnv;
-use client::{sha256_digest, Failure, RegistryClient};
+use client::{Failure, RegistryClient};
+use hydrate_format::oci::{sha256_digest, OCI_MANIFEST};
 pub use source::{BlobDownload, ImageReference, ImageSource, SourceManifest};
 
 use crate::error::{ErrorKind, StoreError};
@@ -327,7 +328,7 @@ impl OciStore {
             blobs,
         };
         self.client
-            .put_manifest(tag, artifact.to_oci_json().into(), OCI_MANIFEST_MEDIA_TYPE)
+            .put_manifest(tag, artifact.to_oci_json().into(), OCI_MANIFEST)
             .await
             .map_err(|f| self.fail(key, f))?;
         self.learn(Some(tag), &artifact);

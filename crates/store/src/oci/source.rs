@@ -10,7 +10,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use sha2::{Digest as _, Sha256};
+use hydrate_format::oci::{is_sha256_digest, sha256_digest, Sha256Hasher};
 
 use super::address::{validate_oci_tag, OciAddress};
 use super::auth::{self, AuthEnv};
@@ -50,7 +50,7 @@ impl ImageReference {
         let mut address = OciAddress::parse(&format!("oci://{name}"))?;
         let reference = match digest {
             Some(d) => {
-                if !super::artifact::is_sha256_digest(d) {
+                if !is_sha256_digest(d) {
                     return Err(bad(format!("{d:?} is not a sha256:<64 hex digits> digest")));
                 }
                 d.to_owned()
@@ -132,7 +132,7 @@ impl ImageSource {
             .await
             .map_err(|f| self.fail(&key, f))?
             .ok_or_else(|| StoreError::not_found(&self.description, &key))?;
-        let digest = super::client::sha256_digest(&bytes);
+        let digest = sha256_digest(&bytes);
         Ok(SourceManifest {
             bytes: bytes.to_vec(),
             media_type,
@@ -164,14 +164,14 @@ impl ImageSource {
     ) -> Result<(), StoreError> {
         let digest = download.digest.clone();
         let key = format!("blobs/{digest}");
-        let Some(hex_part) = digest.strip_prefix("sha256:") else {
+        if !is_sha256_digest(&digest) {
             return Err(StoreError::new(
                 ErrorKind::Permanent,
                 &self.description,
                 &key,
-                "only sha256 digests are supported",
+                "only sha256:<64 hex digits> digests are supported",
             ));
-        };
+        }
         let local = |e: std::io::Error| {
             StoreError::new(
                 ErrorKind::Permanent,
@@ -243,15 +243,15 @@ impl ImageSource {
                 ),
             ));
         }
-        let actual = hex::encode(download.hasher.clone().finalize());
-        if actual != hex_part {
+        let actual = download.hasher.digest();
+        if actual != digest {
             download.restart();
             progress(0);
             return Err(StoreError::new(
                 ErrorKind::Temporary,
                 &self.description,
                 &key,
-                format!("received content has digest sha256:{actual}"),
+                format!("received content has digest {actual}"),
             ));
         }
         Ok(())
@@ -264,7 +264,7 @@ impl ImageSource {
 pub struct BlobDownload {
     digest: String,
     size: u64,
-    hasher: Sha256,
+    hasher: Sha256Hasher,
     received: u64,
 }
 
@@ -274,7 +274,7 @@ impl BlobDownload {
         BlobDownload {
             digest: digest.to_owned(),
             size,
-            hasher: Sha256::new(),
+            hasher: Sha256Hasher::new(),
             received: 0,
         }
     }
@@ -285,7 +285,7 @@ impl BlobDownload {
     }
 
     fn restart(&mut self) {
-        self.hasher = Sha256::new();
+        self.hasher = Sha256Hasher::new();
         self.received = 0;
     }
 }

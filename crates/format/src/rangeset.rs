@@ -1,9 +1,16 @@
-//! [`RangeSet`]: a set of byte offsets kept as sorted, disjoint, non-adjacent half-open ranges.
+//! [`RangeSet`]: a set of byte offsets kept as sorted, disjoint, non-adjacent half-open ranges, the one
+//! range set of hydrate.
 //!
-//! The cache records which bytes of a content file are present as such a set (never by
-//! looking for holes: a hole and a written run of zeros look alike). Keeping ranges
-//! normalised (merged when they overlap or touch) makes the record small, its encoding
-//! canonical and "what is missing in this window" a short walk.
+//! The cache records which bytes of a content file are present as such a set, and so does the HSM journal
+//! for a stub (never by looking for holes: a hole and a written run of zeros look alike); trace recording and
+//! prefetch planning use it for "which bytes of this file were already seen". Keeping ranges normalised
+//! (merged when they overlap or touch) makes the record small, its encoding canonical and "what is missing
+//! in this window" a short walk. A `BTreeMap` keyed by start makes insert and lookup O(log n) in the number
+//! of ranges, which matters for a file recalled or read in thousands of scattered pieces.
+//!
+//! Serialized (serde, e.g. the HSM journal's JSON) as a sequence of `[start, end]` pairs in order; reading
+//! refuses pairs that are empty, out of order, overlapping or touching, so a damaged record is reported
+//! rather than silently reshaped.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -116,6 +123,37 @@ impl RangeSet {
     }
 }
 
+impl serde::Serialize for RangeSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.ranges.iter().map(|(&s, &e)| (s, e)))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RangeSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<(u64, u64)>::deserialize(deserializer)?;
+        let mut set = RangeSet::new();
+        let mut previous_end = None;
+        for (start, end) in pairs {
+            if start >= end {
+                return Err(serde::de::Error::custom(format!(
+                    "range set: empty or reversed range [{start}, {end}]"
+                )));
+            }
+            if previous_end.is_some_and(|p| start <= p) {
+                return Err(serde::de::Error::custom(format!(
+                    "range set: range [{start}, {end}] overlaps, touches or precedes the one before \
+                     (ranges must be sorted, disjoint and not adjacent)"
+                )));
+            }
+            previous_end = Some(end);
+            set.ranges.insert(start, end);
+            set.len += end - start;
+        }
+        Ok(set)
+    }
+}
+
 impl FromIterator<Range<u64>> for RangeSet {
     fn from_iter<I: IntoIterator<Item = Range<u64>>>(iter: I) -> Self {
         let mut set = RangeSet::new();
@@ -127,6 +165,8 @@ impl FromIterator<Range<u64>> for RangeSet {
 }
 
 #[cfg(test)]
+// One-range expectations are what most assertions here compare with.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -191,6 +231,32 @@ mod tests {
             for r in a { for i in r { bits[i as usize] = false; } }
             for r in b { for i in r { bits[i as usize] = true; } }
             prop_assert_eq!(sa.difference(&sb), model_missing(&bits, 0..SPACE));
+        }
+    }
+
+    #[test]
+    fn serializes_as_ordered_pairs_and_refuses_unnormalised_input() {
+        let set: RangeSet = [10..20, 30..40].into_iter().collect();
+        let json = serde_json::to_string(&set).unwrap();
+        // The HSM journal's format since its first version: keep it.
+        assert_eq!(json, "[[10,20],[30,40]]");
+        let back: RangeSet = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.len(), &back), (20, &set));
+        assert_eq!(
+            serde_json::from_str::<RangeSet>("[]").unwrap(),
+            RangeSet::new()
+        );
+        for bad in [
+            "[[5,5]]",
+            "[[9,3]]",
+            "[[30,40],[10,20]]",
+            "[[10,20],[20,30]]",
+            "[[10,20],[15,30]]",
+        ] {
+            let error = serde_json::from_str::<RangeSet>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("range set: "), "{bad}: {error}");
         }
     }
 
