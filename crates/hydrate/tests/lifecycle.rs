@@ -180,8 +180,7 @@ fn plain_umount_leaves_the_mount_point_reusable_under_load() {
                 tail.join("\n")
             )
         });
-        let pid = m.pid.take().expect("the new daemon's pid");
-        daemons.push(pid);
+        let pid = m.pid.expect("the new daemon's pid");
         let info = mount_info(&m.mountpoint);
         assert_eq!(
             info.supervisor.pid as i32, pid,
@@ -195,6 +194,9 @@ fn plain_umount_leaves_the_mount_point_reusable_under_load() {
         );
         nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::empty())
             .unwrap_or_else(|e| panic!("round {round}: umount: {e}"));
+        // Unmounted: from here on this test, not the guard, waits for the daemon.
+        m.pid = None;
+        daemons.push(pid);
     }
     eprintln!("{overlapped} of 50 mounts started while the previous daemon was still running");
     // Every daemon finishes (flushing its cache) and exits on its own.
