@@ -14,7 +14,6 @@ mod cmd_mount;
 mod cmd_push;
 mod cmd_rootfs;
 mod retry;
-mod rootfs_shared;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! One image mount shared by every `hydrate rootfs` bundle of the same image and mount options.
+//! One image mount shared by every bundle of the same image and mount options.
 //!
 //! Ten containers of one image should fetch each byte once and run one daemon, not ten (and a cache serves
 //! one mount at a time, so separate mounts would also need separate caches). A shared lower lives in
@@ -23,14 +23,14 @@ const ROOT: &str = "/run/hydrate/lowers";
 
 /// A bundle's membership in a shared lower.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedLower {
+pub struct SharedLower {
     /// `/run/hydrate/lowers/<key>`.
     pub dir: PathBuf,
 }
 
 impl SharedLower {
     /// The lower for `store`, image digest `image_id` and the `hydrate mount` options `options`.
-    pub(crate) fn for_image(store: &str, image_id: &str, options: &[std::ffi::OsString]) -> Self {
+    pub fn for_image(store: &str, image_id: &str, options: &[std::ffi::OsString]) -> Self {
         let mut hasher = blake3::Hasher::new();
         for part in [store.as_bytes(), image_id.as_bytes()] {
             hasher.update(&(part.len() as u64).to_le_bytes());
@@ -47,7 +47,7 @@ impl SharedLower {
         }
     }
 
-    pub(crate) fn mount_point(&self) -> PathBuf {
+    pub fn mount_point(&self) -> PathBuf {
         self.dir.join("mnt")
     }
 
@@ -71,16 +71,12 @@ impl SharedLower {
     }
 
     /// Adds `bundle` to the users, mounting the image with `mount` first if no live mount is there.
-    pub(crate) fn join(
-        &self,
-        bundle: &Path,
-        mount: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<()> {
+    pub fn join(&self, bundle: &Path, mount: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let _lock = self.lock()?;
         self.prune()?;
         let mnt = self.mount_point();
         std::fs::create_dir_all(&mnt).with_context(|| format!("creating {}", mnt.display()))?;
-        let mounted = crate::cmd_rootfs::is_mount_point(&mnt)?;
+        let mounted = crate::teardown::is_mount_point(&mnt)?;
         let alive = mounted && std::fs::metadata(&mnt).is_ok();
         if mounted && !alive {
             tracing::warn!(
@@ -99,7 +95,7 @@ impl SharedLower {
     }
 
     /// Removes `bundle` from the users; the last one out unmounts the image and removes the directory.
-    pub(crate) fn leave(&self, bundle: &Path) -> Result<()> {
+    pub fn leave(&self, bundle: &Path) -> Result<()> {
         if !self.dir.exists() {
             return Ok(());
         }
@@ -115,8 +111,8 @@ impl SharedLower {
             return Ok(());
         }
         let mnt = self.mount_point();
-        if crate::cmd_rootfs::is_mount_point(&mnt)? {
-            crate::cmd_rootfs::unmount_lower(&mnt)?;
+        if crate::teardown::is_mount_point(&mnt)? {
+            crate::teardown::unmount_lower(&mnt)?;
         }
         for dir in [mnt, self.dir.join("users")] {
             std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
