@@ -6,7 +6,8 @@
 //! - [`annotation`]: the sorted key → bytes annotations of an image, and the keys hydrate uses;
 //! - [`manifest`]: the validated zero-copy read view; [`validate`] holds the rules it enforces;
 //! - [`writer`]: the tree model that produces deterministic manifest bytes;
-//! - [`trace`]: recorded access traces and the prefetch plans made from them.
+//! - [`trace`]: recorded access traces and the prefetch plans made from them;
+//! - [`hsm`]: the HSM's file maps (archives of single files) and journal records.
 //!
 //! Manifest layout (version 2): a 168-byte header (magic `HYDRATEM`, version, flags, total length, and
 //! offset/length of nine sections), then the sections in order — blobs, chunks, file-chunks, inodes,
@@ -19,6 +20,7 @@
 pub mod annotation;
 pub mod chunk;
 pub mod error;
+pub mod hsm;
 pub mod ids;
 pub mod manifest;
 pub mod records;

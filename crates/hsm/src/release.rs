@@ -138,7 +138,7 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
     }
 
     rec.handle = match sys::file_handle(path) {
-        Ok(h) => Some(hex::encode(h)),
+        Ok(h) => Some(h),
         Err(e) => {
             abandon(&file);
             return Err(HsmError::io("get a file handle of", path, e));
