@@ -82,6 +82,9 @@ pub enum FormatError {
     #[error("HSM file map: {detail}")]
     FileMap { detail: String },
 
+    #[error("HSM stub mark (xattr trusted.hydrate.hsm): {detail}")]
+    StubMark { detail: String },
+
     /// A value of the HSM journal (`record` is file, chunk or log) that does not decode or validate.
     #[error("HSM journal {record} record: {detail}")]
     JournalRecord {

@@ -3,7 +3,8 @@
 //! - [`filemap`]: the archive of one file — its size, content digest and chunk map — stored in the blob
 //!   store at `hsm/maps/<hex>` and named by the digest of its bytes;
 //! - [`journal`]: the values of the local journal's tables (file records, chunk locations, audit log
-//!   entries), versioned by [`journal::JOURNAL_VERSION`].
+//!   entries), versioned by [`journal::JOURNAL_VERSION`];
+//! - [`stub`]: the extended attribute a released file carries.
 //!
 //! They live here, next to the manifest and the trace, so that every byte layout hydrate writes is defined,
 //! validated and golden-tested in one crate. The HSM crate converts these records to its working types (the
@@ -11,9 +12,11 @@
 
 pub mod filemap;
 pub mod journal;
+pub mod stub;
 
 pub use filemap::{ChunkLocation, FileMap, FileMapEntry, FileMapId, FILE_MAPS_PREFIX};
 pub use journal::{ArchiveRecord, FileRecord, FileState, Fingerprint, LogRecord, JOURNAL_VERSION};
+pub use stub::{StubMark, STUB_XATTR};
 
 /// A bounds-checked little-endian reader over a record; every read names the field it was reading, so a
 /// truncated record is reported as "ends inside <field>".

@@ -9,6 +9,7 @@ use super::journal::{
     decode_chunk_location, encode_chunk_location, ArchiveRecord, FileRecord, FileState,
     Fingerprint, LogRecord,
 };
+use super::stub::StubMark;
 use crate::ids::{BlobId, ChunkId, Digest};
 use crate::{FormatError, CHUNK_MAX};
 
@@ -268,6 +269,30 @@ fn golden_journal_v2() {
         LogRecord::decode(&hex::decode(GOLDEN_LOG_V2).unwrap()).unwrap(),
         log
     );
+}
+
+/// Stub mark version 1 (`HSM1`): map id 0xaa…, size 10 000. Stubs carrying it exist on users' disks.
+const GOLDEN_STUB_MARK_V1: &str = concat!(
+    "48534d31",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "1027000000000000",
+);
+
+#[test]
+fn golden_stub_mark_v1() {
+    let mark = StubMark {
+        map: FileMapId(Digest([0xaa; 32])),
+        size: 10_000,
+    };
+    check_golden("stub mark", &mark.encode(), GOLDEN_STUB_MARK_V1);
+    let bytes = hex::decode(GOLDEN_STUB_MARK_V1).unwrap();
+    assert_eq!(StubMark::decode(&bytes).unwrap(), mark);
+    let e = StubMark::decode(&bytes[..40]).unwrap_err().to_string();
+    assert!(e.contains("ends inside size"), "{e}");
+    let mut newer = bytes.clone();
+    newer[3] = b'2';
+    let e = StubMark::decode(&newer).unwrap_err().to_string();
+    assert!(e.contains("bad magic \"HSM2\""), "{e}");
 }
 
 fn map_err(bytes: &[u8]) -> String {

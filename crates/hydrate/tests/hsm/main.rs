@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hydrate_hsm::{call, Request};
+use hydrate_hsm::{call, Request, Residency};
 use support::*;
 
 macro_rules! require_root {
@@ -145,7 +145,7 @@ fn hole_skipping_tools_get_real_bytes() {
         );
         assert_eq!(
             hsm.state(name),
-            "archived",
+            Residency::Archived,
             "{name} recalled whole and identical to its archive"
         );
     }
@@ -185,7 +185,7 @@ fn hazard_2_is_real_without_open_recall() {
         copy.iter().all(|b| *b == 0),
         "cp skipped the holes of the stub: all zeros, no read"
     );
-    assert_eq!(hsm.state("a"), "released", "nothing was recalled");
+    assert_eq!(hsm.state("a"), Residency::Released, "nothing was recalled");
 }
 
 /// Zeros hazard 1: kill -9 of the worker while readers wait for recalls and while a release runs. The
@@ -303,7 +303,7 @@ fn worker_killed_during_recalls_and_release() {
             .map(|e| (&e.op, &e.detail))
             .collect();
         assert!(
-            ["archived", "released"].contains(&s.state.as_str()),
+            matches!(residency(s), Residency::Archived | Residency::Released),
             "{s:?}: {history:#?}"
         );
     }
@@ -348,7 +348,7 @@ fn holder_killed_worker_keeps_serving() {
         buf == want[600_000..650_000],
         "lazy read after the holder died"
     );
-    assert_eq!(hsm.state("b"), "partial");
+    assert_eq!(hsm.state("b"), Residency::Partial);
 }
 
 /// Store unreachable: the reader gets EIO within the deadline, the stub stays; later the read succeeds.
@@ -374,7 +374,7 @@ fn store_unreachable_gives_eio_then_success() {
         took < Duration::from_secs(6),
         "EIO came after {took:?}, deadline is 2s"
     );
-    assert_eq!(hsm.state("f"), "released", "the stub stays intact");
+    assert_eq!(hsm.state("f"), Residency::Released, "the stub stays intact");
     assert_eq!(
         std::fs::metadata(root.join("f")).unwrap().len(),
         want.len() as u64
@@ -422,7 +422,7 @@ fn disk_full_during_recall_gives_enospc() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     let st = &hsm.status()[Path::new("big")];
     assert!(
-        ["released", "partial"].contains(&st.state.as_str()),
+        matches!(residency(st), Residency::Released | Residency::Partial),
         "{st:?}"
     );
     assert!(st.local_bytes < want.len() as u64);
@@ -448,14 +448,14 @@ fn writes_and_truncates_into_released_files() {
     let f = File::options().write(true).open(root.join("lazy")).unwrap();
     f.write_all_at(b"HELLO, STUB", 700_001).unwrap();
     drop(f);
-    assert_eq!(hsm.state("lazy"), "partial");
+    assert_eq!(hsm.state("lazy"), Residency::Partial);
     let mut want = orig.clone();
     want[700_001..700_012].copy_from_slice(b"HELLO, STUB");
     assert!(
         std::fs::read(root.join("lazy")).unwrap() == want,
         "lazy write"
     );
-    assert_eq!(hsm.state("lazy"), "local", "changed since archive");
+    assert_eq!(hsm.state("lazy"), Residency::Local, "changed since archive");
     let r = hsm.req(Request::Release(vec![root.join("lazy")]));
     assert!(
         !r.ok && r.lines.iter().any(|l| l.contains("archive it again")),
@@ -542,7 +542,7 @@ fn metadata_is_kept() {
     let before = snapshot(&p);
     hsm.ok(Request::Archive(vec![p.clone()]));
     hsm.ok(Request::Release(vec![p.clone()]));
-    assert_eq!(hsm.state("m"), "released");
+    assert_eq!(hsm.state("m"), Residency::Released);
     assert_eq!(snapshot(&p), before, "after release");
     assert!(
         xattr::get(&p, "trusted.hydrate.hsm").unwrap().is_some(),
@@ -578,8 +578,8 @@ fn journal_is_incremental_and_auditable() {
     std::fs::set_permissions(root.join("f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = hsm.req(Request::Release(vec![hsm.root.clone()]));
     assert!(!r.ok, "the modified file must be refused");
-    assert_eq!(hsm.state("f2"), "local");
-    assert_eq!(hsm.state("f3"), "released");
+    assert_eq!(hsm.state("f2"), Residency::Local);
+    assert_eq!(hsm.state("f3"), Residency::Released);
     let again = hsm
         .ok(Request::Archive(vec![hsm.root.clone()]))
         .archive
@@ -600,8 +600,8 @@ fn journal_is_incremental_and_auditable() {
     drop(hsm);
     std::fs::rename(root.join("f4"), root.join("g4")).unwrap();
     let hsm = Hsm::start(&root);
-    assert_eq!(hsm.state("f3"), "archived");
-    assert_eq!(hsm.state("g4"), "released");
+    assert_eq!(hsm.state("f3"), Residency::Archived);
+    assert_eq!(hsm.state("g4"), Residency::Released);
     assert!(std::fs::read(root.join("g4")).unwrap() == content(4, 300_000, false));
     assert!(hsm.ok(Request::Log(0)).log.len() >= log.len());
 }
@@ -630,7 +630,7 @@ fn only_root_configures() {
         String::from_utf8_lossy(&out.stderr).contains("only root"),
         "{out:?}"
     );
-    assert_eq!(hsm.state("f"), "local");
+    assert_eq!(hsm.state("f"), Residency::Local);
 }
 
 /// The watermark policy on a small ext4: above 90% it releases the coldest archived files down to 75%, and
@@ -683,13 +683,13 @@ fn policy_brings_usage_under_the_low_watermark() {
     ]);
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
-    assert_eq!(hsm.state("pinned"), "archived");
-    assert_eq!(hsm.state("unarchived"), "local");
-    assert_eq!(hsm.state("recent"), "archived");
+    assert_eq!(hsm.state("pinned"), Residency::Archived);
+    assert_eq!(hsm.state("unarchived"), Residency::Local);
+    assert_eq!(hsm.state("recent"), Residency::Archived);
     let released = hsm
         .status()
         .values()
-        .filter(|s| s.state == "released")
+        .filter(|s| residency(s) == Residency::Released)
         .count();
     assert!(released > 0 && released <= i as usize);
     // Under the watermark, a second run does nothing.

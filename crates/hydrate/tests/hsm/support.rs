@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use hydrate_hsm::{call, FileStatus, Layout, Reply, Request};
+use hydrate_hsm::{call, FileStatus, Layout, Reply, Request, Residency};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hydrate");
 
@@ -252,8 +252,8 @@ impl Hsm {
         r.files.into_iter().map(|f| (f.path.clone(), f)).collect()
     }
 
-    pub fn state(&self, rel: &str) -> String {
-        self.status()[Path::new(rel)].state.clone()
+    pub fn state(&self, rel: &str) -> Residency {
+        residency(&self.status()[Path::new(rel)])
     }
 
     pub fn counters(&self) -> String {
@@ -263,6 +263,13 @@ impl Hsm {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// The state a status reply names, as the enum (the reply carries it by name).
+pub fn residency(s: &FileStatus) -> Residency {
+    s.state
+        .parse()
+        .unwrap_or_else(|e| panic!("status of {}: {e}", s.path.display()))
 }
 
 impl Drop for Hsm {
