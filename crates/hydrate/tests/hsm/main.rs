@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 use hydrate_hsm::{call, Request, Residency};
 use support::*;
 
+/// Every test here needs root; without it they skip (or fail under `HYDRATE_REQUIRE_SERVERS`), by testkit's one
+/// skip policy.
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("\n!!!!!!!! SKIPPED: hsm tests need root (fanotify pre-content, loop devices) !!!!!!!!\n");
-            return;
-        }
+        hydrate_testkit::require_root!("fanotify pre-content events, loop-mounted file systems")
     };
 }
 

@@ -15,10 +15,6 @@ use hydrate_hsm::{call, FileStatus, Layout, Reply, Request, Residency};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hydrate");
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 pub fn check(out: Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
