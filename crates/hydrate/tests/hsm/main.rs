@@ -213,6 +213,7 @@ fn worker_killed_during_recalls_and_release() {
     // A slow link: every recall takes a while, so the kill lands while readers wait.
     proxy.faults().set_latency(Duration::from_millis(150));
     proxy.faults().set_bandwidth(Some(8 << 20));
+    let events_before = hsm.events();
     let readers: Vec<_> = (0..n)
         .map(|i| {
             let path = root.join(format!("f{i}"));
@@ -250,7 +251,16 @@ fn worker_killed_during_recalls_and_release() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill the worker once every reader's access has reached it (and waits for its slow recall).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hsm.events() < events_before + n + lazy.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the readers' events did not reach the worker: {}",
+            hsm.counters()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let old = hsm.kill_worker();
     hsm.wait_ready(Some(old));
     for (i, mut child) in readers.into_iter().enumerate() {

@@ -252,6 +252,16 @@ impl Hsm {
         residency(&self.status()[Path::new(rel)])
     }
 
+    /// Events the worker has received so far (the "events N" of its counters).
+    pub fn events(&self) -> u64 {
+        let counters = self.counters();
+        counters
+            .strip_prefix("events ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no event count in {counters:?}"))
+    }
+
     pub fn counters(&self) -> String {
         self.ok(Request::Status(vec![self.root.clone()]))
             .lines
