@@ -3,7 +3,8 @@
 //! plain model — the image's tree and bytes, kept in vectors.
 //!
 //! Operations: lookup (of real names, missing names, and under non-directories), getattr, readlink, open,
-//! read at random ranges (also past the end of file) through any open handle, readdir from any cookie with
+//! read at random ranges (also past the end of file) through any open handle, two such reads at once (they
+//! share fetches), readdir from any cookie with
 //! any buffer size, release, eviction under a small quota (the flusher also evicts on its own), flush, a
 //! worker crash (the cache loses what it had not made durable) and a graceful hand-over to a new worker (the
 //! cache is closed and reopened), and switching the store between healthy, failing and corrupting.
@@ -67,6 +68,11 @@ enum Op {
         at: u32,
         len: u32,
     },
+    /// Two reads at once: (handle, at, len) each.
+    ReadTwo {
+        a: (usize, u32, u32),
+        b: (usize, u32, u32),
+    },
     ReadDir {
         node: usize,
         cookie: u8,
@@ -82,6 +88,10 @@ enum Op {
     Store(StoreMode),
 }
 
+fn read_args() -> impl Strategy<Value = (usize, u32, u32)> {
+    (any::<usize>(), 0u32..=1100, 1u32..(300 << 10))
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (any::<usize>(), 0u8..3).prop_map(|(node, how)| Op::Lookup { node, how }),
@@ -90,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(|node| Op::Open { node }),
         12 => (any::<usize>(), 0u32..=1100, 1u32..(300 << 10))
             .prop_map(|(handle, at, len)| Op::Read { handle, at, len }),
+        3 => (read_args(), read_args()).prop_map(|(a, b)| Op::ReadTwo { a, b }),
         2 => (any::<usize>(), any::<u8>(), 1u8..6)
             .prop_map(|(node, cookie, max)| Op::ReadDir { node, cookie, max }),
         2 => any::<usize>().prop_map(|handle| Op::Release { handle }),
@@ -282,6 +293,12 @@ impl Harness {
                     self.read(handle % self.handles.len(), at, len);
                 }
             }
+            Op::ReadTwo { a, b } => {
+                let n = self.handles.len();
+                if n > 0 {
+                    self.read_two((a.0 % n, a.1, a.2), (b.0 % n, b.1, b.2));
+                }
+            }
             Op::ReadDir { node, cookie, max } => self.read_dir(node % nodes, cookie, max),
             Op::Release { handle } => {
                 if !self.handles.is_empty() {
@@ -358,14 +375,13 @@ impl Harness {
         }
     }
 
-    fn read(&mut self, handle: usize, at: u32, len: u32) {
+    /// The current worker's handle behind kernel handle `handle` (a handle of an earlier worker is reopened
+    /// by inode on first use, as the FUSE adapter does) and its node.
+    fn volume_handle(&mut self, handle: usize) -> (usize, u64) {
         let KernelHandle { node, vol_fh } = self.handles[handle];
-        let data = self.f.data(node).expect("handles are of files").clone();
-        let size = data.len() as u64;
         let fh = match vol_fh {
             Some(fh) => fh,
             None => {
-                // A handle of an earlier worker: reopened by inode on first use.
                 let opened = self
                     .vol()
                     .open(self.inos[node])
@@ -374,6 +390,30 @@ impl Harness {
                 opened.fh
             }
         };
+        (node, fh)
+    }
+
+    fn read(&mut self, handle: usize, at: u32, len: u32) {
+        let (node, fh) = self.volume_handle(handle);
+        self.check_read(node, fh, at, len);
+    }
+
+    /// Two reads at once, on two threads, through the same or different handles: they may share fetches
+    /// (single flight) and store each other's chunks.
+    fn read_two(&mut self, a: (usize, u32, u32), b: (usize, u32, u32)) {
+        let (node_a, fh_a) = self.volume_handle(a.0);
+        let (node_b, fh_b) = self.volume_handle(b.0);
+        let this = &*self;
+        std::thread::scope(|s| {
+            s.spawn(|| this.check_read(node_a, fh_a, a.1, a.2));
+            this.check_read(node_b, fh_b, b.1, b.2);
+        });
+    }
+
+    /// Reads `len` bytes at `at` thousandths of the file through `fh` and checks them against the image.
+    fn check_read(&self, node: usize, fh: u64, at: u32, len: u32) {
+        let data = self.f.data(node).expect("handles are of files");
+        let size = data.len() as u64;
         let offset = size * u64::from(at) / 1000;
         let mut buf = vec![0xa5u8; len as usize];
         let mode = self.store.mode();
