@@ -6,8 +6,10 @@
 //! read at random ranges (also past the end of file) through any open handle, two such reads at once (they
 //! share fetches), readdir from any cookie with
 //! any buffer size, release, eviction under a small quota (the flusher also evicts on its own), flush, a
-//! worker crash (the cache loses what it had not made durable) and a graceful hand-over to a new worker (the
-//! cache is closed and reopened), and switching the store between healthy, failing and corrupting.
+//! worker crash (the cache loses what it had not made durable), a crash after which a cache data file is
+//! deleted, truncated or grown, a graceful hand-over to a new worker (the cache is closed and reopened), and
+//! switching the store between healthy, failing and corrupting. The quota, the flusher's interval and
+//! readahead vary between sequences.
 //!
 //! What must hold after every step:
 //! - a read returns exactly the image's bytes (short only at end of file), or an error; an error only while
@@ -41,8 +43,24 @@ use store::{StoreMode, SwitchedStore};
 
 /// Sequences run by default (`PROPTEST_CASES` overrides).
 const DEFAULT_CASES: u32 = 40;
-/// The cache quota: smaller than the image, so eviction is frequent.
-const QUOTA: u64 = 384 << 10;
+/// How a sequence's worker is set up.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    /// Background readahead of sequential reads.
+    readahead: bool,
+    /// The cache quota: smaller than the image (about 1 MiB), so eviction is frequent.
+    quota: u64,
+    /// How often the cache's flusher runs (it also evicts when over quota).
+    flush_interval: Duration,
+}
+
+fn setup() -> impl Strategy<Value = Setup> {
+    (any::<bool>(), 64u64..1024, 1u64..100).prop_map(|(readahead, quota_kib, flush_ms)| Setup {
+        readahead,
+        quota: quota_kib << 10,
+        flush_interval: Duration::from_millis(flush_ms),
+    })
+}
 
 // The operations.
 
@@ -84,6 +102,12 @@ enum Op {
     Evict,
     Flush,
     Crash,
+    /// A crash, then a data file of the cache is deleted (`how` 0), truncated (1) or grown (2) before the
+    /// next worker starts: its recovery must drop what it can no longer trust.
+    DamageAfterCrash {
+        which: usize,
+        how: u8,
+    },
     HandOver,
     Store(StoreMode),
 }
@@ -107,6 +131,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Evict),
         1 => Just(Op::Flush),
         1 => Just(Op::Crash),
+        1 => (any::<usize>(), 0u8..3).prop_map(|(which, how)| Op::DamageAfterCrash { which, how }),
         1 => Just(Op::HandOver),
         2 => prop_oneof![
             2 => Just(StoreMode::Healthy),
@@ -130,7 +155,7 @@ struct Harness {
     f: &'static Fixture,
     store: Arc<SwitchedStore>,
     cache_dir: TempDir,
-    readahead: bool,
+    setup: Setup,
     vol: Option<Volume>,
     /// Inode number of every node, resolved by lookups at the start.
     inos: Vec<Ino>,
@@ -138,13 +163,13 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(readahead: bool) -> Harness {
+    fn new(setup: Setup) -> Harness {
         let f = Fixture::get();
         let mut h = Harness {
             f,
             store: Arc::new(SwitchedStore::new(f.store.clone())),
             cache_dir: tempfile::tempdir().unwrap(),
-            readahead,
+            setup,
             vol: None,
             inos: Vec::new(),
             handles: Vec::new(),
@@ -162,8 +187,8 @@ impl Harness {
     fn start_worker(&mut self) {
         let config = CacheConfig {
             dir: self.cache_dir.path().join("cache"),
-            quota_bytes: QUOTA,
-            flush_interval: Duration::from_millis(50),
+            quota_bytes: self.setup.quota,
+            flush_interval: self.setup.flush_interval,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let cache = loop {
@@ -197,7 +222,7 @@ impl Harness {
         );
         let config = VolumeConfig {
             readahead_min: 64 << 10,
-            readahead_max: if self.readahead { 256 << 10 } else { 0 },
+            readahead_max: if self.setup.readahead { 256 << 10 } else { 0 },
             replay_plan: false,
             dir_prefetch_file_max: 0,
             dir_prefetch_budget: 0,
@@ -240,6 +265,40 @@ impl Harness {
         }
         for h in &mut self.handles {
             h.vol_fh = None;
+        }
+    }
+
+    /// Deletes, truncates or grows one data file of the (stopped) cache, if it has any.
+    fn damage_a_data_file(&self, which: usize, how: u8) {
+        let data = self.cache_dir.path().join("cache/data");
+        let mut files = Vec::new();
+        for sub in std::fs::read_dir(&data).unwrap() {
+            let sub = sub.unwrap().path();
+            if sub.is_dir() {
+                for f in std::fs::read_dir(&sub).unwrap() {
+                    files.push(f.unwrap().path());
+                }
+            }
+        }
+        files.sort();
+        let Some(victim) = files.get(which % files.len().max(1)) else {
+            return;
+        };
+        let len = std::fs::metadata(victim).unwrap().len();
+        match how {
+            0 => std::fs::remove_file(victim).unwrap(),
+            1 => std::fs::File::options()
+                .write(true)
+                .open(victim)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap(),
+            _ => std::fs::File::options()
+                .write(true)
+                .open(victim)
+                .unwrap()
+                .set_len(len + 1)
+                .unwrap(),
         }
     }
 
@@ -314,6 +373,11 @@ impl Harness {
             Op::Flush => self.vol().cache().flush().expect("flush"),
             Op::Crash => {
                 self.stop_worker(true);
+                self.start_worker();
+            }
+            Op::DamageAfterCrash { which, how } => {
+                self.stop_worker(true);
+                self.damage_a_data_file(which, how);
                 self.start_worker();
             }
             Op::HandOver => {
@@ -553,8 +617,8 @@ impl Harness {
     }
 }
 
-fn run(readahead: bool, ops: &[Op]) {
-    let mut h = Harness::new(readahead);
+fn run(setup: Setup, ops: &[Op]) {
+    let mut h = Harness::new(setup);
     for op in ops {
         h.apply(op);
         h.check_cache();
@@ -578,10 +642,10 @@ proptest! {
 
     #[test]
     fn operation_sequences_match_the_model(
-        readahead: bool,
+        setup in setup(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
-        run(readahead, &ops);
+        run(setup, &ops);
     }
 }
 
@@ -590,7 +654,11 @@ proptest! {
 #[test]
 fn a_crash_with_handles_open_then_reads_through_them() {
     run(
-        true,
+        Setup {
+            readahead: true,
+            quota: 384 << 10,
+            flush_interval: Duration::from_millis(50),
+        },
         &[
             Op::Open { node: 7 },
             Op::Read {
