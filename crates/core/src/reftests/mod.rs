@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use hydrate_cache::{CacheConfig, CacheError, DiskCache};
 use hydrate_fetch::{FetchConfig, FetchEngine};
 use hydrate_format::{FileKind, Ino};
-use hydrate_store::BlobStore;
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -211,7 +210,7 @@ impl Harness {
             ))
             .unwrap();
         let engine = FetchEngine::new(
-            self.store.clone() as Arc<dyn BlobStore>,
+            self.store.store(),
             FetchConfig {
                 retries: 0,
                 backoff_base: Duration::from_millis(1),

@@ -1,13 +1,12 @@
-//! The stores of the reference-model tests: the image in memory, and one sequence's view of it with a switch
-//! that makes every read fail or return corrupt bytes.
+//! The stores of the reference-model tests: the image in memory, and one sequence's view of it through the
+//! store crate's [`FaultyStore`], switched between healthy, failing and corrupting.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hydrate_store::{BlobStore, ErrorKind, StoreError};
+use hydrate_store::{BlobStore, ErrorKind, FaultyStore, StoreError};
 
 /// A store in memory: the image is built into it once.
 #[derive(Debug, Default)]
@@ -74,83 +73,49 @@ pub(super) enum StoreMode {
     Healthy,
     /// Every read fails (a temporary error, as an outage gives).
     Failing,
-    /// Every read returns the right length with one bit flipped.
+    /// Reads return the right length, with one byte in every KiB of every blob flipped.
     Corrupting,
 }
 
-/// The shared image store as one sequence sees it.
+/// The shared image store as one sequence sees it: [`FaultyStore`] set up for the current [`StoreMode`].
 #[derive(Debug)]
 pub(super) struct SwitchedStore {
-    inner: Arc<MemStore>,
-    mode: AtomicU8,
+    faulty: Arc<FaultyStore<Arc<MemStore>>>,
+    mode: Mutex<StoreMode>,
 }
 
 impl SwitchedStore {
     pub(super) fn new(inner: Arc<MemStore>) -> SwitchedStore {
         SwitchedStore {
-            inner,
-            mode: AtomicU8::new(StoreMode::Healthy as u8),
+            faulty: Arc::new(FaultyStore::new(inner)),
+            mode: Mutex::new(StoreMode::Healthy),
         }
+    }
+
+    /// What the fetch engine reads from.
+    pub(super) fn store(&self) -> Arc<dyn BlobStore> {
+        self.faulty.clone()
     }
 
     pub(super) fn mode(&self) -> StoreMode {
-        match self.mode.load(Ordering::SeqCst) {
-            0 => StoreMode::Healthy,
-            1 => StoreMode::Failing,
-            _ => StoreMode::Corrupting,
-        }
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn set(&self, mode: StoreMode) {
-        self.mode.store(mode as u8, Ordering::SeqCst);
-    }
-
-    fn deliver(&self, key: &str, got: Result<Bytes, StoreError>) -> Result<Bytes, StoreError> {
-        match self.mode() {
-            StoreMode::Healthy => got,
-            StoreMode::Failing => Err(StoreError::new(
-                ErrorKind::Temporary,
-                self.describe(),
-                key,
-                "injected outage",
-            )),
+        self.faulty.clear();
+        match mode {
+            StoreMode::Healthy => {}
+            StoreMode::Failing => self.faulty.fail_next_reads(u32::MAX, ErrorKind::Temporary),
             StoreMode::Corrupting => {
-                let mut bytes = got?.to_vec();
-                let middle = bytes.len() / 2;
-                if let Some(b) = bytes.get_mut(middle) {
-                    *b ^= 0x40;
+                let blobs = self.faulty.inner();
+                let objects = blobs.lock();
+                for (key, data) in objects.iter().filter(|(k, _)| k.starts_with("blobs/")) {
+                    for offset in (0..data.len() as u64).step_by(1024) {
+                        self.faulty.corrupt_byte(key, offset, u32::MAX);
+                    }
                 }
-                Ok(bytes.into())
             }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl BlobStore for SwitchedStore {
-    fn describe(&self) -> String {
-        "switched-memory".into()
-    }
-
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let got = self.inner.get(key).await;
-        self.deliver(key, got)
-    }
-
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        let got = self.inner.get_range(key, range).await;
-        self.deliver(key, got)
-    }
-
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
-        self.inner.put(key, data).await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.head(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.list(prefix).await
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner()) = mode;
     }
 }
