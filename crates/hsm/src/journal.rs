@@ -232,6 +232,7 @@ pub struct LogEntry {
     pub time: u64,
     /// archive, release, recall, changed, pin, unpin, recover, forget
     pub op: String,
+    #[serde(with = "lossy_path")]
     pub path: PathBuf,
     pub ino: u64,
     pub detail: String,
@@ -247,6 +248,23 @@ impl LogEntry {
             ino: r.ino,
             detail: r.detail,
         }
+    }
+}
+
+/// Paths in the control protocol's JSON. JSON strings are Unicode and file names are bytes: a name that is not
+/// UTF-8 is sent with U+FFFD in place of its invalid bytes, rather than failing the whole reply (serde's own
+/// `PathBuf` refuses it). The journal itself keeps the exact bytes.
+mod lossy_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&path.to_string_lossy())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        String::deserialize(d).map(PathBuf::from)
     }
 }
 
@@ -544,6 +562,9 @@ mod tests {
         assert_eq!((log[0].seq, log[1].seq), (1, 2));
         assert_eq!(log[1].op, "recall");
         assert_eq!(log[1].path, name);
+        // The control socket's JSON carries it too, with U+FFFD for the byte that is not UTF-8.
+        let json = serde_json::to_string(&log[1]).unwrap();
+        assert!(json.contains("\"path\":\"a/b\u{fffd}\""), "{json}");
         j.forget(&rec, "deleted").unwrap();
         assert_eq!(j.get(5).unwrap(), None);
     }
