@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use hydrate_format::hsm::journal as format;
 use hydrate_format::hsm::{ChunkLocation, FileMapId};
 use hydrate_format::{BlobId, ChunkId, Digest};
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::Deserialize;
 
 use crate::journal::{CHUNKS, FILES, LOG};
@@ -153,23 +153,16 @@ pub(crate) fn chunk_location(id: ChunkId, b: &[u8]) -> Result<ChunkLocation, Str
 /// Rewrites every value of a version 1 journal in the current layout, within `txn` (the caller records the
 /// new version in the same transaction). The error names the table, the key and what is wrong.
 pub(crate) fn migrate(txn: &WriteTransaction) -> Result<Migrated, String> {
-    let mut n = Migrated::default();
-    let mut files = txn.open_table(FILES).map_err(|e| e.to_string())?;
-    let old: Vec<(u64, Vec<u8>)> = files
-        .iter()
-        .map_err(|e| e.to_string())?
-        .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    for (ino, json) in old {
-        let bytes = file_record(&json)
+    let files = rewrite_by_number(txn, FILES, |ino, json| {
+        file_record(json)
             .and_then(|r| r.encode().map_err(|e| e.to_string()))
-            .map_err(|e| format!("file record of inode {ino}: {e}"))?;
-        files
-            .insert(ino, bytes.as_slice())
-            .map_err(|e| e.to_string())?;
-        n.files += 1;
-    }
+            .map_err(|e| format!("file record of inode {ino}: {e}"))
+    })?;
+    let log = rewrite_by_number(txn, LOG, |seq, json| {
+        log_record(json)
+            .and_then(|r| r.encode().map_err(|e| e.to_string()))
+            .map_err(|e| format!("log entry {seq}: {e}"))
+    })?;
     let mut chunks = txn.open_table(CHUNKS).map_err(|e| e.to_string())?;
     let old: Vec<([u8; 32], Vec<u8>)> = chunks
         .iter()
@@ -177,6 +170,7 @@ pub(crate) fn migrate(txn: &WriteTransaction) -> Result<Migrated, String> {
         .map(|item| item.map(|(k, v)| (*k.value(), v.value().to_vec())))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    let n_chunks = old.len() as u64;
     for (id, value) in old {
         let id = ChunkId::from_bytes(id);
         let loc = chunk_location(id, &value).map_err(|e| format!("chunk {id}: {e}"))?;
@@ -186,22 +180,32 @@ pub(crate) fn migrate(txn: &WriteTransaction) -> Result<Migrated, String> {
                 format::encode_chunk_location(&loc).as_slice(),
             )
             .map_err(|e| e.to_string())?;
-        n.chunks += 1;
     }
-    let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
-    let old: Vec<(u64, Vec<u8>)> = log
+    Ok(Migrated {
+        files,
+        chunks: n_chunks,
+        log,
+    })
+}
+
+/// Rewrites every value of a table keyed by number with `convert`; returns how many.
+fn rewrite_by_number(
+    txn: &WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    convert: impl Fn(u64, &[u8]) -> Result<Vec<u8>, String>,
+) -> Result<u64, String> {
+    let mut table = txn.open_table(def).map_err(|e| e.to_string())?;
+    let old: Vec<(u64, Vec<u8>)> = table
         .iter()
         .map_err(|e| e.to_string())?
         .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    for (seq, json) in old {
-        let bytes = log_record(&json)
-            .and_then(|r| r.encode().map_err(|e| e.to_string()))
-            .map_err(|e| format!("log entry {seq}: {e}"))?;
-        log.insert(seq, bytes.as_slice())
+    for (key, value) in &old {
+        let bytes = convert(*key, value)?;
+        table
+            .insert(key, bytes.as_slice())
             .map_err(|e| e.to_string())?;
-        n.log += 1;
     }
-    Ok(n)
+    Ok(old.len() as u64)
 }
