@@ -58,7 +58,8 @@ pub struct ChunkLocation {
 }
 
 impl ChunkLocation {
-    /// Checks what a decoder can check without the chunk's bytes; `what` names the record in the message.
+    /// Checks what a decoder can check without the chunk's bytes (lengths, compression code); the caller
+    /// names the record in the message.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.plain_len == 0 || self.plain_len > CHUNK_MAX {
             return Err(format!(
