@@ -360,6 +360,33 @@ fn holder_killed_worker_keeps_serving() {
     assert_eq!(hsm.state("b"), Residency::Partial);
 }
 
+/// A file name that is not UTF-8 (a directory may hold any bytes): archived, released to a stub, recalled
+/// with its exact bytes, and named in the audit log (journal version 1 could not record it at all).
+#[test]
+fn a_name_that_is_not_utf8_is_archived_released_and_recalled() {
+    require_root!();
+    use std::os::unix::ffi::OsStrExt;
+    let (_dir, root, hsm) = local_hsm("30s");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let path = root.join(name);
+    let want = content(41, 300_000, false);
+    std::fs::write(&path, &want).unwrap();
+    hsm.archive_and_release();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().blocks(),
+        0,
+        "released to a stub"
+    );
+    assert!(std::fs::read(&path).unwrap() == want, "recalled bytes");
+    let log = hsm.ok(Request::Log(0)).log;
+    let ops: Vec<&str> = log
+        .iter()
+        .filter(|e| e.path == Path::new("caf\u{fffd}"))
+        .map(|e| e.op.as_str())
+        .collect();
+    assert_eq!(ops, ["archive", "release", "recall"], "{log:#?}");
+}
+
 /// Store unreachable: the reader gets EIO within the deadline, the stub stays; later the read succeeds.
 #[test]
 fn store_unreachable_gives_eio_then_success() {
