@@ -279,9 +279,10 @@ impl DiskCache {
     }
 
     /// Models a crash for tests: closes the cache without making anything durable, as if
-    /// the process died (page-cache data survives, unflushed presence does not).
-    #[cfg(test)]
-    pub(crate) fn simulate_crash(self: Arc<Self>) {
+    /// the process died (page-cache data survives, unflushed presence does not). The cache is
+    /// closed when the last clone of this `Arc` is dropped.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn simulate_crash(self: Arc<Self>) {
         self.inner.abandoned.store(true, Ordering::Relaxed);
         drop(self);
     }

@@ -88,8 +88,17 @@ fn the_background_flusher_makes_writes_durable() {
     let cache = DiskCache::open(cfg.clone()).unwrap();
     let file = cache.file(&content(1), 10).unwrap();
     file.write_at(b"0123456789", 0).unwrap();
+    // Nothing calls flush: wait until the flusher has committed the write to the index (the condition it
+    // works on), then crash.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while file.needs_persist() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background flusher did not record the write within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(file);
-    std::thread::sleep(Duration::from_millis(300));
     cache.simulate_crash();
     let cache = DiskCache::open(cfg).unwrap();
     assert!(cache.file(&content(1), 10).unwrap().is_complete());

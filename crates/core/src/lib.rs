@@ -5,6 +5,8 @@
 #![deny(unsafe_code)]
 
 #[cfg(test)]
+mod reftests;
+#[cfg(test)]
 mod tests;
 
 mod error;

@@ -33,6 +33,8 @@ pub const MIN_BUDGET: u64 = 8 << 20;
 struct State {
     used: u64,
     on_demand_waiting: usize,
+    /// Requests parked in [`ByteBudget::acquire`] (either priority), for metrics and tests.
+    waiting: usize,
     /// High-water mark of `used`, for metrics and tests.
     peak: u64,
 }
@@ -108,6 +110,11 @@ impl ByteBudget {
         self.lock().peak
     }
 
+    /// Requests waiting for room now.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Counters updated in single steps: a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -116,6 +123,7 @@ impl ByteBudget {
     /// Waits until `bytes` may be held at the claim's (current) priority and takes them.
     pub async fn acquire(self: &Arc<Self>, bytes: u64, claim: &Claim) -> Grant {
         let mut counted_on_demand = false;
+        let mut counted_waiting = false;
         loop {
             // Registered before the check, so a release between the check and the await still wakes us.
             let changed = self.changed.notified();
@@ -132,6 +140,9 @@ impl ByteBudget {
                     if counted_on_demand {
                         st.on_demand_waiting -= 1;
                     }
+                    if counted_waiting {
+                        st.waiting -= 1;
+                    }
                     st.used += bytes;
                     st.peak = st.peak.max(st.used);
                     return Grant {
@@ -139,8 +150,12 @@ impl ByteBudget {
                         bytes,
                     };
                 }
+                if !counted_waiting {
+                    st.waiting += 1;
+                    counted_waiting = true;
+                }
             }
-            // A waiter that is cancelled here must not leave its on-demand count behind.
+            // A waiter that is cancelled here must not leave its counts behind.
             let guard = WaitGuard {
                 budget: self,
                 on_demand: counted_on_demand,
@@ -171,7 +186,7 @@ impl ByteBudget {
     }
 }
 
-/// Undoes a waiter's on-demand count if its future is dropped while waiting.
+/// Undoes a waiter's counts if its future is dropped while waiting (it is counted as waiting by then).
 struct WaitGuard<'a> {
     budget: &'a ByteBudget,
     on_demand: bool,
@@ -179,8 +194,11 @@ struct WaitGuard<'a> {
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
+        let mut st = self.budget.lock();
+        st.waiting -= 1;
         if self.on_demand {
-            self.budget.lock().on_demand_waiting -= 1;
+            st.on_demand_waiting -= 1;
+            drop(st);
             self.budget.changed.notify_waiters();
         }
     }
@@ -216,8 +234,24 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    async fn pending<T>(task: &tokio::task::JoinHandle<T>) -> bool {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+    /// Whether `task` is parked in `acquire`: waits (with a deadline) until `budget` counts `waiters` waiting
+    /// requests, then checks that the task has not finished.
+    async fn pending<T>(
+        budget: &ByteBudget,
+        waiters: usize,
+        task: &tokio::task::JoinHandle<T>,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while budget.waiting() < waiters {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{waiters} requests never waited (waiting: {})",
+                budget.waiting()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // On this single-threaded runtime, yielding lets every woken waiter re-check before we look.
+        tokio::task::yield_now().await;
         !task.is_finished()
     }
 
@@ -231,7 +265,7 @@ mod tests {
             let b = budget.clone();
             async move { b.acquire(MIB, &Claim::new(Priority::Prefetch)).await }
         });
-        assert!(pending(&more).await);
+        assert!(pending(&budget, 1, &more).await);
         // … while an on-demand request gets it at once, with prefetch holding all it may.
         let demand = budget
             .acquire(4 * MIB, &Claim::new(Priority::OnDemand))
@@ -254,16 +288,16 @@ mod tests {
             let b = budget.clone();
             async move { b.acquire(2 * MIB, &Claim::new(Priority::Prefetch)).await }
         });
-        assert!(pending(&pre).await);
+        assert!(pending(&budget, 1, &pre).await);
         let dem = tokio::spawn({
             let b = budget.clone();
             async move { b.acquire(7 * MIB, &Claim::new(Priority::OnDemand)).await }
         });
-        assert!(pending(&dem).await);
+        assert!(pending(&budget, 2, &dem).await);
         drop(held);
         let got = dem.await.unwrap();
         // 7 MiB held: prefetch (cap 6 MiB) still waits.
-        assert!(pending(&pre).await);
+        assert!(pending(&budget, 1, &pre).await);
         drop(got);
         drop(pre.await.unwrap());
     }
@@ -279,7 +313,7 @@ mod tests {
             let (b, c) = (budget.clone(), claim.clone());
             async move { b.acquire(MIB, &c).await }
         });
-        assert!(pending(&waiting).await);
+        assert!(pending(&budget, 1, &waiting).await);
         claim.promote(&budget);
         let got = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
@@ -299,7 +333,7 @@ mod tests {
             let b = budget.clone();
             async move { b.acquire(MIB, &Claim::new(Priority::OnDemand)).await }
         });
-        assert!(pending(&small).await);
+        assert!(pending(&budget, 1, &small).await);
         big.shrink_to(2 * MIB);
         let small = small.await.unwrap();
         assert_eq!(budget.used(), 2 * MIB + MIB);
@@ -318,9 +352,14 @@ mod tests {
             let b = budget.clone();
             async move { b.acquire(MIB, &Claim::new(Priority::OnDemand)).await }
         });
-        assert!(pending(&dem).await);
+        assert!(pending(&budget, 1, &dem).await);
         dem.abort();
         let _ = dem.await;
+        assert_eq!(
+            budget.waiting(),
+            0,
+            "a cancelled waiter is no longer counted"
+        );
         drop(held);
         let pre = tokio::time::timeout(
             Duration::from_secs(5),

@@ -124,6 +124,8 @@ pub struct FetchStats {
     pub budget_used_bytes: u64,
     /// Most bytes held at once so far.
     pub budget_peak_bytes: u64,
+    /// Requests waiting for room in the byte budget now.
+    pub budget_waiters: u64,
     /// Latency of every store request attempt, successful or not.
     pub latency: LatencyHistogram,
 }
@@ -143,6 +145,7 @@ impl FetchStats {
             ("deadline_expired", self.deadline_expired),
             ("budget_used_bytes", self.budget_used_bytes),
             ("budget_peak_bytes", self.budget_peak_bytes),
+            ("budget_waiters", self.budget_waiters),
         ]
     }
 }
@@ -353,6 +356,7 @@ impl FetchEngine {
             deadline_expired: load(&c.deadline_expired),
             budget_used_bytes: self.budget.used(),
             budget_peak_bytes: self.budget.peak(),
+            budget_waiters: self.budget.waiting() as u64,
             latency: c.latency.snapshot(),
         }
     }

@@ -101,6 +101,13 @@ impl Permits {
     fn available(&self) -> usize {
         self.lock().available
     }
+
+    /// Waiters queued (on-demand, prefetch).
+    #[cfg(test)]
+    fn queued(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.on_demand.len(), state.prefetch.len())
+    }
 }
 
 impl Drop for Permit {
@@ -114,6 +121,19 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Waits (with a deadline) until `permits` has queued exactly `want` (on-demand, prefetch) waiters.
+    async fn until_queued(permits: &Permits, want: (usize, usize)) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while permits.queued() != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiters queued: {:?}, expected {want:?}",
+                permits.queued()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn on_demand_goes_first_and_prefetch_keeps_off_the_reserve() {
         let permits = Permits::new(4); // one reserved for on-demand
@@ -126,7 +146,7 @@ mod tests {
             let p = permits.clone();
             async move { p.acquire(Priority::Prefetch).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_queued(&permits, (0, 1)).await;
         assert!(!waiting_prefetch.is_finished());
         held.push(permits.acquire(Priority::OnDemand).await);
         assert_eq!(permits.available(), 0);
@@ -135,7 +155,7 @@ mod tests {
             let p = permits.clone();
             async move { p.acquire(Priority::OnDemand).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until_queued(&permits, (1, 1)).await;
         // One release: the on-demand waiter wins although prefetch queued first.
         held.pop();
         let demand = waiting_demand.await.unwrap();

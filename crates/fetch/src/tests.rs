@@ -383,7 +383,15 @@ async fn a_cancelled_caller_does_not_cancel_the_shared_request() {
         let (engine, chunks) = (engine.clone(), f.chunks.clone());
         tokio::spawn(async move { engine.fetch(&chunks, Priority::OnDemand).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Abort the first caller once its request is at the store (held there by the read delay).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.store.stats().range_requests == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     first.abort();
     assert_all_ok(engine.fetch(&f.chunks, Priority::OnDemand).await, &f.plain);
     assert_eq!(f.store.stats().range_requests, 1);
@@ -471,7 +479,15 @@ async fn on_demand_reads_proceed_while_prefetch_holds_its_whole_budget() {
         let (engine, chunks) = (engine.clone(), f.chunks[24..28].to_vec());
         async move { engine.fetch(&chunks, Priority::Prefetch).await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine.stats().budget_waiters == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second prefetch never waited for the budget: {:?}",
+            engine.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert!(!more.is_finished(), "prefetch went past its share");
 
     // … while on-demand reads proceed, also one that joins the waiting prefetch request.

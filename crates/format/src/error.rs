@@ -78,6 +78,19 @@ pub enum FormatError {
 
     #[error("manifest writer: {detail}")]
     Writer { detail: String },
+
+    #[error("HSM file map: {detail}")]
+    FileMap { detail: String },
+
+    #[error("HSM stub mark (xattr trusted.hydrate.hsm): {detail}")]
+    StubMark { detail: String },
+
+    /// A value of the HSM journal (`record` is file, chunk or log) that does not decode or validate.
+    #[error("HSM journal {record} record: {detail}")]
+    JournalRecord {
+        record: &'static str,
+        detail: String,
+    },
 }
 
 impl FormatError {

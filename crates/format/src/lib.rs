@@ -8,7 +8,8 @@
 //! - [`rangeset`]: sets of byte ranges (cache presence, HSM stubs, traces);
 //! - [`oci`]: SHA-256 content digests and the OCI/Docker media types shared by the converter, store and tests;
 //! - [`writer`]: the tree model that produces deterministic manifest bytes;
-//! - [`trace`]: recorded access traces and the prefetch plans made from them.
+//! - [`trace`]: recorded access traces and the prefetch plans made from them;
+//! - [`hsm`]: the HSM's file maps (archives of single files) and journal records.
 //!
 //! Manifest layout (version 2): a 168-byte header (magic `HYDRATEM`, version, flags, total length, and
 //! offset/length of nine sections), then the sections in order — blobs, chunks, file-chunks, inodes,
@@ -21,6 +22,7 @@
 pub mod annotation;
 pub mod chunk;
 pub mod error;
+pub mod hsm;
 pub mod ids;
 pub mod manifest;
 pub mod oci;

@@ -1,43 +1,19 @@
-//! The archive of one file: its chunk map, stored in the blob store next to the blobs it points into.
+//! The recall's view of a file map: the chunks of an archived file as the fetch engine's [`ChunkLoc`]s.
 //!
-//! A file map is a one-file manifest: the file's size, the BLAKE3 digest of its whole content, and for every
-//! chunk its position in the file and where it lives (blob, offset, lengths, compression). It is everything a
-//! recall needs, so a file can be recalled from the store alone even if the local journal is lost. It is named
-//! by the BLAKE3 digest of its bytes and stored at `hsm/maps/<hex>`.
-//!
-//! Layout (version 1, little-endian): a 64-byte header — magic `HYDHSMF1`, u32 version, u32 flags (0), u64
-//! size, 32-byte content digest, u64 chunk count — then 96 bytes per chunk: u64 file offset, 32-byte chunk id,
-//! 32-byte blob id, u64 blob offset, u32 stored length, u32 plain length, u8 compression, 7 zero bytes.
-//! Chunks must tile `0..size` exactly, in order.
+//! The bytes (layout, version, validation, golden tests) are defined by [`hydrate_format::hsm::filemap`];
+//! this module converts between that record and the fetch engine's types, so the format crate never depends
+//! on the fetch engine.
 
 use std::ops::Range;
 
 use hydrate_fetch::ChunkLoc;
-use hydrate_format::{BlobId, ChunkId, Digest, CHUNK_MAX};
+use hydrate_format::hsm::filemap as format;
+use hydrate_format::hsm::ChunkLocation;
+use hydrate_format::{Digest, FormatError};
 
-pub const MAGIC: &[u8; 8] = b"HYDHSMF1";
-pub const VERSION: u32 = 1;
-const HEADER_LEN: usize = 64;
-const ENTRY_LEN: usize = 96;
+pub use hydrate_format::hsm::filemap::FileMapId;
 /// Where file maps live in a store.
-pub const MAPS_PREFIX: &str = "hsm/maps/";
-
-/// The id of a file map: BLAKE3 of its encoded bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileMapId(pub Digest);
-
-impl FileMapId {
-    pub fn key(&self) -> String {
-        format!("{MAPS_PREFIX}{}", self.hex())
-    }
-    pub fn hex(&self) -> String {
-        hex::encode(self.0.as_bytes())
-    }
-    pub fn from_hex(s: &str) -> Option<FileMapId> {
-        let bytes: [u8; 32] = hex::decode(s).ok()?.try_into().ok()?;
-        Some(FileMapId(Digest(bytes)))
-    }
-}
+pub use hydrate_format::hsm::filemap::FILE_MAPS_PREFIX as MAPS_PREFIX;
 
 /// One chunk of a file: where it starts in the file and where it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +28,7 @@ impl MapChunk {
     }
 }
 
+/// A validated file map, ready to be fetched from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMap {
     pub size: u64,
@@ -59,100 +36,69 @@ pub struct FileMap {
     pub chunks: Vec<MapChunk>,
 }
 
+/// The format's record of a chunk location.
+pub(crate) fn to_location(loc: &ChunkLoc) -> ChunkLocation {
+    ChunkLocation {
+        id: loc.id,
+        blob: loc.blob,
+        blob_offset: loc.blob_offset,
+        stored_len: loc.stored_len,
+        plain_len: loc.plain_len,
+        compression: loc.compression,
+    }
+}
+
+/// The fetch engine's location of a chunk recorded by the format.
+pub(crate) fn from_location(loc: &ChunkLocation) -> ChunkLoc {
+    ChunkLoc {
+        id: loc.id,
+        blob: loc.blob,
+        blob_offset: loc.blob_offset,
+        stored_len: loc.stored_len,
+        plain_len: loc.plain_len,
+        compression: loc.compression,
+    }
+}
+
 impl FileMap {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(HEADER_LEN + ENTRY_LEN * self.chunks.len());
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&self.size.to_le_bytes());
-        b.extend_from_slice(self.digest.as_bytes());
-        b.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
-        for c in &self.chunks {
-            b.extend_from_slice(&c.offset.to_le_bytes());
-            b.extend_from_slice(c.loc.id.as_bytes());
-            b.extend_from_slice(c.loc.blob.as_bytes());
-            b.extend_from_slice(&c.loc.blob_offset.to_le_bytes());
-            b.extend_from_slice(&c.loc.stored_len.to_le_bytes());
-            b.extend_from_slice(&c.loc.plain_len.to_le_bytes());
-            b.push(c.loc.compression);
-            b.extend_from_slice(&[0u8; 7]);
+    fn to_record(&self) -> format::FileMap {
+        format::FileMap {
+            size: self.size,
+            digest: self.digest,
+            entries: self
+                .chunks
+                .iter()
+                .map(|c| format::FileMapEntry {
+                    offset: c.offset,
+                    chunk: to_location(&c.loc),
+                })
+                .collect(),
         }
-        b
+    }
+
+    /// The stored bytes (see [`hydrate_format::hsm::filemap`]).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_record().encode()
     }
 
     pub fn id(&self) -> FileMapId {
-        FileMapId(Digest::of(&self.encode()))
+        self.to_record().id()
     }
 
-    /// Decodes and validates `bytes` (magic, version, lengths, chunks tiling the file).
-    pub fn decode(bytes: &[u8]) -> Result<FileMap, String> {
-        if bytes.len() < HEADER_LEN {
-            return Err(format!("{} bytes, shorter than the header", bytes.len()));
-        }
-        if &bytes[..8] != MAGIC {
-            return Err("bad magic".into());
-        }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
-        let d32 = |at: usize| -> [u8; 32] { bytes[at..at + 32].try_into().expect("32") };
-        let version = u32_at(8);
-        if version != VERSION {
-            return Err(format!("version {version}, this build reads {VERSION}"));
-        }
-        if u32_at(12) != 0 {
-            return Err(format!("unknown flags {:#x}", u32_at(12)));
-        }
-        let size = u64_at(16);
-        let digest = Digest(d32(24));
-        let count = u64_at(56);
-        let expected = (count as u128) * ENTRY_LEN as u128 + HEADER_LEN as u128;
-        if expected != bytes.len() as u128 {
-            return Err(format!(
-                "{count} chunks need {expected} bytes, have {}",
-                bytes.len()
-            ));
-        }
-        let mut chunks = Vec::with_capacity(count as usize);
-        let mut next = 0u64;
-        for i in 0..count as usize {
-            let at = HEADER_LEN + i * ENTRY_LEN;
-            let chunk = MapChunk {
-                offset: u64_at(at),
-                loc: ChunkLoc {
-                    id: ChunkId::from_bytes(d32(at + 8)),
-                    blob: BlobId::from_bytes(d32(at + 40)),
-                    blob_offset: u64_at(at + 72),
-                    stored_len: u32_at(at + 80),
-                    plain_len: u32_at(at + 84),
-                    compression: bytes[at + 88],
-                },
-            };
-            if chunk.offset != next {
-                return Err(format!(
-                    "chunk {i} starts at {}, expected {next}",
-                    chunk.offset
-                ));
-            }
-            if chunk.loc.plain_len == 0 || chunk.loc.plain_len > CHUNK_MAX {
-                return Err(format!(
-                    "chunk {i} has plain length {}",
-                    chunk.loc.plain_len
-                ));
-            }
-            if bytes[at + 89..at + 96].iter().any(|b| *b != 0) {
-                return Err(format!("chunk {i} has non-zero padding"));
-            }
-            next = chunk.range().end;
-            chunks.push(chunk);
-        }
-        if next != size {
-            return Err(format!("chunks cover {next} bytes, file size is {size}"));
-        }
+    /// Decodes and validates stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<FileMap, FormatError> {
+        let record = format::FileMap::decode(bytes)?;
         Ok(FileMap {
-            size,
-            digest,
-            chunks,
+            size: record.size,
+            digest: record.digest,
+            chunks: record
+                .entries
+                .iter()
+                .map(|e| MapChunk {
+                    offset: e.offset,
+                    loc: from_location(&e.chunk),
+                })
+                .collect(),
         })
     }
 
@@ -172,7 +118,7 @@ impl FileMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use hydrate_format::{BlobId, ChunkId};
 
     fn sample(lens: &[u32]) -> FileMap {
         let mut chunks = Vec::new();
@@ -198,47 +144,15 @@ mod tests {
         }
     }
 
-    /// Golden bytes of version 1: if this fails, the on-store format changed — bump VERSION and keep a
-    /// reader for the old one.
+    /// The conversion keeps every field: the bytes decode to the same map and name the same id as the
+    /// format's own record.
     #[test]
-    fn golden_version_1() {
-        let bytes = sample(&[5]).encode();
-        let hex = hex::encode(&bytes);
-        assert_eq!(bytes.len(), 160);
-        assert_eq!(
-            &hex[..56],
-            "48594448534d46310100000000000000050000000000000007070707"
-        );
-        assert_eq!(
-            FileMap::decode(&bytes).unwrap().id().hex(),
-            sample(&[5]).id().hex()
-        );
-        assert_eq!(
-            &hex[128..],
-            concat!(
-                "0000000000000000",
-                "0000000000000000000000000000000000000000000000000000000000000000",
-                "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0",
-                "0000000000000000",
-                "03000000",
-                "05000000",
-                "01",
-                "00000000000000"
-            )
-        );
-    }
-
-    #[test]
-    fn rejects_gaps_and_bad_sizes() {
-        let mut m = sample(&[10, 20]);
-        m.chunks[1].offset = 11;
-        assert!(FileMap::decode(&m.encode())
-            .unwrap_err()
-            .contains("starts at 11"));
-        let mut m = sample(&[10]);
-        m.size = 9;
-        assert!(FileMap::decode(&m.encode()).unwrap_err().contains("cover"));
-        assert!(FileMap::decode(b"short").is_err());
+    fn converts_without_loss() {
+        let m = sample(&[10, 20, 30]);
+        let bytes = m.encode();
+        assert_eq!(FileMap::decode(&bytes).unwrap(), m);
+        assert_eq!(m.id(), format::FileMap::decode(&bytes).unwrap().id());
+        assert_eq!(m.id(), FileMapId(Digest::of(&bytes)));
     }
 
     #[test]
@@ -249,13 +163,5 @@ mod tests {
         assert_eq!(m.chunks_in(10..30).len(), 2);
         assert_eq!(m.chunks_in(30..40).len(), 0);
         assert_eq!(m.chunks_in(5..5).len(), 0);
-    }
-
-    proptest! {
-        #[test]
-        fn roundtrips(lens in proptest::collection::vec(1u32..=CHUNK_MAX, 0..12)) {
-            let m = sample(&lens);
-            prop_assert_eq!(FileMap::decode(&m.encode()).unwrap(), m);
-        }
     }
 }

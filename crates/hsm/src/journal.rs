@@ -2,49 +2,36 @@
 //! state, of the chunks already in the store (so archives deduplicate and are incremental), and an
 //! append-only log of what was done (archive, release, recall, with digests) and of changes observed.
 //!
-//! Records are JSON inside redb: versioned, self-describing, and readable by an operator auditing the log.
-//! A file is keyed by its inode number, which survives renames; its last known path is kept for reports.
+//! The values' bytes are defined, versioned and golden-tested in [`hydrate_format::hsm::journal`]; this module
+//! owns the database, the conversion between those records and the HSM's working types (range sets, the fetch
+//! engine's chunk locations, hex ids), and the migration of older journals ([`crate::journal_v1`]). A file is
+//! keyed by its inode number, which survives renames; its last known path is kept for reports.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hydrate_fetch::ChunkLoc;
-use hydrate_format::{BlobId, ChunkId, RangeSet};
+use hydrate_format::hsm::journal::{self as format, JOURNAL_VERSION};
+use hydrate_format::hsm::FileMapId;
+use hydrate_format::{ChunkId, Digest, RangeSet};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::filemap::{from_location, to_location};
 use crate::HsmError;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const FILES: TableDefinition<u64, &[u8]> = TableDefinition::new("files");
-const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const SCHEMA_KEY: &str = "schema";
-const SCHEMA_VERSION: u64 = 1;
+pub use hydrate_format::hsm::journal::{FileState, Fingerprint};
 
-/// What identifies a file's content as hydrate last knew it; any difference means "look again".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Fingerprint {
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
-
-impl Fingerprint {
-    pub fn of(meta: &std::fs::Metadata) -> Fingerprint {
-        use std::os::unix::fs::MetadataExt;
-        Fingerprint {
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
-}
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const FILES: TableDefinition<u64, &[u8]> = TableDefinition::new("files");
+pub(crate) const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const SCHEMA_KEY: &str = "schema";
 
 /// The archived copy of a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveInfo {
     /// Hex id of the file map in the store.
     pub map: String,
@@ -56,19 +43,7 @@ pub struct ArchiveInfo {
     pub archived_at: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FileState {
-    /// Complete locally, with no valid archive (never archived, or changed since).
-    Local,
-    /// Complete locally and identical to its archive.
-    Archived,
-    /// A release was decided and recorded; the holes may or may not have been punched. Treated as a stub.
-    Releasing,
-    /// A stub: only `present` is local; the rest below `horizon` comes from the archive.
-    Stub,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileRecord {
     pub ino: u64,
     /// Path relative to the managed root, as last seen.
@@ -85,9 +60,8 @@ pub struct FileRecord {
     pub horizon: u64,
     /// Last access observed (recall), seconds since the epoch; 0 if none.
     pub last_recall: u64,
-    /// Hex file handle (`name_to_handle_at`) taken at release: finds a stub again after a rename.
-    #[serde(default)]
-    pub handle: Option<String>,
+    /// The `struct file_handle` (`name_to_handle_at`) taken at release: finds a stub again after a rename.
+    pub handle: Option<Vec<u8>>,
 }
 
 impl FileRecord {
@@ -122,18 +96,175 @@ impl FileRecord {
             .map(|r| r.end - r.start)
             .sum()
     }
+
+    /// How a status report describes the file, given what `stat` says of it now.
+    pub fn residency(&self, now: &Fingerprint) -> Residency {
+        if self.is_stub() {
+            if self.present.is_empty() {
+                Residency::Released
+            } else {
+                Residency::Partial
+            }
+        } else if self.state == FileState::Archived && self.fingerprint == *now {
+            Residency::Archived
+        } else {
+            Residency::Local
+        }
+    }
+
+    /// The journal's record of this file; fails on ids that are not hex digests (never written by hydrate).
+    pub(crate) fn to_record(&self) -> Result<format::FileRecord, String> {
+        let archive = match &self.archive {
+            None => None,
+            Some(a) => {
+                let map = FileMapId::from_hex(&a.map)
+                    .ok_or_else(|| format!("archive map id {:?} is not a digest", a.map))?;
+                let digest: Digest = a
+                    .digest
+                    .parse()
+                    .map_err(|_| format!("archive digest {:?} is not a digest", a.digest))?;
+                Some(format::ArchiveRecord {
+                    map,
+                    digest,
+                    size: a.size,
+                    mtime_ns: a.mtime_ns,
+                    archived_at: a.archived_at,
+                })
+            }
+        };
+        Ok(format::FileRecord {
+            ino: self.ino,
+            path: self.path.as_os_str().as_bytes().to_vec(),
+            state: self.state,
+            pinned: self.pinned,
+            archive,
+            fingerprint: self.fingerprint,
+            present: self.present.iter().collect(),
+            horizon: self.horizon,
+            last_recall: self.last_recall,
+            handle: self.handle.clone(),
+        })
+    }
+
+    pub(crate) fn from_record(r: format::FileRecord) -> FileRecord {
+        let mut present = RangeSet::new();
+        for range in r.present {
+            present.insert(range);
+        }
+        FileRecord {
+            ino: r.ino,
+            path: PathBuf::from(OsStr::from_bytes(&r.path)),
+            state: r.state,
+            pinned: r.pinned,
+            archive: r.archive.map(|a| ArchiveInfo {
+                map: a.map.hex(),
+                digest: a.digest.to_string(),
+                size: a.size,
+                mtime_ns: a.mtime_ns,
+                archived_at: a.archived_at,
+            }),
+            fingerprint: r.fingerprint,
+            present,
+            horizon: r.horizon,
+            last_recall: r.last_recall,
+            handle: r.handle,
+        }
+    }
 }
 
-/// One line of the audit log.
+/// Where a file's content is, as `hydrate hsm status` reports it. The lowercase names are the CLI and JSON
+/// form ([`Residency::as_str`]); everything else matches on the enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    /// Complete locally, with no valid archive.
+    Local,
+    /// Complete locally and identical to its archive.
+    Archived,
+    /// A stub with some ranges recalled.
+    Partial,
+    /// A stub with nothing local.
+    Released,
+}
+
+impl Residency {
+    pub const ALL: [Residency; 4] = [
+        Residency::Local,
+        Residency::Archived,
+        Residency::Partial,
+        Residency::Released,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Residency::Local => "local",
+            Residency::Archived => "archived",
+            Residency::Partial => "partial",
+            Residency::Released => "released",
+        }
+    }
+}
+
+impl std::fmt::Display for Residency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Residency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Residency::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown file state {s:?}: expected local, archived, partial or released")
+            })
+    }
+}
+
+/// One line of the audit log, as the control socket reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     pub seq: u64,
     pub time: u64,
-    /// archive, release, recall, changed, pin, unpin, remark, error
+    /// archive, release, recall, changed, pin, unpin, recover, forget
     pub op: String,
+    #[serde(with = "lossy_path")]
     pub path: PathBuf,
     pub ino: u64,
     pub detail: String,
+}
+
+impl LogEntry {
+    fn from_record(r: format::LogRecord) -> LogEntry {
+        LogEntry {
+            seq: r.seq,
+            time: r.time,
+            op: r.op,
+            path: PathBuf::from(OsStr::from_bytes(&r.path)),
+            ino: r.ino,
+            detail: r.detail,
+        }
+    }
+}
+
+/// Paths in the control protocol's JSON. JSON strings are Unicode and file names are bytes: a name that is not
+/// UTF-8 is sent with U+FFFD in place of its invalid bytes, rather than failing the whole reply (serde's own
+/// `PathBuf` refuses it). The journal itself keeps the exact bytes.
+mod lossy_path {
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&path.to_string_lossy())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        String::deserialize(d).map(PathBuf::from)
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -149,32 +280,9 @@ pub struct Journal {
     path: PathBuf,
 }
 
-fn encode_loc(loc: &ChunkLoc) -> [u8; 49] {
-    let mut b = [0u8; 49];
-    b[..32].copy_from_slice(loc.blob.as_bytes());
-    b[32..40].copy_from_slice(&loc.blob_offset.to_le_bytes());
-    b[40..44].copy_from_slice(&loc.stored_len.to_le_bytes());
-    b[44..48].copy_from_slice(&loc.plain_len.to_le_bytes());
-    b[48] = loc.compression;
-    b
-}
-
-fn decode_loc(id: ChunkId, b: &[u8]) -> Option<ChunkLoc> {
-    if b.len() != 49 {
-        return None;
-    }
-    Some(ChunkLoc {
-        id,
-        blob: BlobId::from_bytes(b[..32].try_into().ok()?),
-        blob_offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
-        stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
-        plain_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
-        compression: b[48],
-    })
-}
-
 impl Journal {
     /// Opens or creates the journal at `path`; fails if another process has it open (one daemon per root).
+    /// A version 1 journal is migrated to the current layout in the same transaction that checks it.
     pub fn open(path: &Path) -> Result<Journal, HsmError> {
         let db = Database::create(path).map_err(|e| HsmError::Journal {
             path: path.to_owned(),
@@ -185,25 +293,50 @@ impl Journal {
             db,
             path: path.to_owned(),
         };
+        let current = u64::from(JOURNAL_VERSION);
         let txn = j.write_txn()?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| j.err("open meta", e))?;
-            let found = meta
+            let found = txn
+                .open_table(META)
+                .map_err(|e| j.err("open meta", e))?
                 .get(SCHEMA_KEY)
                 .map_err(|e| j.err("read schema", e))?
                 .map(|v| v.value());
             match found {
-                Some(v) if v != SCHEMA_VERSION => {
+                Some(v) if v == current => {}
+                None => {}
+                Some(1) => {
+                    let n = crate::journal_v1::migrate(&txn)
+                        .map_err(|e| j.err("migrate version 1", e))?;
+                    tracing::info!(
+                        journal = %path.display(),
+                        files = n.files,
+                        chunks = n.chunks,
+                        log = n.log,
+                        "migrated the journal from version 1 to {current}"
+                    );
+                }
+                Some(v) if v > current => {
                     return Err(j.err(
                         "check schema",
-                        format!("schema {v}, this build reads {SCHEMA_VERSION}"),
+                        format!(
+                            "version {v} was written by a newer hydrate (this build reads versions 1 to \
+                             {current}); run that newer hydrate, journals are never downgraded"
+                        ),
                     ))
                 }
-                Some(_) => {}
-                None => {
-                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)
-                        .map_err(|e| j.err("write schema", e))?;
+                Some(v) => {
+                    return Err(j.err(
+                        "check schema",
+                        format!("unknown version {v} (this build reads versions 1 to {current})"),
+                    ))
                 }
+            }
+            if found != Some(current) {
+                txn.open_table(META)
+                    .map_err(|e| j.err("open meta", e))?
+                    .insert(SCHEMA_KEY, current)
+                    .map_err(|e| j.err("write schema", e))?;
             }
             txn.open_table(FILES).map_err(|e| j.err("open files", e))?;
             txn.open_table(CHUNKS)
@@ -238,24 +371,33 @@ impl Journal {
         self.db.begin_write().map_err(|e| self.err("begin", e))
     }
 
+    /// Decodes the files table's value stored under `ino`.
+    fn decode_file(&self, ino: u64, bytes: &[u8]) -> Result<FileRecord, HsmError> {
+        let rec =
+            format::FileRecord::decode(bytes).map_err(|e| self.err("decode file record", e))?;
+        if rec.ino != ino {
+            return Err(self.err(
+                "decode file record",
+                format!("record of inode {} stored under inode {ino}", rec.ino),
+            ));
+        }
+        Ok(FileRecord::from_record(rec))
+    }
+
     pub fn get(&self, ino: u64) -> Result<Option<FileRecord>, HsmError> {
         let table = self.read_table(FILES, "open files")?;
         let Some(v) = table.get(ino).map_err(|e| self.err("read file", e))? else {
             return Ok(None);
         };
-        serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| self.err("decode file record", e))
+        self.decode_file(ino, v.value()).map(Some)
     }
 
     pub fn all(&self) -> Result<Vec<FileRecord>, HsmError> {
         let table = self.read_table(FILES, "open files")?;
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.err("scan files", e))? {
-            let (_, v) = item.map_err(|e| self.err("scan files", e))?;
-            out.push(
-                serde_json::from_slice(v.value()).map_err(|e| self.err("decode file record", e))?,
-            );
+            let (k, v) = item.map_err(|e| self.err("scan files", e))?;
+            out.push(self.decode_file(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -273,7 +415,10 @@ impl Journal {
                 .open_table(FILES)
                 .map_err(|e| self.err("open files", e))?;
             for r in records {
-                let bytes = serde_json::to_vec(r).map_err(|e| self.err("encode file record", e))?;
+                let bytes = r
+                    .to_record()
+                    .and_then(|rec| rec.encode().map_err(|e| e.to_string()))
+                    .map_err(|e| self.err("encode file record", e))?;
                 files
                     .insert(r.ino, bytes.as_slice())
                     .map_err(|e| self.err("write file", e))?;
@@ -285,15 +430,15 @@ impl Journal {
                 .map(|(k, _)| k.value() + 1)
                 .unwrap_or(1);
             for (seq, (op, rec, detail)) in (first..).zip(log) {
-                let entry = LogEntry {
+                let entry = format::LogRecord {
                     seq,
                     time: now_secs(),
                     op: (*op).to_owned(),
-                    path: rec.path.clone(),
+                    path: rec.path.as_os_str().as_bytes().to_vec(),
                     ino: rec.ino,
                     detail: detail.clone(),
                 };
-                let bytes = serde_json::to_vec(&entry).map_err(|e| self.err("encode log", e))?;
+                let bytes = entry.encode().map_err(|e| self.err("encode log", e))?;
                 table
                     .insert(seq, bytes.as_slice())
                     .map_err(|e| self.err("append log", e))?;
@@ -323,17 +468,25 @@ impl Journal {
         let mut out = Vec::new();
         for item in table.range(from..).map_err(|e| self.err("scan log", e))? {
             let (_, v) = item.map_err(|e| self.err("scan log", e))?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| self.err("decode log", e))?);
+            let rec =
+                format::LogRecord::decode(v.value()).map_err(|e| self.err("decode log", e))?;
+            out.push(LogEntry::from_record(rec));
         }
         Ok(out)
     }
 
+    /// Where chunk `id` is stored, if an earlier archive stored it.
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLoc>, HsmError> {
         let table = self.read_table(CHUNKS, "open chunks")?;
-        let v = table
+        let Some(v) = table
             .get(id.as_bytes())
-            .map_err(|e| self.err("read chunk", e))?;
-        Ok(v.and_then(|v| decode_loc(*id, v.value())))
+            .map_err(|e| self.err("read chunk", e))?
+        else {
+            return Ok(None);
+        };
+        let loc = format::decode_chunk_location(*id, v.value())
+            .map_err(|e| self.err("decode chunk", e))?;
+        Ok(Some(from_location(&loc)))
     }
 
     /// Records chunks known to be durable in the store (called only after their blob was verified).
@@ -347,8 +500,9 @@ impl Journal {
                 .open_table(CHUNKS)
                 .map_err(|e| self.err("open chunks", e))?;
             for loc in locs {
+                let bytes = format::encode_chunk_location(&to_location(loc));
                 table
-                    .insert(loc.id.as_bytes(), encode_loc(loc).as_slice())
+                    .insert(loc.id.as_bytes(), bytes.as_slice())
                     .map_err(|e| self.err("write chunk", e))?;
             }
         }
@@ -359,22 +513,37 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hydrate_format::BlobId;
 
-    #[test]
-    fn records_chunks_and_log_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.redb");
-        let loc = ChunkLoc {
+    fn sample_loc() -> ChunkLoc {
+        ChunkLoc {
             id: ChunkId::from_bytes([1; 32]),
             blob: BlobId::from_bytes([2; 32]),
             blob_offset: 77,
             stored_len: 10,
             plain_len: 20,
             compression: 1,
-        };
-        let mut rec = FileRecord::new(5, "a/b".into(), Fingerprint::default());
+        }
+    }
+
+    #[test]
+    fn records_chunks_and_log_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let loc = sample_loc();
+        // Any file name a directory may hold, UTF-8 or not (version 1 could not record this one).
+        let name = PathBuf::from(OsStr::from_bytes(b"a/b\xff"));
+        let mut rec = FileRecord::new(5, name.clone(), Fingerprint::default());
         rec.present.insert(0..4096);
         rec.state = FileState::Stub;
+        rec.handle = Some(vec![8, 0, 0, 0, 1, 0, 0, 0, 9]);
+        rec.archive = Some(ArchiveInfo {
+            map: hex::encode([3; 32]),
+            digest: hex::encode([4; 32]),
+            size: 8192,
+            mtime_ns: 1,
+            archived_at: 2,
+        });
         {
             let j = Journal::open(&path).unwrap();
             j.add_chunks(&[loc]).unwrap();
@@ -385,12 +554,230 @@ mod tests {
         }
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.chunk(&loc.id).unwrap(), Some(loc));
+        assert_eq!(j.chunk(&ChunkId::from_bytes([9; 32])).unwrap(), None);
         assert_eq!(j.get(5).unwrap(), Some(rec.clone()));
         let log = j.log_since(0).unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!((log[0].seq, log[1].seq), (1, 2));
         assert_eq!(log[1].op, "recall");
+        assert_eq!(log[1].path, name);
+        // The control socket's JSON carries it too, with U+FFFD for the byte that is not UTF-8.
+        let json = serde_json::to_string(&log[1]).unwrap();
+        assert!(json.contains("\"path\":\"a/b\u{fffd}\""), "{json}");
         j.forget(&rec, "deleted").unwrap();
         assert_eq!(j.get(5).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_write_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let mut rec = FileRecord::new(5, "f".into(), Fingerprint::default());
+        rec.archive = Some(ArchiveInfo {
+            map: "not hex".into(),
+            digest: hex::encode([4; 32]),
+            size: 0,
+            mtime_ns: 0,
+            archived_at: 0,
+        });
+        let e = j.commit(&[&rec], &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("archive map id \"not hex\" is not a digest"),
+            "{e}"
+        );
+        assert_eq!(j.get(5).unwrap(), None, "nothing is written");
+    }
+
+    #[test]
+    fn status_residency_follows_state_and_fingerprint() {
+        let fp = Fingerprint {
+            ino: 5,
+            size: 100,
+            mtime_ns: 1,
+            ctime_ns: 1,
+        };
+        let mut rec = FileRecord::new(5, "f".into(), fp);
+        assert_eq!(rec.residency(&fp), Residency::Local);
+        rec.state = FileState::Archived;
+        assert_eq!(rec.residency(&fp), Residency::Archived);
+        let touched = Fingerprint { ctime_ns: 2, ..fp };
+        assert_eq!(rec.residency(&touched), Residency::Local);
+        rec.state = FileState::Stub;
+        assert_eq!(rec.residency(&fp), Residency::Released);
+        rec.present.insert(0..10);
+        assert_eq!(rec.residency(&fp), Residency::Partial);
+        rec.state = FileState::Releasing;
+        assert_eq!(rec.residency(&fp), Residency::Partial);
+        for r in Residency::ALL {
+            assert_eq!(r.as_str().parse::<Residency>(), Ok(r));
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+        }
+        assert!("stub".parse::<Residency>().is_err());
+    }
+
+    /// The values a version 1 journal holds, exactly as version 1 wrote them (serde_json of its records,
+    /// the bare 49-byte chunk layout).
+    const V1_FILE: &str = concat!(
+        r#"{"ino":5,"path":"dir/a b","state":"Stub","pinned":true,"#,
+        r#""archive":{"map":"0303030303030303030303030303030303030303030303030303030303030303","#,
+        r#""digest":"0404040404040404040404040404040404040404040404040404040404040404","#,
+        r#""size":8192,"mtime_ns":11,"archived_at":1700000000},"#,
+        r#""fingerprint":{"ino":5,"size":8192,"mtime_ns":12,"ctime_ns":13},"#,
+        r#""present":[[0,4096]],"horizon":8192,"last_recall":1700000100,"handle":"080000000100000009"}"#
+    );
+    /// A record from before file handles were kept (`handle` absent).
+    const V1_FILE_OLDEST: &str = concat!(
+        r#"{"ino":6,"path":"c","state":"Local","pinned":false,"archive":null,"#,
+        r#""fingerprint":{"ino":6,"size":1,"mtime_ns":0,"ctime_ns":0},"#,
+        r#""present":[],"horizon":0,"last_recall":0}"#
+    );
+    const V1_LOG: &str =
+        r#"{"seq":1,"time":1700000000,"op":"archive","path":"dir/a b","ino":5,"detail":"map 03"}"#;
+
+    fn v1_chunk(loc: &ChunkLoc) -> Vec<u8> {
+        let mut b = loc.blob.as_bytes().to_vec();
+        b.extend_from_slice(&loc.blob_offset.to_le_bytes());
+        b.extend_from_slice(&loc.stored_len.to_le_bytes());
+        b.extend_from_slice(&loc.plain_len.to_le_bytes());
+        b.push(loc.compression);
+        b
+    }
+
+    fn write_v1(path: &Path, files: &[(u64, &str)], chunks: &[(ChunkId, Vec<u8>)]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 1).unwrap();
+            let mut t = txn.open_table(FILES).unwrap();
+            for (ino, json) in files {
+                t.insert(ino, json.as_bytes()).unwrap();
+            }
+            let mut t = txn.open_table(CHUNKS).unwrap();
+            for (id, value) in chunks {
+                t.insert(id.as_bytes(), value.as_slice()).unwrap();
+            }
+            let mut t = txn.open_table(LOG).unwrap();
+            t.insert(1, V1_LOG.as_bytes()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn migrates_a_version_1_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let loc = sample_loc();
+        write_v1(
+            &path,
+            &[(5, V1_FILE), (6, V1_FILE_OLDEST)],
+            &[(loc.id, v1_chunk(&loc))],
+        );
+        let j = Journal::open(&path).unwrap();
+        let mut present = RangeSet::new();
+        present.insert(0..4096);
+        let expected = FileRecord {
+            ino: 5,
+            path: "dir/a b".into(),
+            state: FileState::Stub,
+            pinned: true,
+            archive: Some(ArchiveInfo {
+                map: hex::encode([3; 32]),
+                digest: hex::encode([4; 32]),
+                size: 8192,
+                mtime_ns: 11,
+                archived_at: 1_700_000_000,
+            }),
+            fingerprint: Fingerprint {
+                ino: 5,
+                size: 8192,
+                mtime_ns: 12,
+                ctime_ns: 13,
+            },
+            present,
+            horizon: 8192,
+            last_recall: 1_700_000_100,
+            handle: Some(vec![8, 0, 0, 0, 1, 0, 0, 0, 9]),
+        };
+        assert_eq!(j.get(5).unwrap(), Some(expected));
+        let oldest = j.get(6).unwrap().unwrap();
+        assert_eq!(
+            (oldest.state, oldest.handle, oldest.archive),
+            (FileState::Local, None, None)
+        );
+        assert_eq!(j.chunk(&loc.id).unwrap(), Some(loc));
+        let log = j.log_since(0).unwrap();
+        assert_eq!(
+            log,
+            vec![LogEntry {
+                seq: 1,
+                time: 1_700_000_000,
+                op: "archive".into(),
+                path: "dir/a b".into(),
+                ino: 5,
+                detail: "map 03".into(),
+            }]
+        );
+        // The migration is recorded: the journal now opens as the current version, and new entries follow.
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        let rec = j.get(5).unwrap().unwrap();
+        j.commit(&[&rec], &[("recall", &rec, String::new())])
+            .unwrap();
+        assert_eq!(j.log_since(2).unwrap()[0].seq, 2);
+        let txn = j.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(
+            meta.get(SCHEMA_KEY).unwrap().unwrap().value(),
+            u64::from(JOURNAL_VERSION)
+        );
+    }
+
+    /// A version 1 value that cannot be migrated leaves the journal untouched and names the value.
+    #[test]
+    fn failed_migration_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let loc = sample_loc();
+        write_v1(&path, &[(5, V1_FILE)], &[(loc.id, vec![0; 48])]);
+        let e = Journal::open(&path).unwrap_err().to_string();
+        assert!(e.contains("migrate version 1"), "{e}");
+        assert!(
+            e.contains("48 bytes, version 1 chunk values have 49"),
+            "{e}"
+        );
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(
+            txn.open_table(META)
+                .unwrap()
+                .get(SCHEMA_KEY)
+                .unwrap()
+                .unwrap()
+                .value(),
+            1
+        );
+        let files = txn.open_table(FILES).unwrap();
+        assert_eq!(files.get(5).unwrap().unwrap().value(), V1_FILE.as_bytes());
+    }
+
+    #[test]
+    fn refuses_a_newer_journal_saying_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(SCHEMA_KEY, 9).unwrap();
+            txn.commit().unwrap();
+        }
+        let e = Journal::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("version 9 was written by a newer hydrate")
+                && e.contains("run that newer hydrate"),
+            "{e}"
+        );
     }
 }

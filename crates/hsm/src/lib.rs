@@ -8,7 +8,8 @@
 //! worker crash never lets a reader see zeros; stubs are recalled whole on open by readers that may skip holes
 //! (zeros hazard 2). docs/hsm.md explains the design.
 //!
-//! Modules: `sys` (syscalls), `filemap` (the per-file chunk map format), `journal`,
+//! Modules: `sys` (syscalls), `filemap` (file maps as the fetch engine sees them; their bytes are defined in
+//! `hydrate_format::hsm`), `journal` (with `journal_v1`, the migration of old ones),
 //! `config` (state directory layout), `archive`, `release`, `recall`, `events`, `holder`, `control` (the
 //! daemon's socket), `policy` (watermarks), `service` (the worker's state and operations).
 
@@ -22,6 +23,7 @@ pub mod events;
 pub mod filemap;
 pub mod holder;
 pub mod journal;
+mod journal_v1;
 pub mod policy;
 pub mod recall;
 pub mod release;
@@ -36,7 +38,7 @@ pub use control::{call, FileStatus, Reply, Request, Totals};
 pub use error::HsmError;
 pub use filemap::{FileMap, FileMapId};
 pub use holder::{run_holder, HolderLink, WorkerCommand};
-pub use journal::{FileRecord, FileState, Journal, LogEntry};
+pub use journal::{FileRecord, FileState, Journal, LogEntry, Residency};
 pub use service::Service;
 
 /// Creates the state of a managed root: configuration and an empty journal.

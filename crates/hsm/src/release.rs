@@ -16,21 +16,13 @@
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use hydrate_format::hsm::{FileMapId, StubMark};
+
 use crate::journal::{FileState, Fingerprint};
 use crate::service::{NoAtime, Service};
 use crate::{sys, HsmError};
 
-/// The xattr marking a stub: a persistent record on the file itself, next to the journal's.
-pub const STUB_XATTR: &str = "trusted.hydrate.hsm";
-
-/// The stub xattr's value: `HSM1`, the 32-byte file map id, the u64 LE size — 44 bytes, small enough to live
-/// inside a 256-byte ext4 inode, so a stub costs no block at all.
-pub fn stub_xattr_value(map_hex: &str, size: u64) -> Vec<u8> {
-    let mut v = b"HSM1".to_vec();
-    v.extend_from_slice(&hex::decode(map_hex).unwrap_or_default());
-    v.extend_from_slice(&size.to_le_bytes());
-    v
-}
+pub use hydrate_format::hsm::STUB_XATTR;
 
 /// Releases `path`; returns the bytes of content released, or `None` if there was nothing to do.
 pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, HsmError> {
@@ -138,7 +130,7 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
     }
 
     rec.handle = match sys::file_handle(path) {
-        Ok(h) => Some(hex::encode(h)),
+        Ok(h) => Some(h),
         Err(e) => {
             abandon(&file);
             return Err(HsmError::io("get a file handle of", path, e));
@@ -149,7 +141,16 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
     rec.horizon = fp.size;
     let step = || -> Result<(), HsmError> {
         svc.journal.commit(&[&rec], &[])?;
-        xattr::FileExt::set_xattr(&file, STUB_XATTR, &stub_xattr_value(&archive.map, fp.size))
+        let mark = StubMark {
+            map: FileMapId::from_hex(&archive.map).ok_or_else(|| {
+                HsmError::refused(
+                    path,
+                    format!("journal archive map id {:?} is not a digest", archive.map),
+                )
+            })?,
+            size: fp.size,
+        };
+        xattr::FileExt::set_xattr(&file, STUB_XATTR, &mark.encode())
             .map_err(|e| HsmError::io("set stub xattr on", path, e))?;
         file.sync_all().map_err(|e| HsmError::io("sync", path, e))?;
         let len = fp.size.div_ceil(4096) * 4096;

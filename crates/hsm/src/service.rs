@@ -17,7 +17,7 @@ use crate::archive::Archiver;
 use crate::config::{Config, Layout, STATE_DIR};
 use crate::control::{FileStatus, Reply, Totals};
 use crate::filemap::{FileMap, FileMapId};
-use crate::journal::{FileRecord, FileState, Journal};
+use crate::journal::{FileRecord, FileState, Journal, Residency};
 use crate::{sys, HsmError};
 use hydrate_format::RangeSet;
 
@@ -157,8 +157,10 @@ impl Service {
                 reason: "content does not match its id".into(),
             });
         }
-        let map =
-            Arc::new(FileMap::decode(&bytes).map_err(|reason| HsmError::FileMap { key, reason })?);
+        let map = Arc::new(FileMap::decode(&bytes).map_err(|e| HsmError::FileMap {
+            key,
+            reason: e.to_string(),
+        })?);
         lock(&self.maps).insert(id, map.clone());
         Ok(map)
     }
@@ -316,8 +318,7 @@ impl Service {
             let by_handle = rec
                 .handle
                 .as_deref()
-                .and_then(|h| hex::decode(h).ok())
-                .and_then(|h| sys::open_by_handle(root_dir.as_fd(), &h).ok());
+                .and_then(|h| sys::open_by_handle(root_dir.as_fd(), h).ok());
             let file = by_handle.or_else(|| {
                 std::fs::File::options()
                     .read(true)
@@ -443,38 +444,28 @@ pub fn status_of(layout: &Layout, journal: &Journal, paths: &[PathBuf]) -> Resul
         let ino = std::os::unix::fs::MetadataExt::ino(&meta);
         let rec = records.get(&ino);
         let size = meta.len();
-        let (state, local) = match rec {
-            Some(r) if r.is_stub() => {
-                let missing = r.missing_bytes();
-                (
-                    if r.present.is_empty() {
-                        "released"
-                    } else {
-                        "partial"
-                    },
-                    size - missing.min(size),
-                )
+        let residency = rec.map_or(Residency::Local, |r| {
+            r.residency(&crate::journal::Fingerprint::of(&meta))
+        });
+        let local = match (residency, rec) {
+            (Residency::Partial | Residency::Released, Some(r)) => {
+                size - r.missing_bytes().min(size)
             }
-            Some(r)
-                if r.state == FileState::Archived
-                    && r.fingerprint == crate::journal::Fingerprint::of(&meta) =>
-            {
-                ("archived", size)
-            }
-            _ => ("local", size),
+            _ => size,
         };
         totals.files += 1;
         totals.size += size;
         totals.local += local;
-        match state {
-            "released" => totals.released += 1,
-            "partial" => totals.partial += 1,
-            "archived" => totals.archived += 1,
-            _ => totals.local_only += 1,
+        match residency {
+            Residency::Released => totals.released += 1,
+            Residency::Partial => totals.partial += 1,
+            Residency::Archived => totals.archived += 1,
+            Residency::Local => totals.local_only += 1,
         }
         files.push(FileStatus {
             path: layout.relative(&path),
-            state: state.to_owned(),
+            // The control protocol carries the state by name (the JSON boundary).
+            state: residency.as_str().to_owned(),
             pinned: rec.is_some_and(|r| r.pinned),
             size,
             local_bytes: local,

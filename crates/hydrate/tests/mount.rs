@@ -329,17 +329,30 @@ fn killed_daemon_leaves_a_consistent_cache() {
     let m = Mount::new(&store, "k:1", &env.p("mnt"), &env.p("cache"), &[]);
     let pid = m.pid.expect("daemon pid");
     let path = m.path("big");
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 1 << 20];
-        if let Ok(mut f) = fs::File::open(&path) {
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    break;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = std::thread::spawn({
+        let read = read.clone();
+        move || {
+            let mut buf = vec![0u8; 1 << 20];
+            if let Ok(mut f) = fs::File::open(&path) {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
     });
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // Kill the daemon mid-stream: once part of the file was read (and cached), well before all of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read.load(std::sync::atomic::Ordering::Relaxed) < 4 << 20 {
+        assert!(
+            !reader.is_finished() && std::time::Instant::now() < deadline,
+            "the reader ended or made no progress before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,

@@ -282,9 +282,25 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
     let mut line = String::new();
     holder_out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "head ok");
-    // The state in the store is refreshed at most once a second: let it record the open handle.
-    std::thread::sleep(Duration::from_millis(1500));
-    systemd.pump();
+    // The state in the store is refreshed at most once a second: wait until it records the open handle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        systemd.pump();
+        if let Some(state) = systemd.store.get("state") {
+            let file = File::from(state.try_clone().unwrap());
+            let mut bytes = vec![0u8; file.metadata().unwrap().len() as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0).unwrap();
+            let state = hydrate_supervisor::HandoverState::decode(&bytes).unwrap();
+            if !state.opens.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stored state never recorded the open handle"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(
         systemd.store.contains_key("fuse") && systemd.store.contains_key("state"),
         "stored: {:?}",

@@ -325,9 +325,23 @@ fn wait_for_error(reader: std::thread::JoinHandle<std::io::Result<Vec<u8>>>, wha
     );
 }
 
-fn blocked_reader(path: PathBuf) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+/// A cold read of `m`'s big file, returned once the daemon holds its request (waiting on the slow store).
+fn blocked_reader(m: &Mount) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+    let path = m.path("big");
     let reader = std::thread::spawn(move || pread(&path, 50 << 20, 4096));
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.metric("fuse_requests_in_flight") == 0 {
+        assert!(
+            !reader.is_finished(),
+            "the cold read should wait on the slow store: {:?}",
+            reader.join()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the cold read never reached the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         !reader.is_finished(),
         "the cold read should wait on the slow store"
@@ -341,7 +355,7 @@ fn killing_the_supervisor_fails_readers_promptly() {
     let m = env.mount(30_000);
     let info = info(&m);
     let worker = info.supervisor.worker_pid.unwrap() as i32;
-    let reader = blocked_reader(m.path("big"));
+    let reader = blocked_reader(&m);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(m.pid.unwrap()),
         nix::sys::signal::Signal::SIGKILL,
@@ -365,7 +379,7 @@ fn killing_the_supervisor_fails_readers_promptly() {
 fn abort_ends_a_stuck_connection() {
     let env = Env::new();
     let m = env.mount(30_000);
-    let reader = blocked_reader(m.path("big"));
+    let reader = blocked_reader(&m);
     hydrate_ok(&["abort", m.mountpoint.to_str().unwrap()]);
     wait_for_error(reader, "abort");
     let pid = nix::unistd::Pid::from_raw(m.pid.unwrap());

@@ -2,9 +2,12 @@
 //!
 //! Every launcher starts its server on 127.0.0.1 at a free port, in a temporary directory it owns, with a
 //! configuration it writes itself (no system service, no shared state), and stops it by PID when dropped, also
-//! when the test panics. [`require_binary`] decides what a test does when a server is not installed: in CI
-//! (`HYDRATE_REQUIRE_SERVERS` set) it fails, elsewhere the test is skipped with a loud message, never passed
-//! silently.
+//! when the test panics.
+//!
+//! **One skip policy** for every test that needs something of the machine (a server binary, root): in CI
+//! (`HYDRATE_REQUIRE_SERVERS` set) a missing requirement fails the test; elsewhere the test is skipped with a
+//! loud message naming it, never passed silently. [`skip_or_fail`] is that policy; [`require_binary`] and
+//! [`require_root!`] are its uses, and tests use nothing else to decide to skip.
 //!
 //! - [`garage`]: Garage (S3), a single node or a cluster with replication.
 //! - [`nginx`]: nginx serving a directory, or proxying to an upstream.
@@ -82,21 +85,66 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The binary `name` for a test that needs it. If it is missing: panics when `HYDRATE_REQUIRE_SERVERS` is set,
-/// otherwise prints a loud SKIPPED line naming the test and returns `None` (the test then returns early).
+/// The skip policy: `test` cannot run because `missing`. Panics when `HYDRATE_REQUIRE_SERVERS` is set (CI
+/// must run every test); otherwise prints a loud SKIPPED line naming the test, what is missing and `hint`, and
+/// returns so that the caller returns early.
+pub fn skip_or_fail(test: &str, missing: &str, hint: &str) {
+    if std::env::var_os(REQUIRE_SERVERS_ENV).is_some() {
+        panic!("{test}: {missing} and {REQUIRE_SERVERS_ENV} is set; {hint}");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED {test}: {missing} ({hint}; set {REQUIRE_SERVERS_ENV}=1 to make this a failure) \
+         !!!!!!!!\n"
+    );
+}
+
+/// The binary `name` for a test that needs it, or `None` after [`skip_or_fail`] (the test then returns early).
 pub fn require_binary(name: &str, test: &str) -> Option<PathBuf> {
     if let Some(found) = find_binary(name) {
         return Some(found);
     }
-    let hint = "install it with scripts/install-test-deps.sh";
-    if std::env::var_os(REQUIRE_SERVERS_ENV).is_some() {
-        panic!("{test}: server binary {name:?} not found and {REQUIRE_SERVERS_ENV} is set; {hint}");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED {test}: server binary {name:?} not found ({hint}; set {REQUIRE_SERVERS_ENV}=1 to make \
-         this a failure) !!!!!!!!\n"
+    skip_or_fail(
+        test,
+        &format!("server binary {name:?} not found"),
+        "install it with scripts/install-test-deps.sh",
     );
     None
+}
+
+/// Whether the test may go on as root; `false` after [`skip_or_fail`] when it does not run as root.
+pub fn require_root(test: &str, why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    skip_or_fail(
+        test,
+        &format!("needs root ({why})"),
+        "run the tests as root",
+    );
+    false
+}
+
+/// The path of the function this expands in (`crate::module::test_name`): names a test in skip messages.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        fn name_of<T>(_: T) -> &'static str {
+            std::any::type_name::<T>()
+        }
+        name_of(here).trim_end_matches("::here")
+    }};
+}
+
+/// Returns from the calling test unless it runs as root, following [`skip_or_fail`]:
+/// `require_root!("fanotify pre-content, loop devices");`
+#[macro_export]
+macro_rules! require_root {
+    ($why:expr) => {
+        if !$crate::require_root($crate::test_name!(), $why) {
+            return;
+        }
+    };
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after).

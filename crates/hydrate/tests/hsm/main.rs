@@ -19,15 +19,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hydrate_format::oci::sha256_digest;
-use hydrate_hsm::{call, Request};
+use hydrate_hsm::{call, Request, Residency};
 use support::*;
 
+/// Every test here needs root; without it they skip (or fail under `HYDRATE_REQUIRE_SERVERS`), by testkit's one
+/// skip policy.
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("\n!!!!!!!! SKIPPED: hsm tests need root (fanotify pre-content, loop devices) !!!!!!!!\n");
-            return;
-        }
+        hydrate_testkit::require_root!("fanotify pre-content events, loop-mounted file systems")
     };
 }
 
@@ -146,7 +145,7 @@ fn hole_skipping_tools_get_real_bytes() {
         );
         assert_eq!(
             hsm.state(name),
-            "archived",
+            Residency::Archived,
             "{name} recalled whole and identical to its archive"
         );
     }
@@ -186,7 +185,7 @@ fn hazard_2_is_real_without_open_recall() {
         copy.iter().all(|b| *b == 0),
         "cp skipped the holes of the stub: all zeros, no read"
     );
-    assert_eq!(hsm.state("a"), "released", "nothing was recalled");
+    assert_eq!(hsm.state("a"), Residency::Released, "nothing was recalled");
 }
 
 /// Zeros hazard 1: kill -9 of the worker while readers wait for recalls and while a release runs. The
@@ -214,6 +213,7 @@ fn worker_killed_during_recalls_and_release() {
     // A slow link: every recall takes a while, so the kill lands while readers wait.
     proxy.faults().set_latency(Duration::from_millis(150));
     proxy.faults().set_bandwidth(Some(8 << 20));
+    let events_before = hsm.events();
     let readers: Vec<_> = (0..n)
         .map(|i| {
             let path = root.join(format!("f{i}"));
@@ -251,7 +251,16 @@ fn worker_killed_during_recalls_and_release() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill the worker once every reader's access has reached it (and waits for its slow recall).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hsm.events() < events_before + n + lazy.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the readers' events did not reach the worker: {}",
+            hsm.counters()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let old = hsm.kill_worker();
     hsm.wait_ready(Some(old));
     for (i, mut child) in readers.into_iter().enumerate() {
@@ -303,7 +312,7 @@ fn worker_killed_during_recalls_and_release() {
             .map(|e| (&e.op, &e.detail))
             .collect();
         assert!(
-            ["archived", "released"].contains(&s.state.as_str()),
+            matches!(residency(s), Residency::Archived | Residency::Released),
             "{s:?}: {history:#?}"
         );
     }
@@ -347,7 +356,34 @@ fn holder_killed_worker_keeps_serving() {
         buf == want[600_000..650_000],
         "lazy read after the holder died"
     );
-    assert_eq!(hsm.state("b"), "partial");
+    assert_eq!(hsm.state("b"), Residency::Partial);
+}
+
+/// A file name that is not UTF-8 (a directory may hold any bytes): archived, released to a stub, recalled
+/// with its exact bytes, and named in the audit log (journal version 1 could not record it at all).
+#[test]
+fn a_name_that_is_not_utf8_is_archived_released_and_recalled() {
+    require_root!();
+    use std::os::unix::ffi::OsStrExt;
+    let (_dir, root, hsm) = local_hsm("30s");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let path = root.join(name);
+    let want = content(41, 300_000, false);
+    std::fs::write(&path, &want).unwrap();
+    hsm.archive_and_release();
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().blocks(),
+        0,
+        "released to a stub"
+    );
+    assert!(std::fs::read(&path).unwrap() == want, "recalled bytes");
+    let log = hsm.ok(Request::Log(0)).log;
+    let ops: Vec<&str> = log
+        .iter()
+        .filter(|e| e.path == Path::new("caf\u{fffd}"))
+        .map(|e| e.op.as_str())
+        .collect();
+    assert_eq!(ops, ["archive", "release", "recall"], "{log:#?}");
 }
 
 /// Store unreachable: the reader gets EIO within the deadline, the stub stays; later the read succeeds.
@@ -373,7 +409,7 @@ fn store_unreachable_gives_eio_then_success() {
         took < Duration::from_secs(6),
         "EIO came after {took:?}, deadline is 2s"
     );
-    assert_eq!(hsm.state("f"), "released", "the stub stays intact");
+    assert_eq!(hsm.state("f"), Residency::Released, "the stub stays intact");
     assert_eq!(
         std::fs::metadata(root.join("f")).unwrap().len(),
         want.len() as u64
@@ -421,7 +457,7 @@ fn disk_full_during_recall_gives_enospc() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     let st = &hsm.status()[Path::new("big")];
     assert!(
-        ["released", "partial"].contains(&st.state.as_str()),
+        matches!(residency(st), Residency::Released | Residency::Partial),
         "{st:?}"
     );
     assert!(st.local_bytes < want.len() as u64);
@@ -447,14 +483,14 @@ fn writes_and_truncates_into_released_files() {
     let f = File::options().write(true).open(root.join("lazy")).unwrap();
     f.write_all_at(b"HELLO, STUB", 700_001).unwrap();
     drop(f);
-    assert_eq!(hsm.state("lazy"), "partial");
+    assert_eq!(hsm.state("lazy"), Residency::Partial);
     let mut want = orig.clone();
     want[700_001..700_012].copy_from_slice(b"HELLO, STUB");
     assert!(
         std::fs::read(root.join("lazy")).unwrap() == want,
         "lazy write"
     );
-    assert_eq!(hsm.state("lazy"), "local", "changed since archive");
+    assert_eq!(hsm.state("lazy"), Residency::Local, "changed since archive");
     let r = hsm.req(Request::Release(vec![root.join("lazy")]));
     assert!(
         !r.ok && r.lines.iter().any(|l| l.contains("archive it again")),
@@ -541,7 +577,7 @@ fn metadata_is_kept() {
     let before = snapshot(&p);
     hsm.ok(Request::Archive(vec![p.clone()]));
     hsm.ok(Request::Release(vec![p.clone()]));
-    assert_eq!(hsm.state("m"), "released");
+    assert_eq!(hsm.state("m"), Residency::Released);
     assert_eq!(snapshot(&p), before, "after release");
     assert!(
         xattr::get(&p, "trusted.hydrate.hsm").unwrap().is_some(),
@@ -577,8 +613,8 @@ fn journal_is_incremental_and_auditable() {
     std::fs::set_permissions(root.join("f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = hsm.req(Request::Release(vec![hsm.root.clone()]));
     assert!(!r.ok, "the modified file must be refused");
-    assert_eq!(hsm.state("f2"), "local");
-    assert_eq!(hsm.state("f3"), "released");
+    assert_eq!(hsm.state("f2"), Residency::Local);
+    assert_eq!(hsm.state("f3"), Residency::Released);
     let again = hsm
         .ok(Request::Archive(vec![hsm.root.clone()]))
         .archive
@@ -599,8 +635,8 @@ fn journal_is_incremental_and_auditable() {
     drop(hsm);
     std::fs::rename(root.join("f4"), root.join("g4")).unwrap();
     let hsm = Hsm::start(&root);
-    assert_eq!(hsm.state("f3"), "archived");
-    assert_eq!(hsm.state("g4"), "released");
+    assert_eq!(hsm.state("f3"), Residency::Archived);
+    assert_eq!(hsm.state("g4"), Residency::Released);
     assert!(std::fs::read(root.join("g4")).unwrap() == content(4, 300_000, false));
     assert!(hsm.ok(Request::Log(0)).log.len() >= log.len());
 }
@@ -629,7 +665,7 @@ fn only_root_configures() {
         String::from_utf8_lossy(&out.stderr).contains("only root"),
         "{out:?}"
     );
-    assert_eq!(hsm.state("f"), "local");
+    assert_eq!(hsm.state("f"), Residency::Local);
 }
 
 /// The watermark policy on a small ext4: above 90% it releases the coldest archived files down to 75%, and
@@ -682,13 +718,13 @@ fn policy_brings_usage_under_the_low_watermark() {
     ]);
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
-    assert_eq!(hsm.state("pinned"), "archived");
-    assert_eq!(hsm.state("unarchived"), "local");
-    assert_eq!(hsm.state("recent"), "archived");
+    assert_eq!(hsm.state("pinned"), Residency::Archived);
+    assert_eq!(hsm.state("unarchived"), Residency::Local);
+    assert_eq!(hsm.state("recent"), Residency::Archived);
     let released = hsm
         .status()
         .values()
-        .filter(|s| s.state == "released")
+        .filter(|s| residency(s) == Residency::Released)
         .count();
     assert!(released > 0 && released <= i as usize);
     // Under the watermark, a second run does nothing.

@@ -11,13 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use hydrate_hsm::{call, FileStatus, Layout, Reply, Request};
+use hydrate_hsm::{call, FileStatus, Layout, Reply, Request, Residency};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hydrate");
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 pub fn check(out: Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -257,8 +253,18 @@ impl Hsm {
         r.files.into_iter().map(|f| (f.path.clone(), f)).collect()
     }
 
-    pub fn state(&self, rel: &str) -> String {
-        self.status()[Path::new(rel)].state.clone()
+    pub fn state(&self, rel: &str) -> Residency {
+        residency(&self.status()[Path::new(rel)])
+    }
+
+    /// Events the worker has received so far (the "events N" of its counters).
+    pub fn events(&self) -> u64 {
+        let counters = self.counters();
+        counters
+            .strip_prefix("events ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no event count in {counters:?}"))
     }
 
     pub fn counters(&self) -> String {
@@ -268,6 +274,13 @@ impl Hsm {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// The state a status reply names, as the enum (the reply carries it by name).
+pub fn residency(s: &FileStatus) -> Residency {
+    s.state
+        .parse()
+        .unwrap_or_else(|e| panic!("status of {}: {e}", s.path.display()))
 }
 
 impl Drop for Hsm {

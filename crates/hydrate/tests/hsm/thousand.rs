@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use hydrate_format::oci::sha256_digest;
-use hydrate_hsm::Request;
+use hydrate_hsm::{Request, Residency};
 
 use crate::support::*;
 
@@ -74,7 +74,10 @@ pub fn thousand_files(store: &str, root: &Path, big: usize) {
     let nonempty = files.values().filter(|f| f.1 > 0).count();
     let status = hsm.status();
     assert_eq!(
-        status.values().filter(|s| s.state == "released").count(),
+        status
+            .values()
+            .filter(|s| residency(s) == Residency::Released)
+            .count(),
         nonempty
     );
     assert!(
