@@ -25,6 +25,7 @@ mod error;
 mod index;
 mod pack;
 mod pipeline;
+pub mod readback;
 mod tree;
 mod walk;
 

@@ -8,10 +8,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
-use hydrate_format::{decode_chunk, Digest, FileKind, Ino, Manifest};
+use hydrate_format::{Digest, FileKind, Ino, Manifest};
 use hydrate_store::{keys, resolve, BlobStore, LocalStore};
 
 use super::*;
+use crate::readback::read_file;
 use hydrate_testkit::rng::{random_bytes, text_bytes};
 
 /// Entries of the test tree as (relative path, kind); created in the given order.
@@ -125,21 +126,6 @@ async fn load_manifest(store: &dyn BlobStore, id: &ImageId) -> Manifest<Bytes> {
     m
 }
 
-async fn read_file(store: &dyn BlobStore, m: &Manifest<Bytes>, ino: Ino) -> Vec<u8> {
-    let mut out = Vec::new();
-    for fc in m.file_chunks(ino) {
-        assert_eq!(fc.file_offset(), out.len() as u64);
-        let rec = m.chunk(fc.chunk_index());
-        let blob = m.blob(rec.blob_index());
-        let stored = store
-            .get_range(&keys::blob(&blob.id()), rec.stored_range())
-            .await
-            .unwrap();
-        out.extend(decode_chunk(rec, &stored).unwrap());
-    }
-    out
-}
-
 /// Compares every inode reachable in the manifest with the source tree.
 async fn verify_tree(store: &dyn BlobStore, m: &Manifest<Bytes>, src: &Path) {
     let mut stack = vec![(src.to_path_buf(), Ino::ROOT)];
@@ -187,7 +173,7 @@ async fn verify_tree(store: &dyn BlobStore, m: &Manifest<Bytes>, src: &Path) {
                 let data = fs::read(&path).unwrap();
                 assert_eq!(a.size, data.len() as u64);
                 assert_eq!(a.content.0, Digest::of(&data), "{path:?}");
-                assert_eq!(read_file(store, m, ino).await, data, "{path:?}");
+                assert_eq!(read_file(store, m, ino).await.unwrap(), data, "{path:?}");
                 *seen_files.entry(md.ino()).or_insert(0u32) += 1;
                 assert_eq!(
                     a.nlink,
@@ -671,8 +657,13 @@ async fn build_tree_enforces_the_feed_contract() {
     let a = m.resolve(b"d/a").unwrap();
     assert_eq!(m.resolve(b"d/a2"), Some(a));
     assert_eq!(m.attr(a).unwrap().nlink, 2);
-    assert_eq!(read_file(&store, &m, a).await, b"aaa");
-    assert_eq!(read_file(&store, &m, m.resolve(b"b").unwrap()).await, b"bb");
+    assert_eq!(read_file(&store, &m, a).await.unwrap(), b"aaa");
+    assert_eq!(
+        read_file(&store, &m, m.resolve(b"b").unwrap())
+            .await
+            .unwrap(),
+        b"bb"
+    );
 
     let e = msg(run(Box::new(|s, [_, a, _]| {
         Ok(s.add(a, &mut &b"aaa"[..], 3, "a")?)

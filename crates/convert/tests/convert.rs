@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use hydrate_builder::readback::read_file;
 use hydrate_builder::{BuildOptions, NoProgress};
 use hydrate_convert::{
     convert, open_layout, parse_manifest, select_platform, ConvertError, ParsedManifest, Platform,
     SourceImage,
 };
-use hydrate_format::{annotation, decode_chunk, oci, FileKind, Ino, Manifest};
+use hydrate_format::{annotation, oci, FileKind, Ino, Manifest};
 use hydrate_store::{keys, BlobStore, LocalStore};
 use hydrate_testkit::oci_image::{Compression, ImageKind, Layer, Meta, OciLayout, RunConfig};
 use hydrate_testkit::rng::random_bytes;
@@ -42,16 +43,7 @@ async fn content(store: &dyn BlobStore, m: &Manifest<Bytes>, path: &str) -> Vec<
     let ino = m
         .resolve(path.as_bytes())
         .unwrap_or_else(|| panic!("{path} missing"));
-    let mut out = Vec::new();
-    for fc in m.file_chunks(ino) {
-        let rec = m.chunk(fc.chunk_index());
-        let blob = m.blob(rec.blob_index());
-        let stored = store
-            .get_range(&keys::blob(&blob.id()), rec.stored_range())
-            .await
-            .unwrap();
-        out.extend(decode_chunk(rec, &stored).unwrap());
-    }
+    let out = read_file(store, m, ino).await.unwrap();
     assert_eq!(m.attr(ino).unwrap().size, out.len() as u64);
     out
 }
