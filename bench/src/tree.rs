@@ -86,26 +86,11 @@ fn small_content(rng: &mut Rng, i: usize, written: &[Vec<u8>]) -> Vec<u8> {
     } as usize;
     let mut data = vec![0u8; size];
     if i % 10 < 6 {
-        fill_text(rng, &mut data);
+        rng.fill_text(&mut data);
     } else {
         rng.fill(&mut data);
     }
     data
-}
-
-/// Words from a small vocabulary: compresses about 3-5x with zstd, like source code or logs.
-fn fill_text(rng: &mut Rng, data: &mut [u8]) {
-    const WORDS: [&[u8]; 16] = [
-        b"fn ", b"let ", b"match ", b"return ", b"self", b".await", b"Result<", b"Ok(())", b"{\n",
-        b"}\n", b"    ", b"hydrate", b"chunk", b"store", b"cache", b"error",
-    ];
-    let mut pos = 0;
-    while pos < data.len() {
-        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
-        let n = word.len().min(data.len() - pos);
-        data[pos..pos + n].copy_from_slice(&word[..n]);
-        pos += n;
-    }
 }
 
 pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
@@ -235,7 +220,7 @@ mod tests {
             "{zeros} zero bytes in 64 KiB of random data"
         );
         let mut text = vec![0u8; 4096];
-        fill_text(&mut rng, &mut text);
+        rng.fill_text(&mut text);
         assert!(text.windows(7).any(|w| w == b"hydrate"));
     }
 }

@@ -4,7 +4,8 @@
 //! FastCDC parameters, names chunks by BLAKE3, dedups them within the image and against every chunk already
 //! in the store (see `index`), names and compresses chunks on `threads` worker threads while the next ones
 //! are read (see `pipeline`; zstd only where it pays, raw otherwise), packs new chunks into blobs of about
-//! `blob_target_size` (see `pack`), and uploads in crash-safe order: every blob, then the manifest
+//! `blob_target_size` (see `pack` and [`blob`], the packer HSM archives use too), and uploads in crash-safe
+//! order (blobs and manifest read back from a remote store before anything refers to them): every blob, then the manifest
 //! (`manifests/<id>`), then the tag. A crash at any point leaves at worst unreferenced objects, never a tag
 //! or manifest that points at missing data.
 //!
@@ -19,10 +20,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod blob;
 mod error;
 mod index;
 mod pack;
 mod pipeline;
+pub mod readback;
 mod tree;
 mod walk;
 
@@ -34,8 +37,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use hydrate_format::{plan_from_trace, BlobId, Digest, ImageId, Manifest, PlanOptions, Trace};
-use hydrate_store::{keys, put_tag, BlobStore};
+use hydrate_format::{plan_from_trace, Digest, ImageId, Manifest, PlanOptions, Trace};
+use hydrate_store::{keys, put_tag, put_verified, BlobStore};
 use tokio::sync::mpsc;
 
 pub use error::BuildError;
@@ -235,7 +238,11 @@ where
                 Some(Event::Total(n)) => progress.total(n),
                 Some(Event::Advance(n)) => progress.advance(n),
                 Some(Event::Message(m)) => progress.message(&m),
-                Some(Event::Blob { id, data }) => uploads.push(upload_blob(store, id, data)),
+                Some(Event::Blob { id, data }) => uploads.push(async move {
+                    blob::upload_blob(store, id, data)
+                        .await
+                        .map_err(|e| BuildError::store(format!("uploading blob {}", keys::blob(&id)), e))
+                }),
             },
             Some(done) = uploads.next(), if !uploads.is_empty() => match done {
                 Ok(Some(n)) => {
@@ -350,8 +357,7 @@ async fn store_manifest(
         .map_err(|e| BuildError::store(format!("checking manifest {key}"), e))?;
     let mut stored = 0;
     if exists != Some(len) {
-        store
-            .put(&key, Bytes::from(bytes))
+        put_verified(store, &key, Bytes::from(bytes))
             .await
             .map_err(|e| BuildError::store(format!("uploading manifest {key}"), e))?;
         stored = len;
@@ -362,27 +368,4 @@ async fn store_manifest(
             .map_err(|e| BuildError::store(format!("setting tag {tag}"), e))?;
     }
     Ok((image, stored))
-}
-
-/// Uploads a blob unless an identical one (same digest and size) is already stored. Returns the bytes
-/// written, or `None` if nothing was.
-async fn upload_blob(
-    store: &dyn BlobStore,
-    id: BlobId,
-    data: Bytes,
-) -> Result<Option<u64>, BuildError> {
-    let key = keys::blob(&id);
-    let len = data.len() as u64;
-    let existing = store
-        .head(&key)
-        .await
-        .map_err(|e| BuildError::store(format!("checking blob {key}"), e))?;
-    if existing == Some(len) {
-        return Ok(None);
-    }
-    store
-        .put(&key, data)
-        .await
-        .map_err(|e| BuildError::store(format!("uploading blob {key}"), e))?;
-    Ok(Some(len))
 }

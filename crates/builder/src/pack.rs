@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hydrate_format::{
-    BlobId, BlockChunker, ChunkId, ChunkRecord, ManifestWriter, NodeId, CHUNK_MAX,
-    COMPRESSION_NONE, COMPRESSION_ZSTD,
+    BlobId, BlockChunker, ChunkId, ChunkRecord, ManifestWriter, NodeId, COMPRESSION_NONE,
+    COMPRESSION_ZSTD,
 };
 use tokio::sync::mpsc;
 
+use crate::blob::BlobPacker;
 use crate::index::StoreIndex;
 use crate::pipeline::{encode, BlobSealer, ChunkPipeline, ContentHasher, Encoded, Named};
 use crate::tree::{BuildCounts, FileSink, TreeBuild};
@@ -78,7 +79,9 @@ struct Packer {
     slot_of_blob: HashMap<BlobId, u32>,
     chunks: Vec<Entry>,
     chunk_of: HashMap<ChunkId, u32>,
-    open_blob: Option<(u32, Vec<u8>)>,
+    /// The open blob and its slot in the blob table.
+    blob: BlobPacker,
+    open_slot: u32,
     /// Chunks being named and compressed; tagged with their file's index in `file_chunks`.
     pipeline: ChunkPipeline<usize>,
     sealer: BlobSealer,
@@ -92,9 +95,6 @@ struct Packer {
 
 /// Bytes read between progress reports.
 const PROGRESS_STEP: u64 = 4 << 20;
-
-/// Largest buffer reserved up front for an open blob (bigger targets grow it as it fills).
-const BLOB_PREALLOC_MAX: u64 = 256 << 20;
 
 /// Builds the image of directory `src`: walk it, then read every regular file by path in walk order.
 pub(crate) fn pack_dir(
@@ -211,7 +211,8 @@ impl TreePacker {
                 slot_of_blob: HashMap::new(),
                 chunks: Vec::new(),
                 chunk_of: HashMap::new(),
-                open_blob: None,
+                blob: BlobPacker::new(opts.blob_target_size),
+                open_slot: 0,
                 pipeline,
                 sealer,
                 hasher: ContentHasher::start()?,
@@ -547,20 +548,17 @@ impl Packer {
 
     /// Appends a new chunk to the open blob, sealing the blob once it reaches the target size.
     fn place(&mut self, index: u32, compression: u8, stored: &[u8]) -> Result<(), BuildError> {
-        let target = self.opts.blob_target_size;
-        let (slot, data) = self.open_blob.get_or_insert_with(|| {
+        if !self.blob.is_open() {
             self.slots.push(None);
-            // Room for the whole blob up front: no reallocation copies while it fills.
-            let cap = target.min(BLOB_PREALLOC_MAX) as usize + CHUNK_MAX as usize;
-            ((self.slots.len() - 1) as u32, Vec::with_capacity(cap))
-        });
+            self.open_slot = (self.slots.len() - 1) as u32;
+        }
+        let placed = self.blob.place(compression, stored);
         let e = &mut self.chunks[index as usize];
-        e.blob_slot = *slot;
-        e.compression = compression;
-        e.blob_offset = data.len() as u64;
-        e.stored_len = stored.len() as u32;
-        data.extend_from_slice(stored);
-        if data.len() as u64 >= target {
+        e.blob_slot = self.open_slot;
+        e.compression = placed.compression;
+        e.blob_offset = placed.offset;
+        e.stored_len = placed.stored_len;
+        if self.blob.is_full() {
             self.seal_blob()?;
         }
         Ok(())
@@ -568,10 +566,10 @@ impl Packer {
 
     /// Hands the open blob to the sealer thread, which names and uploads it.
     fn seal_blob(&mut self) -> Result<(), BuildError> {
-        let Some((slot, data)) = self.open_blob.take() else {
+        let Some(data) = self.blob.take() else {
             return Ok(());
         };
-        self.sealer.seal(slot, data)
+        self.sealer.seal(self.open_slot, data)
     }
 }
 

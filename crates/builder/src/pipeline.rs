@@ -22,6 +22,7 @@ use bytes::Bytes;
 use hydrate_format::{encode_stored, BlobId, ChunkId, ContentId, Digest};
 use tokio::sync::mpsc as tokio_mpsc;
 
+use crate::blob::blob_id;
 use crate::index::StoreIndex;
 use crate::pack::{send, Event};
 use crate::BuildError;
@@ -272,7 +273,7 @@ impl BlobSealer {
             .spawn(move || {
                 let mut sealed = Vec::new();
                 for (slot, data) in rx {
-                    let id = BlobId(Digest::of(&data));
+                    let id = blob_id(&data);
                     let size = data.len() as u64;
                     send(
                         &tx,

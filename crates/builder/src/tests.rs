@@ -8,28 +8,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use filetime::FileTime;
-use hydrate_format::{decode_chunk, Digest, FileKind, Ino, Manifest};
+use hydrate_format::{Digest, FileKind, Ino, Manifest};
 use hydrate_store::{keys, resolve, BlobStore, LocalStore};
 
 use super::*;
-
-fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut v);
-    v
-}
-
-fn text_bytes(len: usize) -> Vec<u8> {
-    b"the quick brown fox jumps over the lazy dog\n"
-        .iter()
-        .copied()
-        .cycle()
-        .take(len)
-        .collect()
-}
+use crate::readback::read_file;
+use hydrate_testkit::rng::{random_bytes, text_bytes};
 
 /// Entries of the test tree as (relative path, kind); created in the given order.
 #[derive(Clone)]
@@ -43,17 +27,17 @@ enum Spec {
 }
 
 fn specs() -> Vec<Spec> {
-    let big = random_bytes("big", 1_500_000);
+    let big = random_bytes(1, 1_500_000);
     vec![
         Spec::Dir("a"),
         Spec::Dir("a/b"),
         Spec::Dir("empty"),
         Spec::File("empty.txt", vec![]),
         Spec::File("one", b"x".to_vec()),
-        Spec::File("a/text", text_bytes(300_000)),
+        Spec::File("a/text", text_bytes(0, 300_000)),
         Spec::File("a/b/big", big.clone()),
         Spec::File("big-copy", big),
-        Spec::File("a/random", random_bytes("small", 70_000)),
+        Spec::File("a/random", random_bytes(2, 70_000)),
         Spec::Symlink("a/link", "../one"),
         Spec::HardLink("a/b/hard", "a/text"),
         Spec::Fifo("a/fifo"),
@@ -142,21 +126,6 @@ async fn load_manifest(store: &dyn BlobStore, id: &ImageId) -> Manifest<Bytes> {
     m
 }
 
-async fn read_file(store: &dyn BlobStore, m: &Manifest<Bytes>, ino: Ino) -> Vec<u8> {
-    let mut out = Vec::new();
-    for fc in m.file_chunks(ino) {
-        assert_eq!(fc.file_offset(), out.len() as u64);
-        let rec = m.chunk(fc.chunk_index());
-        let blob = m.blob(rec.blob_index());
-        let stored = store
-            .get_range(&keys::blob(&blob.id()), rec.stored_range())
-            .await
-            .unwrap();
-        out.extend(decode_chunk(rec, &stored).unwrap());
-    }
-    out
-}
-
 /// Compares every inode reachable in the manifest with the source tree.
 async fn verify_tree(store: &dyn BlobStore, m: &Manifest<Bytes>, src: &Path) {
     let mut stack = vec![(src.to_path_buf(), Ino::ROOT)];
@@ -204,7 +173,7 @@ async fn verify_tree(store: &dyn BlobStore, m: &Manifest<Bytes>, src: &Path) {
                 let data = fs::read(&path).unwrap();
                 assert_eq!(a.size, data.len() as u64);
                 assert_eq!(a.content.0, Digest::of(&data), "{path:?}");
-                assert_eq!(read_file(store, m, ino).await, data, "{path:?}");
+                assert_eq!(read_file(store, m, ino).await.unwrap(), data, "{path:?}");
                 *seen_files.entry(md.ino()).or_insert(0u32) += 1;
                 assert_eq!(
                     a.nlink,
@@ -326,11 +295,11 @@ async fn same_tree_in_any_creation_order_gives_the_same_image() {
 #[tokio::test]
 async fn thread_count_never_changes_the_image_of_a_large_file() {
     let src = tempfile::tempdir().unwrap();
-    let random = random_bytes("large", 3 << 20);
+    let random = random_bytes(3, 3 << 20);
     let mut large = Vec::new();
     for i in 0..4u8 {
         large.extend_from_slice(&random);
-        large.extend_from_slice(&text_bytes(1 << 20));
+        large.extend_from_slice(&text_bytes(0, 1 << 20));
         large.extend_from_slice(&random[(i as usize) << 19..]);
         large.extend(std::iter::repeat_n(i, 300_000));
     }
@@ -338,9 +307,9 @@ async fn thread_count_never_changes_the_image_of_a_large_file() {
     fs::create_dir(src.path().join("small")).unwrap();
     for i in 0..200 {
         let data = match i % 3 {
-            0 => random_bytes(&format!("s{i}"), 100 + i * 97),
-            1 => text_bytes(5000 + i * 31),
-            _ => random_bytes("same", 20_000),
+            0 => random_bytes(100 + i as u64, 100 + i * 97),
+            1 => text_bytes(0, 5000 + i * 31),
+            _ => random_bytes(4, 20_000),
         };
         fs::write(src.path().join(format!("small/{i:03}")), data).unwrap();
     }
@@ -385,14 +354,14 @@ async fn thread_count_never_changes_the_image_of_a_large_file() {
 
 #[tokio::test]
 async fn overlapping_images_share_chunks_in_one_store() {
-    let base = random_bytes("shared", 2_000_000);
+    let base = random_bytes(5, 2_000_000);
     let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     fs::write(t1.path().join("data"), &base).unwrap();
-    fs::write(t1.path().join("v1"), random_bytes("v1", 300_000)).unwrap();
+    fs::write(t1.path().join("v1"), random_bytes(6, 300_000)).unwrap();
     let mut edited = base.clone();
     edited[1_000_000..1_000_100].copy_from_slice(&[0u8; 100]);
     fs::write(t2.path().join("data"), &edited).unwrap();
-    fs::write(t2.path().join("v2"), random_bytes("v2", 300_000)).unwrap();
+    fs::write(t2.path().join("v2"), random_bytes(7, 300_000)).unwrap();
 
     let sdir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(sdir.path()).unwrap();
@@ -461,7 +430,7 @@ async fn invalid_manifest_in_store_only_disables_its_dedup() {
         .await
         .unwrap();
     let src = tempfile::tempdir().unwrap();
-    fs::write(src.path().join("f"), text_bytes(100_000)).unwrap();
+    fs::write(src.path().join("f"), text_bytes(0, 100_000)).unwrap();
     let r = build_dir(src.path(), &store, &opts(), &NoProgress)
         .await
         .unwrap();
@@ -508,8 +477,8 @@ async fn a_trace_becomes_a_plan_at_build_time_or_attached_later() {
     let sdir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(sdir.path()).unwrap();
     fs::create_dir(src.path().join("lib")).unwrap();
-    fs::write(src.path().join("lib/a.py"), text_bytes(5000)).unwrap();
-    fs::write(src.path().join("big"), random_bytes("big", 1 << 20)).unwrap();
+    fs::write(src.path().join("lib/a.py"), text_bytes(0, 5000)).unwrap();
+    fs::write(src.path().join("big"), random_bytes(1, 1 << 20)).unwrap();
     let trace = Trace {
         events: vec![
             TraceEvent {
@@ -688,8 +657,13 @@ async fn build_tree_enforces_the_feed_contract() {
     let a = m.resolve(b"d/a").unwrap();
     assert_eq!(m.resolve(b"d/a2"), Some(a));
     assert_eq!(m.attr(a).unwrap().nlink, 2);
-    assert_eq!(read_file(&store, &m, a).await, b"aaa");
-    assert_eq!(read_file(&store, &m, m.resolve(b"b").unwrap()).await, b"bb");
+    assert_eq!(read_file(&store, &m, a).await.unwrap(), b"aaa");
+    assert_eq!(
+        read_file(&store, &m, m.resolve(b"b").unwrap())
+            .await
+            .unwrap(),
+        b"bb"
+    );
 
     let e = msg(run(Box::new(|s, [_, a, _]| {
         Ok(s.add(a, &mut &b"aaa"[..], 3, "a")?)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hydrate_format::{ContentId, Digest};
+use hydrate_testkit::rng::random_bytes;
 
 use crate::{CacheConfig, CacheError, DiskCache};
 
@@ -21,16 +22,10 @@ fn config(dir: &std::path::Path, quota: u64) -> CacheConfig {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect()
-}
-
 #[test]
 fn presence_persists_across_close_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(10_000, 1);
+    let data = random_bytes(1, 10_000);
     {
         let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
         let file = cache.file(&content(1), 10_000).unwrap();
@@ -175,11 +170,11 @@ fn quota_eviction_is_lru_and_spares_files_in_use() {
     // while written (so the background thread cannot evict them yet), then released in
     // LRU order.
     let held = cache.file(&content(0), 20_000).unwrap();
-    held.write_at(&pattern(20_000, 0), 0).unwrap();
+    held.write_at(&random_bytes(0, 20_000), 0).unwrap();
     let mut others = Vec::new();
     for n in 1..10 {
         let f = cache.file(&content(n), 20_000).unwrap();
-        f.write_at(&pattern(20_000, n as u8), 0).unwrap();
+        f.write_at(&random_bytes(n as u64, 20_000), 0).unwrap();
         others.push(f);
     }
     assert_eq!(cache.stats().used_bytes, 200_000);
@@ -210,7 +205,7 @@ fn quota_eviction_is_lru_and_spares_files_in_use() {
     let files: Vec<_> = (20..27)
         .map(|n| {
             let f = cache.file(&content(n), 20_000).unwrap();
-            f.write_at(&pattern(20_000, 1), 0).unwrap();
+            f.write_at(&random_bytes(1, 20_000), 0).unwrap();
             f
         })
         .collect();
@@ -225,7 +220,7 @@ fn the_background_thread_enforces_the_quota() {
     let cache = DiskCache::open(config(dir.path(), 50_000)).unwrap();
     for n in 0..10 {
         let f = cache.file(&content(n), 10_000).unwrap();
-        f.write_at(&pattern(10_000, 3), 0).unwrap();
+        f.write_at(&random_bytes(3, 10_000), 0).unwrap();
     }
     // Over quota wakes the flusher at once, whatever its interval.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -240,7 +235,7 @@ fn concurrent_writers_on_one_file() {
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
     let size = 1 << 20;
-    let data = Arc::new(pattern(size, 7));
+    let data = Arc::new(random_bytes(7, size));
     let file = cache.file(&content(1), size as u64).unwrap();
     std::thread::scope(|s| {
         for t in 0..8usize {
@@ -293,7 +288,7 @@ fn pieces_written_together_land_back_to_back_and_count_once() {
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
     // More pieces than one pwritev takes (IOV_MAX = 1024), of uneven sizes, some empty.
-    let data = pattern(3000 * 7, 5);
+    let data = random_bytes(5, 3000 * 7);
     let size = data.len() as u64 + 100;
     let file = cache.file(&content(9), size).unwrap();
     let parts: Vec<&[u8]> = data
@@ -321,7 +316,7 @@ fn an_explicit_close_leaves_a_clean_index_while_the_cache_is_still_held() {
     let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();
     let index = cache.dir().join("index.redb");
     let file = cache.file(&content(1), 4096).unwrap();
-    file.write_at(&pattern(4096, 3), 0).unwrap();
+    file.write_at(&random_bytes(3, 4096), 0).unwrap();
     // While open, the index is marked as needing recovery (and locked): what a crashed or exiting process that
     // never drops its cache leaves behind, and what makes the next open repair it.
     assert!(redb::ReadOnlyDatabase::open(&index).is_err());
@@ -330,7 +325,7 @@ fn an_explicit_close_leaves_a_clean_index_while_the_cache_is_still_held() {
     drop(redb::ReadOnlyDatabase::open(&index).expect("index not closed cleanly"));
     // Nothing is recorded after the close.
     let late = cache.file(&content(2), 100).unwrap();
-    late.write_at(&pattern(100, 4), 0).unwrap();
+    late.write_at(&random_bytes(4, 100), 0).unwrap();
     assert!(matches!(cache.flush(), Err(CacheError::IndexClosed { .. })));
     drop((late, file, cache));
     let cache = DiskCache::open(config(dir.path(), 1 << 30)).unwrap();

@@ -2,17 +2,19 @@
 //! resulting manifest: tree shape after whiteouts/opaque dirs/replacements, attributes, xattrs, hard links,
 //! file contents read back from the store, annotations, refusals and determinism.
 
-mod common;
+use std::path::Path;
 
 use bytes::Bytes;
-use common::{layout, write_image, write_index, Comp, Layer};
+use hydrate_builder::readback::read_file;
 use hydrate_builder::{BuildOptions, NoProgress};
 use hydrate_convert::{
     convert, open_layout, parse_manifest, select_platform, ConvertError, ParsedManifest, Platform,
     SourceImage,
 };
-use hydrate_format::{annotation, decode_chunk, oci, FileKind, Ino, Manifest};
+use hydrate_format::{annotation, oci, FileKind, Ino, Manifest};
 use hydrate_store::{keys, BlobStore, LocalStore};
+use hydrate_testkit::oci_image::{Compression, ImageKind, Layer, Meta, OciLayout, RunConfig};
+use hydrate_testkit::rng::random_bytes;
 use serde_json::json;
 
 fn opts() -> BuildOptions {
@@ -41,16 +43,7 @@ async fn content(store: &dyn BlobStore, m: &Manifest<Bytes>, path: &str) -> Vec<
     let ino = m
         .resolve(path.as_bytes())
         .unwrap_or_else(|| panic!("{path} missing"));
-    let mut out = Vec::new();
-    for fc in m.file_chunks(ino) {
-        let rec = m.chunk(fc.chunk_index());
-        let blob = m.blob(rec.blob_index());
-        let stored = store
-            .get_range(&keys::blob(&blob.id()), rec.stored_range())
-            .await
-            .unwrap();
-        out.extend(decode_chunk(rec, &stored).unwrap());
-    }
+    let out = read_file(store, m, ino).await.unwrap();
     assert_eq!(m.attr(ino).unwrap().size, out.len() as u64);
     out
 }
@@ -66,28 +59,44 @@ fn names(m: &Manifest<Bytes>, dir: &str) -> Vec<String> {
         .collect()
 }
 
-fn big(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ seed)
-        .collect()
+/// A one-image OCI layout in `dir` whose manifest is named `tag` (amd64, whatever this machine is).
+fn layout(dir: &Path, layers: Vec<(Vec<u8>, Compression)>, tag: &str) {
+    let mut layout = OciLayout::create(dir).unwrap();
+    layout.add_image(tag, layers, &run_config("amd64")).unwrap();
 }
 
-fn layers() -> Vec<(Vec<u8>, Comp)> {
+fn run_config(architecture: &str) -> RunConfig {
+    RunConfig {
+        entrypoint: vec!["/bin/app".into()],
+        architecture: Some(architecture.into()),
+        ..RunConfig::default()
+    }
+}
+
+/// A layer with one regular file.
+fn one_file(path: &str, data: &[u8]) -> Vec<u8> {
+    let mut layer = Layer::new();
+    layer.file(path, Meta::new(0o644), data);
+    layer.into_bytes()
+}
+
+fn layers() -> Vec<(Vec<u8>, Compression)> {
     let long_dir = "d".repeat(120);
     let long_target = format!("/{}/{}", "t".repeat(150), "u".repeat(100));
     let cap: &[u8] = &[
         1, 0, 0, 2, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
-    let l1 = Layer::new()
-        .dir("./", 0o755)
-        .dir("usr/", 0o755)
-        .dir("usr/lib/", 0o755)
+    let (dir, file, dev) = (Meta::new(0o755), Meta::new(0o644), Meta::new(0o600));
+    let mut l1 = Layer::new();
+    l1.dir("./", dir)
+        .dir("usr/", dir)
+        .dir("usr/lib/", dir)
         .symlink("lib", "usr/lib")
-        .file("usr/lib/libc.so", &big(1, 600_000))
-        .file_with(
+        .file("usr/lib/libc.so", file, &random_bytes(1, 600_000))
+        .file_with_pax(
             "bin/ping",
+            Meta::new(0o4755),
             b"ping",
-            0o4755,
             &[
                 ("SCHILY.xattr.security.capability", cap),
                 ("SCHILY.xattr.user.note", b"hi"),
@@ -95,53 +104,57 @@ fn layers() -> Vec<(Vec<u8>, Comp)> {
                 ("uid", b"5000000"),
             ],
         )
-        .file("etc/passwd", b"root:x:0:0\n")
-        .file("etc/shadow", b"secret")
-        .dir("var/cache/", 0o700)
-        .file("var/cache/a", b"a")
-        .file("var/cache/sub/b", b"b")
-        .dir("opq/", 0o755)
-        .file("opq/lower", b"lower")
-        .dir("opq/keep/", 0o755)
-        .file("opq/keep/old", b"old")
-        .file("to-dir", b"file")
-        .dir("to-file/", 0o755)
-        .file("to-file/child", b"child")
-        .file("shared", b"shared data")
+        .file("etc/passwd", file, b"root:x:0:0\n")
+        .file("etc/shadow", file, b"secret")
+        .dir("var/cache/", Meta::new(0o700))
+        .file("var/cache/a", file, b"a")
+        .file("var/cache/sub/b", file, b"b")
+        .dir("opq/", dir)
+        .file("opq/lower", file, b"lower")
+        .dir("opq/keep/", dir)
+        .file("opq/keep/old", file, b"old")
+        .file("to-dir", file, b"file")
+        .dir("to-file/", dir)
+        .file("to-file/child", file, b"child")
+        .file("shared", file, b"shared data")
         .hardlink("shared-link", "shared")
-        .device("dev/null", tar::EntryType::Char, 1, 3)
-        .device("dev/sda", tar::EntryType::Block, 8, 0)
-        .device("dev/fifo", tar::EntryType::Fifo, 0, 0)
-        .file(&format!("{long_dir}/{}", "f".repeat(120)), b"long name")
-        .symlink("longlink", &long_target)
-        .finish();
-    let l2 = Layer::new()
-        .whiteout("etc/.wh.shadow")
-        .whiteout("var/.wh.cache")
+        .char_device("dev/null", dev, 1, 3)
+        .block_device("dev/sda", dev, 8, 0)
+        .fifo("dev/fifo", dev)
+        .file(
+            &format!("{long_dir}/{}", "f".repeat(120)),
+            file,
+            b"long name",
+        )
+        .symlink("longlink", &long_target);
+    let mut l2 = Layer::new();
+    l2.whiteout("etc/shadow")
+        .whiteout("var/cache")
         // A same-layer whiteout before and after its entry: never hides it.
-        .whiteout(".wh.new")
-        .file("new", b"new in layer 2")
-        .file("also-new", b"also")
-        .whiteout(".wh.also-new")
-        .file("opq/keep/fresh", b"fresh")
-        .whiteout("opq/.wh..wh..opq")
-        .file("opq/top", b"top")
-        .dir("to-dir/", 0o750)
-        .file("to-dir/inside", b"inside")
-        .file("to-file", b"now a file")
+        .whiteout("new")
+        .file("new", file, b"new in layer 2")
+        .file("also-new", file, b"also")
+        .whiteout("also-new")
+        .file("opq/keep/fresh", file, b"fresh")
+        .opaque("opq")
+        .file("opq/top", file, b"top")
+        .dir("to-dir/", Meta::new(0o750))
+        .file("to-dir/inside", file, b"inside")
+        .file("to-file", file, b"now a file")
         .hardlink("usr/shared-again", "shared-link")
-        .file("lib/x", b"through the symlink")
-        .finish();
-    let l3 = Layer::new()
-        .file("etc/passwd", b"root:x:0:0\nuser:x:1000:1000\n")
-        .finish();
-    vec![(l1, Comp::Plain), (l2, Comp::Gzip), (l3, Comp::Zstd)]
+        .file("lib/x", file, b"through the symlink");
+    let l3 = one_file("etc/passwd", b"root:x:0:0\nuser:x:1000:1000\n");
+    vec![
+        (l1.into_bytes(), Compression::None),
+        (l2.into_bytes(), Compression::Gzip),
+        (l3, Compression::Zstd),
+    ]
 }
 
 #[tokio::test]
 async fn layers_flatten_with_oci_semantics() {
     let dir = tempfile::tempdir().unwrap();
-    layout(dir.path(), &layers(), "v1");
+    layout(dir.path(), layers(), "v1");
     let src = open_layout(dir.path(), Some("v1"), &amd64()).unwrap();
     assert!(src.reference.starts_with("oci-layout:/") && src.reference.ends_with(":v1"));
     let sdir = tempfile::tempdir().unwrap();
@@ -182,7 +195,7 @@ async fn layers_flatten_with_oci_semantics() {
     );
     assert_eq!(
         content(&store, &m, "usr/lib/libc.so").await,
-        big(1, 600_000)
+        random_bytes(1, 600_000)
     );
     assert_eq!(
         content(&store, &m, "etc/passwd").await,
@@ -267,7 +280,7 @@ async fn layers_flatten_with_oci_semantics() {
 #[tokio::test]
 async fn conversion_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    layout(dir.path(), &layers(), "v1");
+    layout(dir.path(), layers(), "v1");
     let src = open_layout(dir.path(), None, &amd64()).unwrap();
     let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (st1, st2) = (
@@ -287,9 +300,9 @@ async fn conversion_is_deterministic() {
     );
 }
 
-async fn convert_err(layers: Vec<(Vec<u8>, Comp)>) -> ConvertError {
+async fn convert_err(layers: Vec<(Vec<u8>, Compression)>) -> ConvertError {
     let dir = tempfile::tempdir().unwrap();
-    layout(dir.path(), &layers, "x");
+    layout(dir.path(), layers, "x");
     let src = open_layout(dir.path(), Some("x"), &amd64()).unwrap();
     let sdir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(sdir.path()).unwrap();
@@ -302,43 +315,35 @@ async fn convert_err(layers: Vec<(Vec<u8>, Comp)>) -> ConvertError {
 
 #[tokio::test]
 async fn hostile_entries_are_refused_naming_layer_and_entry() {
-    let e = convert_err(vec![(
-        Layer::new().raw_file(b"a/../../etc/x", b"x").finish(),
-        Comp::Plain,
-    )])
-    .await;
+    let mut hostile = Layer::new();
+    hostile.raw_file(b"a/../../etc/x", Meta::new(0o644), b"x");
+    let e = convert_err(vec![(hostile.into_bytes(), Compression::None)]).await;
     let s = e.to_string();
     assert!(
         s.contains("layer 1 (sha256:") && s.contains("a/../../etc/x") && s.contains("escapes"),
         "{s}"
     );
 
-    let e = convert_err(vec![(
-        Layer::new().hardlink("l", "missing").finish(),
-        Comp::Gzip,
-    )])
-    .await;
+    let mut dangling = Layer::new();
+    dangling.hardlink("l", "missing");
+    let e = convert_err(vec![(dangling.into_bytes(), Compression::Gzip)]).await;
     assert!(e.to_string().contains("does not exist"), "{e}");
-    let e = convert_err(vec![(
-        Layer::new().dir("d/", 0o755).hardlink("l", "d").finish(),
-        Comp::Plain,
-    )])
-    .await;
+    let mut to_dir = Layer::new();
+    to_dir.dir("d/", Meta::new(0o755)).hardlink("l", "d");
+    let e = convert_err(vec![(to_dir.into_bytes(), Compression::None)]).await;
     assert!(e.to_string().contains("is a directory"), "{e}");
-    let e = convert_err(vec![(
-        Layer::new().hardlink("l", "../../x").finish(),
-        Comp::Plain,
-    )])
-    .await;
+    let mut escaping = Layer::new();
+    escaping.hardlink("l", "../../x");
+    let e = convert_err(vec![(escaping.into_bytes(), Compression::None)]).await;
     assert!(e.to_string().contains("escapes"), "{e}");
 }
 
 #[tokio::test]
 async fn digest_and_diff_id_mismatches_are_refused() {
-    let tar = Layer::new().file("f", &big(7, 100_000)).finish();
+    let tar = one_file("f", &random_bytes(7, 100_000));
     // A damaged blob: its digest no longer matches.
     let dir = tempfile::tempdir().unwrap();
-    layout(dir.path(), &[(tar.clone(), Comp::Plain)], "x");
+    layout(dir.path(), vec![(tar.clone(), Compression::None)], "x");
     let src = open_layout(dir.path(), Some("x"), &amd64()).unwrap();
     let mut bytes = std::fs::read(&src.layers[0].path).unwrap();
     bytes[600] ^= 1;
@@ -376,9 +381,9 @@ async fn digest_and_diff_id_mismatches_are_refused() {
 
 #[tokio::test]
 async fn truncated_gzip_layer_is_reported_as_truncated() {
-    let tar = Layer::new().file("f", &big(3, 300_000)).finish();
+    let tar = one_file("f", &random_bytes(3, 300_000));
     let dir = tempfile::tempdir().unwrap();
-    layout(dir.path(), &[(tar, Comp::Gzip)], "x");
+    layout(dir.path(), vec![(tar, Compression::Gzip)], "x");
     let mut src = open_layout(dir.path(), Some("x"), &amd64()).unwrap();
     let bytes = std::fs::read(&src.layers[0].path).unwrap();
     let cut = dir.path().join("cut");
@@ -397,7 +402,7 @@ async fn unsupported_layer_media_types_are_named() {
     let dir = tempfile::tempdir().unwrap();
     layout(
         dir.path(),
-        &[(Layer::new().file("f", b"x").finish(), Comp::Plain)],
+        vec![(one_file("f", b"x"), Compression::None)],
         "x",
     );
     let mut src: SourceImage = open_layout(dir.path(), Some("x"), &amd64()).unwrap();
@@ -434,13 +439,15 @@ async fn unsupported_layer_media_types_are_named() {
 #[test]
 fn docker_manifest_list_selects_the_platform() {
     let dir = tempfile::tempdir().unwrap();
-    let tar = Layer::new().file("f", b"amd").finish();
-    let amd = write_image(dir.path(), &[(tar, Comp::Gzip)], true);
-    let arm = write_image(
-        dir.path(),
-        &[(Layer::new().file("f", b"arm").finish(), Comp::Gzip)],
-        true,
-    );
+    let mut layout = OciLayout::create(dir.path()).unwrap();
+    let docker_image = |data: &[u8], arch: &str| {
+        let layers = vec![(one_file("f", data), Compression::Gzip)];
+        layout
+            .write_image(layers, &run_config(arch), ImageKind::Docker)
+            .unwrap()
+    };
+    let amd = docker_image(b"amd", "amd64");
+    let arm = docker_image(b"arm", "arm64");
     let mut list_entries = Vec::new();
     for (d, arch, variant) in [(&amd, "amd64", None), (&arm, "arm64", Some("v8"))] {
         let mut d = d.clone();
@@ -453,10 +460,14 @@ fn docker_manifest_list_selects_the_platform() {
         "manifests": list_entries,
     }))
     .unwrap();
-    let list_digest = common::put_blob(dir.path(), &list);
-    let mut top = common::descriptor(oci::DOCKER_MANIFEST_LIST, &list_digest, list.len());
-    top["annotations"] = json!({ oci::REF_NAME: "multi" });
-    write_index(dir.path(), vec![top]);
+    layout
+        .add_manifest(json!({
+            "mediaType": oci::DOCKER_MANIFEST_LIST,
+            "digest": layout.put_blob(&list).unwrap(),
+            "size": list.len(),
+            "annotations": { oci::REF_NAME: "multi" },
+        }))
+        .unwrap();
 
     let ParsedManifest::Index(entries) = parse_manifest(&list, None).unwrap() else {
         panic!()
@@ -517,7 +528,7 @@ fn layout_blobs_are_digest_checked() {
     let dir = tempfile::tempdir().unwrap();
     layout(
         dir.path(),
-        &[(Layer::new().file("f", b"x").finish(), Comp::Plain)],
+        vec![(one_file("f", b"x"), Compression::None)],
         "x",
     );
     let index: serde_json::Value =

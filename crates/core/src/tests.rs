@@ -9,19 +9,11 @@ use hydrate_cache::{CacheConfig, DiskCache};
 use hydrate_fetch::{FetchConfig, FetchEngine};
 use hydrate_format::{FileKind, ImageId, Ino, PlanOptions};
 use hydrate_store::{BlobStore, CountingStore, LocalStore};
+use hydrate_testkit::rng::random_bytes;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
-
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut v);
-    v
-}
 
 /// A store with one image of: lib/ with 40 small modules, big (4 MiB), and a 3-level tree of empty files.
 struct Fixture {
@@ -40,11 +32,11 @@ impl Fixture {
             let len = 1000 + (i as usize * 997) % 20_000;
             std::fs::write(
                 src.path().join(format!("lib/mod{i:02}.py")),
-                pseudo_random(i, len),
+                random_bytes(i, len),
             )
             .unwrap();
         }
-        std::fs::write(src.path().join("big"), pseudo_random(99, 4 << 20)).unwrap();
+        std::fs::write(src.path().join("big"), random_bytes(99, 4 << 20)).unwrap();
         Self::from_source(src)
     }
 
@@ -618,7 +610,7 @@ fn the_fill_walks_files_in_stored_order_with_documentation_marked_cold() {
     ] {
         let path = src.path().join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, pseudo_random(len, len as usize)).unwrap();
+        std::fs::write(&path, random_bytes(len, len as usize)).unwrap();
     }
     let fx = Fixture::from_source(src);
     let cache = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use hydrate_cache::{CacheConfig, DiskCache};
 use hydrate_core::{load_manifest, FileKind, ImageId, Ino, Volume, VolumeConfig};
 use hydrate_fetch::{FetchConfig, FetchEngine};
 use hydrate_store::{BlobStore, CountingStore, ErrorKind, FaultyStore, LocalStore};
+use hydrate_testkit::rng::{random_bytes, Rng};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,18 +18,6 @@ struct Fixture {
     faulty: Arc<FaultyStore<Arc<CountingStore<LocalStore>>>>,
     counting: Arc<CountingStore<LocalStore>>,
     _rt: tokio::runtime::Runtime,
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn fixture(files: &[(&str, Vec<u8>)], config: VolumeConfig) -> Fixture {
@@ -109,7 +98,7 @@ fn read_all_at(vol: &Volume, fh: u64, offset: u64, len: usize) -> Result<Vec<u8>
 
 #[test]
 fn reads_match_source_at_any_offset_and_size() {
-    let data = pseudo_random(3 << 20, 1);
+    let data = random_bytes(1, 3 << 20);
     let f = fixture(
         &[("dir/file", data.clone()), ("empty", Vec::new())],
         VolumeConfig::default(),
@@ -117,13 +106,10 @@ fn reads_match_source_at_any_offset_and_size() {
     let ino = ino_of(&f.vol, "dir/file");
     let opened = f.vol.open(ino).unwrap();
     assert!(!opened.complete);
-    let mut seed = 7u64;
+    let mut rng = Rng::new(7);
     for _ in 0..300 {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let offset = (seed >> 20) % (data.len() as u64 + 100);
-        let len = ((seed >> 5) % 300_000) as usize;
+        let offset = rng.below(data.len() as u64 + 100);
+        let len = rng.below(300_000) as usize;
         let got = read_all_at(&f.vol, opened.fh, offset, len).unwrap();
         let start = (offset as usize).min(data.len());
         let end = (start + len).min(data.len());
@@ -139,7 +125,7 @@ fn reads_match_source_at_any_offset_and_size() {
 
 #[test]
 fn random_reads_fetch_only_covering_chunks_and_streams_read_ahead() {
-    let data = pseudo_random(8 << 20, 2);
+    let data = random_bytes(2, 8 << 20);
     let f = fixture(&[("big", data.clone())], VolumeConfig::default());
     let ino = ino_of(&f.vol, "big");
     let fh = f.vol.open(ino).unwrap().fh;
@@ -161,7 +147,7 @@ fn random_reads_fetch_only_covering_chunks_and_streams_read_ahead() {
 
 #[test]
 fn corrupt_store_bytes_give_eio_and_are_never_cached() {
-    let data = pseudo_random(2 << 20, 3);
+    let data = random_bytes(3, 2 << 20);
     let f = fixture(&[("file", data.clone())], VolumeConfig::default());
     let ino = ino_of(&f.vol, "file");
     let m = f.vol.manifest();
@@ -192,7 +178,7 @@ fn corrupt_store_bytes_give_eio_and_are_never_cached() {
 
 #[test]
 fn temporary_store_failures_are_retried_and_permanent_ones_fail() {
-    let data = pseudo_random(500_000, 4);
+    let data = random_bytes(4, 500_000);
     // No readahead: a background fetch of the rest of the file would race the injected failures.
     let config = VolumeConfig {
         readahead_max: 0,

@@ -2,8 +2,10 @@
 //!
 //! Chunks are cut with the image format's FastCDC chunker and named by BLAKE3, so a chunk already in the store
 //! (from an earlier archive, another file, or an image) is not uploaded again. New chunks are packed into
-//! blobs of about `blob_target` bytes; a blob is read back and its digest checked before any file referring to
-//! it is recorded as archived. A file's archive is complete when its file map is stored (and read back) and its
+//! blobs of about `blob_target` bytes by the builder's [`BlobPacker`], the one packer of hydrate, and uploaded
+//! with its [`upload_blob`]: a blob is read back from a remote store and compared before any file referring to
+//! it is recorded as archived (a local directory store is not read back: see `hydrate_store::put_verified`).
+//! A file's archive is complete when its file map is stored (the same way) and its
 //! journal record says `Archived` with the fingerprint it had while it was read: a file that changed while
 //! being read is not recorded, and one unchanged since its last archive is skipped (incremental).
 
@@ -11,12 +13,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bytes::Bytes;
+use hydrate_builder::blob::{blob_id, upload_blob, BlobPacker};
 use hydrate_fetch::ChunkLoc;
-use hydrate_format::{compress_chunk, BlobId, ChunkId, Chunker, Digest};
-use hydrate_store::keys;
+use hydrate_format::{BlobId, ChunkId, Chunker, Digest};
+use hydrate_store::{keys, put_verified};
 
 use crate::filemap::{FileMap, MapChunk};
 use crate::journal::{now_secs, ArchiveInfo, FileRecord, FileState, Fingerprint};
@@ -59,7 +62,7 @@ struct PendingFile {
 /// One archive run: the open blob and the files waiting for it.
 pub(crate) struct Archiver<'a> {
     svc: &'a Service,
-    blob: Vec<u8>,
+    blob: BlobPacker,
     open: HashMap<ChunkId, Ref>,
     pending: Vec<PendingFile>,
     /// Chunks of the file being read (resolved too when a blob is sealed mid-file).
@@ -73,7 +76,7 @@ impl<'a> Archiver<'a> {
     pub fn new(svc: &'a Service) -> Archiver<'a> {
         Archiver {
             svc,
-            blob: Vec::new(),
+            blob: BlobPacker::new(svc.cfg.blob_target),
             open: HashMap::new(),
             pending: Vec::new(),
             current: Vec::new(),
@@ -119,7 +122,7 @@ impl<'a> Archiver<'a> {
             self.report.bytes_read += chunk.data.len() as u64;
             let r = self.add_chunk(&chunk.data)?;
             self.current.push((chunk.offset, r));
-            if self.blob.len() as u64 >= self.svc.cfg.blob_target {
+            if self.blob.is_full() {
                 // Seal mid-file too: bounded memory whatever the file size.
                 self.seal()?;
             }
@@ -177,15 +180,14 @@ impl<'a> Archiver<'a> {
                 return Ok(Ref::Known(loc));
             }
         }
-        let (compression, stored) = compress_chunk(data, self.svc.cfg.zstd_level);
+        let placed = self.blob.place_plain(data, self.svc.cfg.zstd_level);
         let r = Ref::Open {
             id,
-            offset: self.blob.len() as u64,
-            stored_len: stored.len() as u32,
+            offset: placed.offset,
+            stored_len: placed.stored_len,
             plain_len: data.len() as u32,
-            compression,
+            compression: placed.compression,
         };
-        self.blob.extend_from_slice(&stored);
         self.open.insert(id, r);
         self.report.new_chunks += 1;
         Ok(r)
@@ -205,25 +207,19 @@ impl<'a> Archiver<'a> {
         Ok(exists)
     }
 
-    /// Uploads the open blob, reads it back to verify it, records its chunks, and resolves the references.
+    /// Uploads the open blob (verified), records its chunks, and resolves the references.
     fn seal(&mut self) -> Result<(), HsmError> {
-        if self.open.is_empty() {
+        let Some(data) = self.blob.take() else {
             return Ok(());
-        }
-        let data = Bytes::from(std::mem::take(&mut self.blob));
-        let blob = BlobId(Digest::of(&data));
-        let key = keys::blob(&blob);
-        self.svc.block_on(self.svc.store.put(&key, data.clone()))?;
-        let back = self.svc.block_on(self.svc.store.get(&key))?;
-        if Digest::of(&back) != blob.digest() {
-            return Err(HsmError::refused(
-                PathBuf::from(&key),
-                "blob read back from the store does not match what was written",
-            ));
-        }
+        };
+        let data = Bytes::from(data);
+        let blob = blob_id(&data);
+        let written = self
+            .svc
+            .block_on(upload_blob(self.svc.store.as_ref(), blob, data))?;
         self.verified_blobs.insert(blob);
         self.report.blobs += 1;
-        self.report.bytes_uploaded += data.len() as u64;
+        self.report.bytes_uploaded += written.unwrap_or(0);
         let resolve = |r: &Ref| match *r {
             Ref::Known(loc) => loc,
             Ref::Open {
@@ -292,14 +288,8 @@ impl<'a> Archiver<'a> {
         let bytes = Bytes::from(map.encode());
         let id = map.id();
         let key = id.key();
-        self.svc.block_on(self.svc.store.put(&key, bytes.clone()))?;
-        let back = self.svc.block_on(self.svc.store.get(&key))?;
-        if back != bytes {
-            return Err(HsmError::FileMap {
-                key,
-                reason: "read back differs from what was written".into(),
-            });
-        }
+        self.svc
+            .block_on(put_verified(self.svc.store.as_ref(), &key, bytes))?;
         let mut rec = p.rec;
         rec.state = FileState::Archived;
         rec.fingerprint = p.fingerprint;

@@ -161,24 +161,15 @@ pub(crate) fn attach_and_report(
     if let Some(tag) = tag {
         hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
     }
-    let store = hydrate_store::open_existing_store(store_addr)
-        .with_context(|| format!("store {store_addr}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let report = rt
-        .block_on(async {
-            let image = hydrate_store::resolve(store.as_ref(), image).await?;
-            let opts = PlanOptions {
-                small_file_max,
-                ..PlanOptions::default()
-            };
-            attach(store.as_ref(), &image, trace, opts, tag)
-                .await
-                .map_err(anyhow::Error::from)
-        })
-        .with_context(|| format!("image {image:?} in {}", store.describe()))?;
+    let report = crate::cmd_inspect::with_image(store_addr, image, |store, id| async move {
+        let opts = PlanOptions {
+            small_file_max,
+            ..PlanOptions::default()
+        };
+        attach(store.as_ref(), &id, trace, opts, tag)
+            .await
+            .with_context(|| format!("image {image:?} in {}", store.describe()))
+    })?;
     println!("{} {}", tag.unwrap_or("image"), report.image);
     println!(
         "prefetch plan: {} entries, {} bytes ({}); {} trace events named no file of this image",

@@ -7,7 +7,8 @@
 //! parts, and a registry (which checks that a manifest's blobs exist) accepts the tag. Objects
 //! the destination already has with the right size are skipped, which makes a repeated or
 //! interrupted push cheap. Every object is verified against its BLAKE3 id before it is written:
-//! a damaged source is reported, never propagated. Each request is retried on temporary errors
+//! a damaged source is reported, never propagated, and written with `put_verified` (read back from a remote
+//! destination before the manifest or tag may refer to it). Each request is retried on temporary errors
 //! (5xx, timeouts, resets) and a damaged read is read again (`crate::retry`), so a long push
 //! survives a flaky link; a copy damaged in the source itself fails after the last attempt.
 
@@ -18,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::TryFutureExt;
 use hydrate_format::{BlobId, Digest, ImageId, Manifest};
-use hydrate_store::{keys, BlobStore};
+use hydrate_store::{keys, put_verified, BlobStore};
 use indicatif::ProgressBar;
 
 use crate::cli::PushArgs;
@@ -191,7 +192,7 @@ pub async fn push(
     let present = with_retries(&manifest_key, || dest.head(&manifest_key).err_into()).await?;
     if present != Some(manifest_bytes.len() as u64) {
         with_retries(&manifest_key, || {
-            dest.put(&manifest_key, manifest_bytes.clone()).err_into()
+            put_verified(dest.as_ref(), &manifest_key, manifest_bytes.clone()).err_into()
         })
         .await?;
         report.manifest_copied = true;
@@ -224,7 +225,7 @@ async fn copy_blob(
         verify(&key, &data, &blob.0, Some(size)).await
     })
     .await?;
-    with_retries(&key, || dest.put(&key, data.clone()).err_into()).await?;
+    with_retries(&key, || put_verified(dest, &key, data.clone()).err_into()).await?;
     Ok(true)
 }
 

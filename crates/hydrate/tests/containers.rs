@@ -633,6 +633,7 @@ with open("/tmp/written-by-container", "w") as f:
                 env: vec!["GREETING=hi".into()],
                 working_dir: Some("/app".into()),
                 user: Some("nobody".into()),
+                ..RunConfig::default()
             },
         )
         .unwrap()

@@ -120,6 +120,9 @@ impl<S: BlobStore> BlobStore for CountingStore<S> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         add(&self.counters.get_requests, 1);

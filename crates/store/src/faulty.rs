@@ -157,6 +157,9 @@ impl<S: BlobStore> BlobStore for FaultyStore<S> {
         self.inner.describe()
     }
 
+    // `is_local` stays `false` even over a local store: this wrapper models a medium that damages reads,
+    // which is exactly what `put_verified`'s read-back exists to catch.
+
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.before_read(key).await?;
         let data = self.inner.get(key).await?;

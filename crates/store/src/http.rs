@@ -59,7 +59,7 @@ impl HttpStore {
     }
 }
 
-crate::remote::blob_store_over_object_keys!(HttpStore);
+crate::remote::blob_store_over_object_keys!(HttpStore, is_local: false);
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,8 @@
 //! HTTP and OCI registries can all offer it thinly. Everything above the store (image
 //! building, the fetch engine, the CLI) talks to `Arc<dyn BlobStore>` and identifies a store
 //! in logs by [`BlobStore::describe`]. Wrappers stack on any store: [`CountingStore`] for
-//! metrics and laziness tests, [`FaultyStore`] for fault-injection tests. Network backends:
+//! metrics and laziness tests, [`FaultyStore`] for fault-injection tests. Immutable objects are written with
+//! [`put_verified`], which reads a remote upload back before anything may refer to it. Network backends:
 //! [`S3Store`] (any S3-compatible engine) and [`HttpStore`] (read-only, any HTTP server).
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod oci;
 mod refs;
 mod remote;
 mod s3;
+mod verified;
 
 use std::ops::Range;
 use std::path::Path;
@@ -39,6 +41,7 @@ pub use oci::{
 pub use refs::{list_tags, put_tag, resolve};
 pub use remote::RemoteOptions;
 pub use s3::S3Store;
+pub use verified::put_verified;
 
 /// A store of immutable content-addressed objects and mutable names, keyed by strings
 /// (see [`keys`] for the layout).
@@ -46,6 +49,14 @@ pub use s3::S3Store;
 pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// A short identification for logs and errors, e.g. `local:/srv/store`.
     fn describe(&self) -> String;
+
+    /// Whether this store is a directory of this machine written by this process (a [`LocalStore`]). Such a
+    /// store's `put` already fsyncs and renames, and a read right after it is served from the page cache:
+    /// reading an upload back would only compare memory with itself, so [`put_verified`] skips it there.
+    /// Every other store (network backends, and the test wrappers that model a faulty medium) says `false`.
+    fn is_local(&self) -> bool {
+        false
+    }
 
     /// The whole object at `key`.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
@@ -68,6 +79,9 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 impl<T: BlobStore + ?Sized> BlobStore for Arc<T> {
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn is_local(&self) -> bool {
+        (**self).is_local()
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         (**self).get(key).await

@@ -73,7 +73,7 @@ impl LocalStore {
     }
 }
 
-crate::remote::blob_store_over_object_keys!(LocalStore);
+crate::remote::blob_store_over_object_keys!(LocalStore, is_local: true);
 
 #[cfg(test)]
 mod tests {

@@ -104,13 +104,17 @@ pub(crate) enum Access {
 }
 
 /// Implements [`crate::BlobStore`] for a store type whose `objects` field (an [`ObjectKeys`]) does all the
-/// work: the local, S3 and HTTP stores differ only in how they build their client.
+/// work: the local, S3 and HTTP stores differ only in how they build their client (and whether it is a
+/// directory on this machine, see [`crate::BlobStore::is_local`]).
 macro_rules! blob_store_over_object_keys {
-    ($store:ty) => {
+    ($store:ty, is_local: $local:literal) => {
         #[async_trait::async_trait]
         impl $crate::BlobStore for $store {
             fn describe(&self) -> String {
                 self.objects.describe().to_owned()
+            }
+            fn is_local(&self) -> bool {
+                $local
             }
             async fn get(&self, key: &str) -> Result<bytes::Bytes, $crate::StoreError> {
                 self.objects.get(key).await

@@ -189,7 +189,7 @@ impl S3Store {
     }
 }
 
-crate::remote::blob_store_over_object_keys!(S3Store);
+crate::remote::blob_store_over_object_keys!(S3Store, is_local: false);
 
 /// The settings of one profile from the AWS shared credentials and config files (credentials
 /// file first: it is where keys belong).

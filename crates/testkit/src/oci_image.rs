@@ -2,18 +2,25 @@
 //! that skopeo, umoci and `hydrate convert` read.
 //!
 //! Layers are tar streams built entry by entry, so a test can state exactly the awkward cases a real image
-//! carries: whiteouts, opaque directories, hard links into lower layers, device nodes, pax xattrs, long names.
+//! carries: whiteouts, opaque directories, hard links into lower layers, device nodes, pax records (xattrs,
+//! large uids, sub-second mtimes), long names, and names no well-behaved tool writes ([`Layer::raw_file`]).
+//! This is the one layer builder and layout writer of the tests: the converter's tests, the CLI's container
+//! tests and the benchmark all use it. A layout can hold OCI or Docker schema2 images, unlisted images for a
+//! hand-made index or manifest list ([`OciLayout::write_image`], [`OciLayout::add_manifest`]), and layers
+//! given as tar bytes made elsewhere ([`LayerTar`]).
 //! [`Layer::from_dir`] packs a real directory (for runnable images), and [`host_program_rootfs`] assembles a
 //! minimal root filesystem around a program of this machine with the shared libraries it links.
 
 use std::collections::BTreeSet;
+use std::io::Cursor;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hydrate_format::oci::{
-    sha256_digest, sha256_hex, Sha256Hasher, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR,
-    OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME,
+    sha256_digest, sha256_hex, Sha256Hasher, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_LAYER_TAR,
+    DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD,
+    OCI_MANIFEST, REF_NAME,
 };
 
 /// How a layer blob is compressed.
@@ -28,13 +35,24 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn media_type(self) -> &'static str {
-        match self {
-            Compression::None => OCI_LAYER_TAR,
-            Compression::Gzip | Compression::GzipDefault => OCI_LAYER_GZIP,
-            Compression::Zstd => OCI_LAYER_ZSTD,
+    fn media_type(self, kind: ImageKind) -> &'static str {
+        match (kind, self) {
+            (ImageKind::Oci, Compression::None) => OCI_LAYER_TAR,
+            (ImageKind::Oci, Compression::Gzip | Compression::GzipDefault) => OCI_LAYER_GZIP,
+            (ImageKind::Docker, Compression::None) => DOCKER_LAYER_TAR,
+            (ImageKind::Docker, Compression::Gzip | Compression::GzipDefault) => DOCKER_LAYER_GZIP,
+            // Docker has no zstd layer type; its tools write the OCI one.
+            (_, Compression::Zstd) => OCI_LAYER_ZSTD,
         }
     }
+}
+
+/// Which media types an image's manifest, config and layers carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Oci,
+    /// Docker schema2 (what `docker push` writes).
+    Docker,
 }
 
 /// Owner, mode and mtime of an entry.
@@ -123,10 +141,35 @@ impl Layer {
             .iter()
             .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
             .collect();
+        let records: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        self.file_with_pax(path, meta, data, &records)
+    }
+
+    /// A regular file preceded by arbitrary pax records (`mtime`, `uid`, `SCHILY.xattr.*`, …), which override
+    /// the header's fields for this entry.
+    pub fn file_with_pax(
+        &mut self,
+        path: &str,
+        meta: Meta,
+        data: &[u8],
+        records: &[(&str, &[u8])],
+    ) -> &mut Layer {
         self.builder
-            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .append_pax_extensions(records.iter().copied())
             .expect("pax header");
         self.file(path, meta, data)
+    }
+
+    /// A regular file whose raw header name is `name`, bypassing the tar crate's path checks (`..`, absolute
+    /// paths): what a hostile layer carries.
+    pub fn raw_file(&mut self, name: &[u8], meta: Meta, data: &[u8]) -> &mut Layer {
+        let mut h = Layer::header(tar::EntryType::Regular, meta, data.len() as u64);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        self.builder
+            .append(&h, data)
+            .unwrap_or_else(|e| panic!("adding a raw entry to a test layer: {e}"));
+        self
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Layer {
@@ -147,7 +190,22 @@ impl Layer {
     }
 
     pub fn char_device(&mut self, path: &str, meta: Meta, major: u32, minor: u32) -> &mut Layer {
-        let mut h = Layer::header(tar::EntryType::Char, meta, 0);
+        self.device(tar::EntryType::Char, path, meta, major, minor)
+    }
+
+    pub fn block_device(&mut self, path: &str, meta: Meta, major: u32, minor: u32) -> &mut Layer {
+        self.device(tar::EntryType::Block, path, meta, major, minor)
+    }
+
+    fn device(
+        &mut self,
+        kind: tar::EntryType,
+        path: &str,
+        meta: Meta,
+        major: u32,
+        minor: u32,
+    ) -> &mut Layer {
+        let mut h = Layer::header(kind, meta, 0);
         h.set_device_major(major).expect("device major");
         h.set_device_minor(minor).expect("device minor");
         self.append(h, path, &[])
@@ -186,6 +244,32 @@ impl Layer {
         file.seek(SeekFrom::Start(0))?;
         Ok(file)
     }
+
+    /// The finished tar's bytes (for tests that damage, hash or reuse them).
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.finish()
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .expect("reading back a test layer");
+        bytes
+    }
+}
+
+/// A layer's uncompressed tar for [`OciLayout`]: a [`Layer`] being built, or tar bytes made elsewhere.
+pub trait LayerTar {
+    fn into_reader(self) -> std::io::Result<Box<dyn Read>>;
+}
+
+impl LayerTar for Layer {
+    fn into_reader(self) -> std::io::Result<Box<dyn Read>> {
+        Ok(Box::new(self.finish()?))
+    }
+}
+
+impl LayerTar for Vec<u8> {
+    fn into_reader(self) -> std::io::Result<Box<dyn Read>> {
+        Ok(Box::new(Cursor::new(self)))
+    }
 }
 
 /// What the image config's `config` object says about how to run the image.
@@ -196,6 +280,8 @@ pub struct RunConfig {
     pub env: Vec<String>,
     pub working_dir: Option<String>,
     pub user: Option<String>,
+    /// The config's Go architecture name; `None` is this machine's ([`host_architecture`]).
+    pub architecture: Option<String>,
 }
 
 /// An OCI image layout directory being written.
@@ -225,7 +311,8 @@ impl OciLayout {
         self.dir.join("blobs/sha256").join(hex)
     }
 
-    fn put_blob(&self, data: &[u8]) -> std::io::Result<String> {
+    /// Stores `data` as a blob of the layout; returns its digest.
+    pub fn put_blob(&self, data: &[u8]) -> std::io::Result<String> {
         let digest = sha256_digest(data);
         std::fs::write(self.blob_path(&digest), data)?;
         Ok(digest)
@@ -234,7 +321,7 @@ impl OciLayout {
     /// Streams a tar into a compressed blob; returns (diff id, blob digest, blob size).
     fn put_layer(
         &self,
-        mut tar: std::fs::File,
+        mut tar: Box<dyn Read>,
         compression: Compression,
     ) -> std::io::Result<(String, String, u64)> {
         let spool = self.dir.join("blobs/sha256/.incoming");
@@ -266,20 +353,48 @@ impl OciLayout {
         Ok((plain.digest(), digest, size))
     }
 
-    /// Adds an image tagged `tag` made of `layers` (bottom first); returns its manifest digest.
-    pub fn add_image(
+    /// Adds an OCI image tagged `tag` made of `layers` (bottom first) and lists it in `index.json`; returns
+    /// its manifest digest.
+    pub fn add_image<L: LayerTar>(
         &mut self,
         tag: &str,
-        layers: Vec<(Layer, Compression)>,
+        layers: Vec<(L, Compression)>,
         run: &RunConfig,
     ) -> std::io::Result<String> {
+        let mut descriptor = self.write_image(layers, run, ImageKind::Oci)?;
+        let digest = descriptor["digest"].as_str().unwrap_or_default().to_owned();
+        descriptor["annotations"] = serde_json::json!({ REF_NAME: tag });
+        self.add_manifest(descriptor)?;
+        Ok(digest)
+    }
+
+    /// Lists `descriptor` (of a manifest or index stored with [`OciLayout::put_blob`] or
+    /// [`OciLayout::write_image`]) in `index.json`.
+    pub fn add_manifest(&mut self, descriptor: serde_json::Value) -> std::io::Result<()> {
+        self.manifests.push(descriptor);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": self.manifests,
+        });
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index)?)
+    }
+
+    /// Stores the layers, config and manifest of an image of `kind` without listing it in `index.json` (for
+    /// a manifest list or index made by hand); returns the manifest's descriptor.
+    pub fn write_image<L: LayerTar>(
+        &self,
+        layers: Vec<(L, Compression)>,
+        run: &RunConfig,
+        kind: ImageKind,
+    ) -> std::io::Result<serde_json::Value> {
         let mut diff_ids = Vec::new();
         let mut descriptors = Vec::new();
         for (layer, compression) in layers {
-            let (diff_id, digest, size) = self.put_layer(layer.finish()?, compression)?;
+            let (diff_id, digest, size) = self.put_layer(layer.into_reader()?, compression)?;
             diff_ids.push(diff_id);
             descriptors.push(serde_json::json!({
-                "mediaType": compression.media_type(),
+                "mediaType": compression.media_type(kind),
                 "digest": digest,
                 "size": size,
             }));
@@ -301,38 +416,33 @@ impl OciLayout {
             config.insert("User".into(), serde_json::json!(user));
         }
         let config = serde_json::json!({
-            "architecture": host_architecture(),
+            "architecture": run.architecture.as_deref().unwrap_or(host_architecture()),
             "os": "linux",
             "config": config,
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
         });
         let config = serde_json::to_vec(&config)?;
         let config_digest = self.put_blob(&config)?;
+        let (manifest_type, config_type) = match kind {
+            ImageKind::Oci => (OCI_MANIFEST, OCI_CONFIG),
+            ImageKind::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG),
+        };
         let manifest = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
+            "mediaType": manifest_type,
             "config": {
-                "mediaType": OCI_CONFIG,
+                "mediaType": config_type,
                 "digest": config_digest,
                 "size": config.len(),
             },
             "layers": descriptors,
         });
         let manifest = serde_json::to_vec(&manifest)?;
-        let digest = self.put_blob(&manifest)?;
-        self.manifests.push(serde_json::json!({
-            "mediaType": OCI_MANIFEST,
-            "digest": digest,
+        Ok(serde_json::json!({
+            "mediaType": manifest_type,
+            "digest": self.put_blob(&manifest)?,
             "size": manifest.len(),
-            "annotations": { REF_NAME: tag },
-        }));
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": self.manifests,
-        });
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index)?)?;
-        Ok(digest)
+        }))
     }
 }
 

@@ -30,15 +30,7 @@ pub const BIG_LEN: usize = 3 * 1024 * 1024 + 123;
 
 /// Deterministic pseudo-random content, so every byte of a read can be checked.
 pub fn big_content() -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..BIG_LEN)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    hydrate_testkit::rng::random_bytes(1, BIG_LEN)
 }
 
 struct Node {

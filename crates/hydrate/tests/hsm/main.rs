@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hydrate_format::oci::sha256_digest;
 use hydrate_hsm::{call, Request, Residency};
+use hydrate_testkit::rng::{random_bytes, text_bytes};
 use support::*;
 
 /// Every test here needs root; without it they skip (or fail under `HYDRATE_REQUIRE_SERVERS`), by testkit's one
@@ -54,7 +55,7 @@ fn thousand_files_garage_store() {
 fn hole_skipping_tools_get_real_bytes() {
     require_root!();
     let (_dir, root, hsm) = local_hsm("30s");
-    let want = content(7, 3 << 20, false);
+    let want = random_bytes(7, 3 << 20);
     for name in ["a", "b", "c", "d", "e"] {
         std::fs::write(root.join(name), &want).unwrap();
     }
@@ -171,7 +172,7 @@ fn hazard_2_is_real_without_open_recall() {
         cp.as_os_str(),
     ]);
     let hsm = Hsm::start(&root);
-    let want = content(8, 1 << 20, false);
+    let want = random_bytes(8, 1 << 20);
     std::fs::write(root.join("a"), &want).unwrap();
     hsm.archive_and_release();
     let out = tempfile::tempdir().unwrap();
@@ -203,11 +204,11 @@ fn worker_killed_during_recalls_and_release() {
     let n = 16;
     let len = 2 << 20;
     for i in 0..n {
-        std::fs::write(root.join(format!("f{i}")), content(100 + i, len, false)).unwrap();
+        std::fs::write(root.join(format!("f{i}")), random_bytes(100 + i, len)).unwrap();
     }
     hsm.archive_and_release();
     let sums: Vec<String> = (0..n)
-        .map(|i| sha256_digest(&content(100 + i, len, false)))
+        .map(|i| sha256_digest(&random_bytes(100 + i, len)))
         .collect();
 
     // A slow link: every recall takes a while, so the kill lands while readers wait.
@@ -281,7 +282,7 @@ fn worker_killed_during_recalls_and_release() {
     }
     for t in lazy {
         let (i, off, buf) = t.join().unwrap();
-        let want = content(100 + i, len, false);
+        let want = random_bytes(100 + i, len);
         assert!(
             buf == want[off as usize..off as usize + buf.len()],
             "lazy read of f{i} wrong across the kill"
@@ -331,7 +332,7 @@ fn worker_killed_during_recalls_and_release() {
 fn holder_killed_worker_keeps_serving() {
     require_root!();
     let (_dir, root, mut hsm) = local_hsm("30s");
-    let want = content(31, 700_000, false);
+    let want = random_bytes(31, 700_000);
     for name in ["a", "b"] {
         std::fs::write(root.join(name), &want).unwrap();
     }
@@ -396,7 +397,7 @@ fn store_unreachable_gives_eio_then_success() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     let hsm = Hsm::init(&root, &store, "2s");
-    let want = content(3, 1 << 20, false);
+    let want = random_bytes(3, 1 << 20);
     std::fs::write(root.join("f"), &want).unwrap();
     hsm.archive_and_release();
 
@@ -438,7 +439,7 @@ fn disk_full_during_recall_gives_enospc() {
     let store = tempfile::tempdir().unwrap();
     let root = fs.mnt.join("data");
     let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
-    let want = content(11, 12 << 20, false);
+    let want = random_bytes(11, 12 << 20);
     std::fs::write(root.join("big"), &want).unwrap();
     hsm.archive_and_release();
     // Fill the file system (as root, reserved blocks included).
@@ -473,7 +474,7 @@ fn disk_full_during_recall_gives_enospc() {
 fn writes_and_truncates_into_released_files() {
     require_root!();
     let (_dir, root, hsm) = local_hsm("30s");
-    let orig = content(21, 1_500_000, true);
+    let orig = text_bytes(21, 1_500_000);
     for name in ["lazy", "dd", "trunc", "otrunc"] {
         std::fs::write(root.join(name), &orig).unwrap();
     }
@@ -549,7 +550,7 @@ fn metadata_is_kept() {
     require_root!();
     let (_dir, root, hsm) = local_hsm("30s");
     let p = root.join("m");
-    std::fs::write(&p, content(5, 200_000, false)).unwrap();
+    std::fs::write(&p, random_bytes(5, 200_000)).unwrap();
     std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
     xattr::set(&p, "user.note", b"keep me").unwrap();
@@ -599,7 +600,7 @@ fn journal_is_incremental_and_auditable() {
     require_root!();
     let (_dir, root, hsm) = local_hsm("30s");
     for i in 0..5 {
-        std::fs::write(root.join(format!("f{i}")), content(i, 300_000, false)).unwrap();
+        std::fs::write(root.join(format!("f{i}")), random_bytes(i, 300_000)).unwrap();
     }
     assert_eq!(
         hsm.ok(Request::Archive(vec![hsm.root.clone()]))
@@ -608,7 +609,7 @@ fn journal_is_incremental_and_auditable() {
             .archived,
         5
     );
-    std::fs::write(root.join("f2"), content(99, 300_000, false)).unwrap();
+    std::fs::write(root.join("f2"), random_bytes(99, 300_000)).unwrap();
     // chmod only: still releasable (content digest unchanged).
     std::fs::set_permissions(root.join("f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = hsm.req(Request::Release(vec![hsm.root.clone()]));
@@ -637,7 +638,7 @@ fn journal_is_incremental_and_auditable() {
     let hsm = Hsm::start(&root);
     assert_eq!(hsm.state("f3"), Residency::Archived);
     assert_eq!(hsm.state("g4"), Residency::Released);
-    assert!(std::fs::read(root.join("g4")).unwrap() == content(4, 300_000, false));
+    assert!(std::fs::read(root.join("g4")).unwrap() == random_bytes(4, 300_000));
     assert!(hsm.ok(Request::Log(0)).log.len() >= log.len());
 }
 
@@ -683,7 +684,7 @@ fn policy_brings_usage_under_the_low_watermark() {
     };
     let put = |name: &str, seed: u64, old: bool| {
         let p = root.join(name);
-        std::fs::write(&p, content(seed, 4 << 20, false)).unwrap();
+        std::fs::write(&p, random_bytes(seed, 4 << 20)).unwrap();
         if old {
             filetime::set_file_times(&p, days_ago(60), days_ago(60)).unwrap();
         }

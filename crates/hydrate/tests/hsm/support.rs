@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use hydrate_hsm::{call, FileStatus, Layout, Reply, Request, Residency};
+use hydrate_testkit::rng::{random_bytes, text_bytes};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hydrate");
 
@@ -45,22 +46,13 @@ pub fn hydrate(args: &[&OsStr]) -> String {
     check(out, &format!("hydrate {args:?}"))
 }
 
-/// Deterministic content: `seed` picks the bytes; `text` makes it compressible.
+/// Deterministic content from the test kit's generators: `seed` picks the bytes; `text` makes it compressible.
 pub fn content(seed: u64, len: usize, text: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if text {
-            out.extend_from_slice(format!("line {} of seed {seed}\n", x % 1000).as_bytes());
-        } else {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+    if text {
+        text_bytes(seed, len)
+    } else {
+        random_bytes(seed, len)
     }
-    out.truncate(len);
-    out
 }
 
 /// `sha256sum`'s answer for `path`, as an OCI digest (`sha256:<hex>`) to compare with
