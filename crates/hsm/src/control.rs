@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::ArchiveReport;
 use crate::config::Layout;
+use crate::journal::Residency;
 use crate::service::Service;
 use crate::HsmError;
 
@@ -40,11 +41,13 @@ pub enum Request {
     Log(u64),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStatus {
+    /// The path; a name that is not UTF-8 travels with U+FFFD in place of its bad bytes (JSON carries text).
+    #[serde(with = "crate::journal::lossy_path")]
     pub path: PathBuf,
-    /// local, archived, partial or released
-    pub state: String,
+    /// Serialized as local, archived, partial or released.
+    pub state: Residency,
     pub pinned: bool,
     pub size: u64,
     /// Bytes of content local (by the journal's presence record).

@@ -253,7 +253,7 @@ impl LogEntry {
 /// Paths in the control protocol's JSON. JSON strings are Unicode and file names are bytes: a name that is not
 /// UTF-8 is sent with U+FFFD in place of its invalid bytes, rather than failing the whole reply (serde's own
 /// `PathBuf` refuses it). The journal itself keeps the exact bytes.
-mod lossy_path {
+pub(crate) mod lossy_path {
     use std::path::{Path, PathBuf};
 
     use serde::{Deserialize, Deserializer, Serializer};

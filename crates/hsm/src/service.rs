@@ -465,7 +465,7 @@ pub fn status_of(layout: &Layout, journal: &Journal, paths: &[PathBuf]) -> Resul
         files.push(FileStatus {
             path: layout.relative(&path),
             // The control protocol carries the state by name (the JSON boundary).
-            state: residency.as_str().to_owned(),
+            state: residency,
             pinned: rec.is_some_and(|r| r.pinned),
             size,
             local_bytes: local,

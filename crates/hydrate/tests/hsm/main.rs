@@ -385,6 +385,16 @@ fn a_name_that_is_not_utf8_is_archived_released_and_recalled() {
         .map(|e| e.op.as_str())
         .collect();
     assert_eq!(ops, ["archive", "release", "recall"], "{log:#?}");
+    // The status of the tree names it too (the reply carries text: U+FFFD in place of the bad byte).
+    let status = hsm.ok(Request::Status(vec![root.clone()]));
+    assert!(
+        status
+            .files
+            .iter()
+            .any(|f| f.path.ends_with("caf\u{fffd}") && f.state == Residency::Archived),
+        "{:#?}",
+        status.files
+    );
 }
 
 /// Store unreachable: the reader gets EIO within the deadline, the stub stays; later the read succeeds.
