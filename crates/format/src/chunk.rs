@@ -251,6 +251,24 @@ fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// zstd decompression with a context kept per thread: creating one per chunk (`zstd::bulk::decompress`) cost
+/// 16% of the daemon's CPU while it filled a real image (perf, docs/benchmarks.md).
+fn zstd_decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut context = c.borrow_mut();
+        if context.is_none() {
+            *context = Some(zstd::bulk::Decompressor::new()?);
+        }
+        context
+            .as_mut()
+            .expect("set above")
+            .decompress(stored, capacity)
+    })
+}
+
 /// Decode and verify one stored chunk against its record.
 ///
 /// Checks the stored length, decompresses with an output bound of `plain_len` (itself capped at `CHUNK_MAX`),
@@ -276,7 +294,7 @@ pub fn decode_chunk(rec: &ChunkRecord, stored: &[u8]) -> Result<Vec<u8>, FormatE
             verify_plain(rec, stored)?;
             return Ok(stored.to_vec());
         }
-        COMPRESSION_ZSTD => zstd::bulk::decompress(stored, plain_len as usize)
+        COMPRESSION_ZSTD => zstd_decompress(stored, plain_len as usize)
             .map_err(|e| fail(format!("zstd decompression failed: {e}")))?,
         other => return Err(fail(format!("unknown compression code {other}"))),
     };
