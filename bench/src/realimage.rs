@@ -68,6 +68,8 @@ pub struct Start {
     /// ended, KiB (largest over the repeats).
     pub peak_rss_kib: u64,
     pub end_rss_kib: u64,
+    /// hydrate runs: CPU time of the daemon's processes (user + system) by the program's end (median).
+    pub daemon_cpu_secs: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -166,6 +168,25 @@ fn daemon_rss(mount: &Mounted<'_>) -> Result<(u64, u64)> {
     Ok((peak, now))
 }
 
+/// CPU time (user + system) the mount's daemon processes have used, seconds.
+fn daemon_cpu(mount: &Mounted<'_>) -> Result<f64> {
+    let mut ticks = 0u64;
+    for pid in mount.daemon_pids()? {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) start at field 3; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100);
+    Ok(ticks as f64 / hz.max(1) as f64)
+}
+
 /// The middle value (the upper of the two middle ones for an even count); the default for none.
 fn median<T: PartialOrd + Copy + Default>(mut values: Vec<T>) -> T {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -182,6 +203,7 @@ struct Run {
     mount_secs: f64,
     peak_rss_kib: u64,
     end_rss_kib: u64,
+    daemon_cpu_secs: f64,
 }
 
 fn summarize(runs: Vec<Run>) -> Start {
@@ -194,6 +216,7 @@ fn summarize(runs: Vec<Run>) -> Start {
         mount_secs: median(runs.iter().map(|r| r.mount_secs).collect()),
         peak_rss_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
         end_rss_kib: runs.iter().map(|r| r.end_rss_kib).max().unwrap_or(0),
+        daemon_cpu_secs: median(runs.iter().map(|r| r.daemon_cpu_secs).collect()),
     }
 }
 
@@ -323,6 +346,7 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &RealImagePlan) -> Result<RealIm
         let secs = started.elapsed().as_secs_f64();
         let bytes = link_bytes() - bytes0;
         let (peak_rss_kib, end_rss_kib) = daemon_rss(&mount)?;
+        let daemon_cpu_secs = daemon_cpu(&mount)?;
         let metrics = mount.metrics()?;
         let run = Run {
             secs,
@@ -332,6 +356,7 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &RealImagePlan) -> Result<RealIm
             mount_secs: mount.ready_secs,
             peak_rss_kib,
             end_rss_kib,
+            daemon_cpu_secs,
         };
         mount.unmount()?;
         std::fs::remove_dir_all(&cache).with_context(|| format!("removing {}", cache.display()))?;
@@ -394,10 +419,11 @@ impl RealImageResult {
             );
             if s.requests > 0 {
                 line += &format!(
-                    ", {} store requests, {} chunks on demand, mount {:.3} s, daemon RSS peak {:.1} MiB / at the end {:.1} MiB",
+                    ", {} store requests, {} chunks on demand, mount {:.3} s, daemon CPU {:.2} s, RSS peak {:.1} MiB / at the end {:.1} MiB",
                     s.requests,
                     s.ondemand_chunks,
                     s.mount_secs,
+                    s.daemon_cpu_secs,
                     s.peak_rss_kib as f64 / 1024.0,
                     s.end_rss_kib as f64 / 1024.0
                 );
@@ -437,7 +463,8 @@ impl RealImageResult {
         let start = |s: &Start| {
             json!({"secs": s.secs, "all_secs": s.all_secs, "link_bytes": s.link_bytes, "requests": s.requests,
                    "ondemand_chunks": s.ondemand_chunks, "mount_secs": s.mount_secs,
-                   "peak_rss_kib": s.peak_rss_kib, "end_rss_kib": s.end_rss_kib})
+                   "peak_rss_kib": s.peak_rss_kib, "end_rss_kib": s.end_rss_kib,
+                   "daemon_cpu_secs": s.daemon_cpu_secs})
         };
         json!({
             "one_way_ms": self.one_way_ms, "link_mbit": self.link_mbit, "tree_bytes": self.tree_bytes,
