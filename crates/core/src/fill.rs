@@ -12,9 +12,6 @@
 //! Documentation and message catalogs (`COLD_DIRS`: `usr/share/doc`, `…/man`, `…/locale`, …; 27% of the small
 //! files of a Debian image with python3) come last, after the large files.
 //!
-//! The fill follows the program: when a read has to fetch a file on demand, the fill continues from that file
-//! in its order (the files stored next to it), and comes back later for what it skipped (`Cursor`).
-//!
 //! The budget (`VolumeConfig::fill_budget`, stored bytes, `--fill-budget`) keeps large images lazy: an image
 //! whose stored bytes exceed it gets only its small files fetched (up to the budget), never its large ones.
 //! It also never exceeds half the cache quota, so the fill cannot evict what reads brought in. When a plan covered
@@ -25,7 +22,6 @@ use crate::image::MappedManifest;
 use crate::prefetch::{BatchLimits, Batches};
 use crate::volume::Volume;
 use hydrate_format::{FileKind, Ino, InodeAttr};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -278,8 +274,7 @@ impl Volume {
         }
     }
 
-    /// Fetches `plan`'s files in order, up to `budget` stored bytes of files that are not complete yet; after a
-    /// read misses a file of the plan, the fill goes on from that file (see [`Cursor`]).
+    /// Fetches `plan`'s files in order, up to `budget` stored bytes of files that are not complete yet.
     async fn fill(&self, plan: FillPlan, budget: u64) -> FillOutcome {
         let mut batches = Batches::new(
             self,
@@ -294,28 +289,10 @@ impl Volume {
                 stats.fill_bytes.fetch_add(bytes, Ordering::Relaxed);
             },
         );
-        let position: HashMap<Ino, usize> = plan
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.2, i))
-            .collect();
-        let mut cursor = Cursor::new(plan.files.len());
-        self.fill_follow.store(0, Ordering::Relaxed);
         let (mut chosen, mut used) = (0u64, 0u64);
-        loop {
-            let missed = self.fill_follow.swap(0, Ordering::Relaxed);
-            if let Some(&at) = position.get(&Ino(missed)) {
-                if cursor.follow(at) {
-                    self.stats.fill_follows.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            let Some(next) = cursor.next() else {
-                break;
-            };
-            let (_, _, ino, stored) = plan.files[next];
+        for (_, _, ino, stored) in plan.files {
             if used + stored > budget {
-                continue;
+                break;
             }
             let Some((file, work)) = self.missing_in_cache(ino, None, "background fill") else {
                 continue;
@@ -339,106 +316,9 @@ impl Volume {
     }
 }
 
-/// The order in which the fill visits the plan's files: in plan order, except that after a read misses file
-/// `i` the fill continues at `i` (then `i + 1`, …) and comes back for what it skipped once it reaches the end.
-///
-/// Why: a program's misses cluster (an interpreter importing a package reads its modules one after another,
-/// a loader maps a directory's libraries), and the builder stored each directory's files together. Without a
-/// plan the fill cannot know which part of the image the program wants next, but a miss tells it where the
-/// program is now; going there turns the program's next misses into files already in flight.
-#[derive(Debug)]
-struct Cursor {
-    taken: Vec<bool>,
-    left: usize,
-    at: usize,
-}
-
-impl Cursor {
-    fn new(len: usize) -> Cursor {
-        Cursor {
-            taken: vec![false; len],
-            left: len,
-            at: 0,
-        }
-    }
-
-    /// Continues at `index`; false when it was taken already (nothing changes).
-    fn follow(&mut self, index: usize) -> bool {
-        if self.taken.get(index).is_some_and(|t| !t) {
-            self.at = index;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The next index not taken yet, from the current place on, wrapping around once; `None` when all are.
-    fn next(&mut self) -> Option<usize> {
-        if self.left == 0 {
-            return None;
-        }
-        let len = self.taken.len();
-        let found = (self.at..len)
-            .chain(0..self.at)
-            .find(|&i| !self.taken[i])
-            .expect("an index is left");
-        self.taken[found] = true;
-        self.left -= 1;
-        self.at = found + 1;
-        Some(found)
-    }
-}
-
 #[cfg(test)]
 pub(crate) fn walk_for_tests(manifest: &MappedManifest) -> Vec<(Ino, bool)> {
     Walk::new(manifest)
         .map(|(ino, _, cold)| (ino, cold))
         .collect()
-}
-
-#[cfg(test)]
-mod cursor_tests {
-    use super::Cursor;
-
-    fn drain(cursor: &mut Cursor) -> Vec<usize> {
-        std::iter::from_fn(|| cursor.next()).collect()
-    }
-
-    #[test]
-    fn in_order_without_misses() {
-        assert_eq!(drain(&mut Cursor::new(4)), [0, 1, 2, 3]);
-        assert_eq!(drain(&mut Cursor::new(0)), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn a_miss_moves_the_fill_there_and_what_it_skipped_comes_last() {
-        let mut c = Cursor::new(8);
-        assert_eq!(c.next(), Some(0));
-        assert!(c.follow(5));
-        assert_eq!(c.next(), Some(5));
-        assert_eq!(c.next(), Some(6));
-        // A miss on a file already taken changes nothing.
-        assert!(!c.follow(0));
-        assert!(!c.follow(99));
-        assert_eq!(c.next(), Some(7));
-        assert!(c.follow(3));
-        assert_eq!(drain(&mut c), [3, 4, 1, 2]);
-        assert!(!c.follow(2));
-    }
-
-    #[test]
-    fn every_index_exactly_once_whatever_the_misses() {
-        let mut c = Cursor::new(50);
-        let mut seen = Vec::new();
-        for step in 0..200 {
-            if step % 7 == 3 {
-                c.follow((step * 13) % 60);
-            }
-            if let Some(i) = c.next() {
-                seen.push(i);
-            }
-        }
-        seen.sort_unstable();
-        assert_eq!(seen, (0..50).collect::<Vec<_>>());
-    }
 }

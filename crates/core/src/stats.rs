@@ -64,8 +64,6 @@ counters! {
     fill_chunks,
     /// Plain bytes fetched by the background fill.
     fill_bytes,
-    /// Times the background fill moved on to where a read had just missed (see `fill.rs`).
-    fill_follows,
     /// 1 once the background fill has finished (0 while it runs, or with the fill off).
     fill_done,
     /// Background prefetch chunks that failed (the on-demand read fetches and reports them again).

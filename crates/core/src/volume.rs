@@ -126,9 +126,6 @@ pub struct Volume {
     /// have several names: the last lookup wins); bounded like `listed`. Only kept while the directory
     /// heuristic is on.
     pub(crate) parents: Mutex<HashMap<Ino, (Ino, usize)>>,
-    /// The last file a read had to fetch on demand (0: none since the fill last looked): the background fill
-    /// continues from there (see `fill.rs`).
-    pub(crate) fill_follow: AtomicU64,
 }
 
 impl Volume {
@@ -154,7 +151,6 @@ impl Volume {
             trace: None,
             listed: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
-            fill_follow: AtomicU64::new(0),
         }
     }
 
@@ -453,9 +449,6 @@ impl Volume {
         self.stats
             .ondemand_chunks
             .fetch_add(locs.len() as u64, Ordering::Relaxed);
-        if !locs.is_empty() {
-            self.fill_follow.store(open.ino.0, Ordering::Relaxed);
-        }
         let mut fetched = HashMap::with_capacity(indices.len());
         let mut failure: Option<(usize, hydrate_fetch::FetchError)> = None;
         let fetching = self.engine.fetch_each(&locs, Priority::OnDemand, |ready| {
