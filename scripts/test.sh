@@ -13,8 +13,9 @@ source "$repo/scripts/lib.sh"
 
 require_root "the FUSE tests mount file systems and the cache tests check ownership as root"
 ensure_packages build-essential pkg-config
-# The HSM tests copy stubs with rsync -S and check ACLs (e2fsprogs and util-linux: mkfs.ext4, losetup, setpriv).
-ensure_packages rsync acl e2fsprogs util-linux
+# The HSM tests copy stubs with rsync -S and check ACLs (e2fsprogs and util-linux: mkfs.ext4, losetup, setpriv),
+# and run again on loop-mounted xfs and btrfs (xfsprogs, btrfs-progs).
+ensure_packages rsync acl e2fsprogs util-linux xfsprogs btrfs-progs
 ensure_fuse
 ensure_cargo
 # The servers the remote-store tests run against (nginx, an OCI registry, Garage), installed only if missing.
@@ -43,6 +44,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 say "cargo test --workspace --no-fail-fast"
 # Every test binary runs even after a failure, so one run reports all failures (the exit status stays non-zero).
 cargo test --workspace --no-fail-fast
+
+# The HSM tests once more on each other file system the HSM supports (the workspace run above used ext4).
+for fs in xfs btrfs; do
+    say "HSM tests on $fs: HYDRATE_HSM_FS=$fs cargo test -p hydrate --test hsm"
+    HYDRATE_HSM_FS=$fs cargo test -p hydrate --test hsm
+done
 
 if [[ -f fuzz/run.sh ]]; then
     say "fuzz smoke run: fuzz/run.sh 20"

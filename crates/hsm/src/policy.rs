@@ -10,14 +10,24 @@ use crate::journal::{now_secs, FileState};
 use crate::service::Service;
 use crate::HsmError;
 
-/// Used and total bytes of the file system holding `path` (blocks available to root count as free).
+/// Used and usable bytes of the file system holding `path`, as `df` counts them: used = blocks − free, usable =
+/// used + available, so 100% means "writes fail with ENOSPC" on every file system. The file system is synced
+/// first.
+///
+/// Why not `blocks` as the total: on btrfs, space for duplicated metadata and unallocated chunks counts as free
+/// but cannot take data (a 256 MiB btrfs reports ENOSPC at 71% of its blocks used), so a watermark above that
+/// would never be reached; `available` is what btrfs (and ext4, minus root's reserve) can really still write.
+/// Why the sync: btrfs accounts delayed allocations and punched holes only when its transaction commits (120 MB
+/// written showed as 2% used until then), so without it the policy would see space freed by a release late and
+/// release far more than it needs.
 pub fn usage(path: &std::path::Path) -> Result<(u64, u64), HsmError> {
+    let dir = std::fs::File::open(path).map_err(|e| HsmError::io("open", path, e))?;
+    nix::unistd::syncfs(&dir).map_err(|e| HsmError::io("syncfs", path, e.into()))?;
     let s =
         nix::sys::statvfs::statvfs(path).map_err(|e| HsmError::io("statvfs", path, e.into()))?;
     let frsize = s.fragment_size();
-    let total = s.blocks() * frsize;
-    let used = (s.blocks() - s.blocks_free()) * frsize;
-    Ok((used, total))
+    let used = s.blocks().saturating_sub(s.blocks_free()) * frsize;
+    Ok((used, used + s.blocks_available() * frsize))
 }
 
 pub fn percent(used: u64, total: u64) -> f64 {
@@ -64,11 +74,11 @@ pub(crate) fn run(svc: &Service, high: f64, low: f64, min_age_secs: u64) -> Repl
             candidates.push((last_use, path, meta.blocks() * 512));
         }
         candidates.sort();
-        let target = (low / 100.0 * total as f64) as u64;
         let (mut released, mut freed) = (0u64, 0u64);
         let mut ok = true;
         for (_, path, _) in candidates {
-            if usage(root)?.0 <= target {
+            let (used, total) = usage(root)?;
+            if percent(used, total) <= low {
                 break;
             }
             match crate::release::release_file(svc, &path) {

@@ -1,5 +1,6 @@
-//! End-to-end tests of `hydrate hsm` with real fanotify pre-content events on a real ext4 (the root file
-//! system, or small ext4 images the tests format and loop-mount), the real `hydrate` binary, and the real
+//! End-to-end tests of `hydrate hsm` with real fanotify pre-content events on a real file system (ext4: the root
+//! file system, or small ext4 images the tests format and loop-mount; with `HYDRATE_HSM_FS=xfs` or `btrfs`,
+//! loop-mounted images of that type, see `support::FsKind`), the real `hydrate` binary, and the real
 //! tools users run on stubs (cp, tar -S, rsync -S, sha256sum, dd, truncate).
 //!
 //! The test process itself is configured as a *lazy reader* (its opens of stubs recall by range, not whole),
@@ -34,7 +35,7 @@ macro_rules! require_root {
 #[test]
 fn thousand_files_local_store() {
     require_root!();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let store = dir.path().join("store");
     thousand::thousand_files(store.to_str().unwrap(), &dir.path().join("data"), 2 << 20);
 }
@@ -43,7 +44,7 @@ fn thousand_files_local_store() {
 fn thousand_files_garage_store() {
     require_root!();
     let Some(garage) = garage() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let store = garage.store_addr(0, "hsm-thousand");
     thousand::thousand_files(&store, &dir.path().join("data"), 1 << 20);
 }
@@ -158,7 +159,7 @@ fn hole_skipping_tools_get_real_bytes() {
 #[test]
 fn hazard_2_is_real_without_open_recall() {
     require_root!();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let root = dir.path().join("data");
     std::fs::create_dir_all(&root).unwrap();
     let cp = std::fs::canonicalize("/usr/bin/cp").unwrap();
@@ -198,7 +199,7 @@ fn worker_killed_during_recalls_and_release() {
     let s3 = garage.nodes()[0].s3_addr;
     let proxy = hydrate_testkit::proxy::FaultProxy::start(s3).unwrap();
     let store = garage.store_addr_at(&proxy.url(), "hsm-kill");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let root = dir.path().join("data");
     let hsm = Hsm::init(&root, &store, "60s");
     let n = 16;
@@ -404,7 +405,7 @@ fn store_unreachable_gives_eio_then_success() {
     let Some(garage) = garage() else { return };
     let proxy = hydrate_testkit::proxy::FaultProxy::start(garage.nodes()[0].s3_addr).unwrap();
     let store = garage.store_addr_at(&proxy.url(), "hsm-eio");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let root = dir.path().join("data");
     let hsm = Hsm::init(&root, &store, "2s");
     let want = random_bytes(3, 1 << 20);
@@ -445,7 +446,7 @@ fn store_unreachable_gives_eio_then_success() {
 #[test]
 fn disk_full_during_recall_gives_enospc() {
     require_root!();
-    let fs = LoopExt4::new(32);
+    let fs = LoopFs::new(FsKind::under_test(), 32);
     let store = tempfile::tempdir().unwrap();
     let root = fs.mnt.join("data");
     let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
@@ -679,18 +680,20 @@ fn only_root_configures() {
     assert_eq!(hsm.state("f"), Residency::Local);
 }
 
-/// The watermark policy on a small ext4: above 90% it releases the coldest archived files down to 75%, and
-/// never a pinned, unarchived or recently used file.
+/// The watermark policy on a small file system of the kind under test: above 90% it releases the coldest archived
+/// files down to 75%, never a pinned, unarchived or recently used file, and no more than it needs (on btrfs a
+/// release frees its space only when the transaction commits).
 #[test]
 fn policy_brings_usage_under_the_low_watermark() {
     require_root!();
-    let fs = LoopExt4::new(64);
+    let fs = LoopFs::new(FsKind::under_test(), 64);
     let store = tempfile::tempdir().unwrap();
     let root = fs.mnt.join("data");
     let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
+    // Usage as the policy (and df) counts it.
     let usage = || {
-        let s = nix::sys::statvfs::statvfs(&fs.mnt).unwrap();
-        (s.blocks() - s.blocks_free()) as f64 * 100.0 / s.blocks() as f64
+        let (used, total) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
+        hydrate_hsm::policy::percent(used, total)
     };
     let put = |name: &str, seed: u64, old: bool| {
         let p = root.join(name);
@@ -729,6 +732,13 @@ fn policy_brings_usage_under_the_low_watermark() {
     ]);
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
+    // No more than needed: one file's worth under the watermark, with a file's worth of slack for metadata.
+    let (_, usable) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
+    let one_file = (4 << 20) as f64 * 100.0 / usable as f64;
+    assert!(
+        after >= 75.0 - 2.0 * one_file,
+        "released more than needed: usage {before:.1}% -> {after:.1}% (a file is {one_file:.1}%): {out}"
+    );
     assert_eq!(hsm.state("pinned"), Residency::Archived);
     assert_eq!(hsm.state("unarchived"), Residency::Local);
     assert_eq!(hsm.state("recent"), Residency::Archived);

@@ -87,28 +87,73 @@ pub fn days_ago(days: u64) -> filetime::FileTime {
     filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(days * 86400))
 }
 
-/// A small ext4 image, formatted and loop-mounted; unmounted and detached on drop.
-pub struct LoopExt4 {
+/// The file system the managed roots of this test run live on: `HYDRATE_HSM_FS` = `ext4` (the default: the
+/// root file system's temporary directory, plus small loop-mounted ext4 images where a test needs a full disk),
+/// `xfs` or `btrfs` (every managed root on a loop-mounted image of that type). `scripts/test.sh` runs the HSM
+/// tests once per file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Ext4,
+    Xfs,
+    Btrfs,
+}
+
+impl FsKind {
+    pub fn under_test() -> FsKind {
+        match std::env::var("HYDRATE_HSM_FS").as_deref() {
+            Err(_) | Ok("" | "ext4") => FsKind::Ext4,
+            Ok("xfs") => FsKind::Xfs,
+            Ok("btrfs") => FsKind::Btrfs,
+            Ok(other) => panic!("HYDRATE_HSM_FS={other:?}: expected ext4, xfs or btrfs"),
+        }
+    }
+
+    /// The smallest image `mkfs` accepts (xfs refuses file systems under 300 MiB; btrfs wants room for its
+    /// duplicated metadata).
+    fn min_mib(self) -> u64 {
+        match self {
+            FsKind::Ext4 => 8,
+            FsKind::Xfs => 300,
+            FsKind::Btrfs => 256,
+        }
+    }
+
+    fn mkfs(self, img: &Path) {
+        let img = img.as_os_str();
+        match self {
+            FsKind::Ext4 => sh(
+                "mkfs.ext4",
+                &[
+                    "-q".as_ref(),
+                    "-F".as_ref(),
+                    "-b".as_ref(),
+                    "4096".as_ref(),
+                    img,
+                ],
+            ),
+            FsKind::Xfs => sh("mkfs.xfs", &["-q".as_ref(), "-f".as_ref(), img]),
+            FsKind::Btrfs => sh("mkfs.btrfs", &["-q".as_ref(), "-f".as_ref(), img]),
+        };
+    }
+}
+
+/// A small file system image of `kind`, formatted and loop-mounted; unmounted and detached on drop.
+pub struct LoopFs {
     dir: tempfile::TempDir,
     device: String,
     pub mnt: PathBuf,
 }
 
-impl LoopExt4 {
-    pub fn new(mib: u64) -> LoopExt4 {
+impl LoopFs {
+    /// An image of `mib` MiB, or the smallest `kind` accepts if that is more.
+    pub fn new(kind: FsKind, mib: u64) -> LoopFs {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("fs.img");
-        File::create(&img).unwrap().set_len(mib << 20).unwrap();
-        sh(
-            "mkfs.ext4",
-            &[
-                "-q".as_ref(),
-                "-F".as_ref(),
-                "-b".as_ref(),
-                "4096".as_ref(),
-                img.as_os_str(),
-            ],
-        );
+        File::create(&img)
+            .unwrap()
+            .set_len(mib.max(kind.min_mib()) << 20)
+            .unwrap();
+        kind.mkfs(&img);
         let device = sh(
             "losetup",
             &["-f".as_ref(), "--show".as_ref(), img.as_os_str()],
@@ -117,17 +162,61 @@ impl LoopExt4 {
         .to_owned();
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let guard = LoopExt4 { dir, device, mnt };
+        let guard = LoopFs { dir, device, mnt };
         sh("mount", &[guard.device.as_ref(), guard.mnt.as_os_str()]);
         guard
     }
 }
 
-impl Drop for LoopExt4 {
+impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
+        // A daemon stopped just before may still hold the file system for a moment (EBUSY): wait for it, then
+        // detach lazily rather than leave the mount and its loop device behind.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("umount")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
         let _ = &self.dir;
+    }
+}
+
+/// A test's scratch directory on the file system under test: a temporary directory of the root file system
+/// for ext4, else one inside a loop-mounted image of that type (sparse, 2 GiB) that lives as long as this.
+pub struct TestDir {
+    // Field order: the directory is removed before its file system is unmounted.
+    dir: tempfile::TempDir,
+    _fs: Option<LoopFs>,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        match FsKind::under_test() {
+            FsKind::Ext4 => TestDir {
+                dir: tempfile::tempdir().unwrap(),
+                _fs: None,
+            },
+            kind => {
+                let fs = LoopFs::new(kind, 2048);
+                TestDir {
+                    dir: tempfile::tempdir_in(&fs.mnt).unwrap(),
+                    _fs: Some(fs),
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -321,8 +410,8 @@ pub fn garage() -> Option<hydrate_testkit::garage::Garage> {
 }
 
 /// A managed root on the root file system with a local directory store; keep the directory alive.
-pub fn local_hsm(deadline: &str) -> (tempfile::TempDir, PathBuf, Hsm) {
-    let dir = tempfile::tempdir().unwrap();
+pub fn local_hsm(deadline: &str) -> (TestDir, PathBuf, Hsm) {
+    let dir = TestDir::new();
     let root = dir.path().join("data");
     let hsm = Hsm::init(&root, dir.path().join("store").to_str().unwrap(), deadline);
     (dir, root, hsm)
