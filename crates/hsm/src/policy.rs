@@ -74,7 +74,7 @@ pub(crate) fn run(svc: &Service, high: f64, low: f64, min_age_secs: u64) -> Repl
             candidates.push((last_use, path, meta.blocks() * 512));
         }
         candidates.sort();
-        let (mut released, mut freed) = (0u64, 0u64);
+        let (mut released, mut freed, mut shared) = (0u64, 0u64, 0u64);
         let mut ok = true;
         for (_, path, _) in candidates {
             let (used, total) = usage(root)?;
@@ -87,11 +87,22 @@ pub(crate) fn run(svc: &Service, high: f64, low: f64, min_age_secs: u64) -> Repl
                     freed += bytes;
                 }
                 Ok(None) => {}
+                Err(HsmError::Refused { reason, .. })
+                    if reason == crate::release::SHARED_EXTENTS =>
+                {
+                    shared += 1;
+                }
                 Err(e) => {
                     ok = false;
                     lines.push(format!("error: {e}"));
                 }
             }
+        }
+        if shared > 0 {
+            lines.push(format!(
+                "skipped {shared} files whose extents are shared with other files or snapshots (reflinks): \
+                 releasing them would free nothing"
+            ));
         }
         let (used, total) = usage(root)?;
         let end = percent(used, total);

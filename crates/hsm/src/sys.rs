@@ -184,6 +184,69 @@ pub fn punch_hole(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()>
     Ok(())
 }
 
+/// Whether any data extent of `file` is shared with another file or a snapshot (`FIEMAP_EXTENT_SHARED`: btrfs
+/// and xfs reflinks and snapshots). File systems without FIEMAP (or without sharing) answer false.
+pub fn has_shared_extents(file: BorrowedFd<'_>) -> io::Result<bool> {
+    // struct fiemap (32 bytes) followed by its extents (56 bytes each); include/uapi/linux/fiemap.h.
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 0x1;
+    const FIEMAP_EXTENT_LAST: u32 = 0x1;
+    const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+    const EXTENTS: usize = 64;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [Extent; EXTENTS],
+    }
+    let mut start = 0u64;
+    loop {
+        let mut map = Fiemap {
+            start,
+            length: u64::MAX - start,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: EXTENTS as u32,
+            reserved: 0,
+            extents: [Extent::default(); EXTENTS],
+        };
+        // SAFETY: FS_IOC_FIEMAP reads and writes a struct fiemap with room for `extent_count` extents, which
+        // `map` is (repr(C), the kernel's layout); the descriptor is borrowed and valid.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut Fiemap) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) => Ok(false),
+                _ => Err(err),
+            };
+        }
+        let got = &map.extents[..(map.mapped_extents as usize).min(EXTENTS)];
+        if got.iter().any(|e| e.flags & FIEMAP_EXTENT_SHARED != 0) {
+            return Ok(true);
+        }
+        match got.last() {
+            Some(last) if last.flags & FIEMAP_EXTENT_LAST == 0 => {
+                start = last.logical + last.length
+            }
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// The lease states `F_GETLEASE` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {

@@ -760,3 +760,63 @@ fn policy_brings_usage_under_the_low_watermark() {
     ]);
     assert!(out.contains("nothing to do"), "{out}");
 }
+
+/// Reflinks (btrfs, xfs): a file whose extents are shared with another file is not released — punching its holes
+/// would free nothing while the copy keeps the extents, and a recall would un-share it — and the refusal says
+/// so; once the sharing ends, it is released. On a file system without reflinks (ext4) there is nothing to
+/// share: `cp --reflink=always` fails there, and that is checked instead.
+#[test]
+fn reflinked_files_are_not_released() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    let want = random_bytes(21, 8 << 20);
+    std::fs::write(root.join("a"), &want).unwrap();
+    let reflink = Command::new("cp")
+        .arg("--reflink=always")
+        .arg(root.join("a"))
+        .arg(root.join("b"))
+        .output()
+        .unwrap();
+    if FsKind::under_test() == FsKind::Ext4 {
+        assert!(!reflink.status.success(), "ext4 made a reflink?");
+        return;
+    }
+    assert!(reflink.status.success(), "{reflink:?}");
+    hsm.ok(Request::Archive(vec![root.join("a")]));
+    let r = hsm.req(Request::Release(vec![root.join("a")]));
+    let text = r.lines.join("\n");
+    assert!(!r.ok && text.contains("shares extents"), "{text}");
+    assert_eq!(hsm.state("a"), Residency::Archived);
+    assert!(std::fs::read(root.join("b")).unwrap() == want);
+    // The policy passes over it too, and says why.
+    let out = hydrate(&[
+        "hsm".as_ref(),
+        "policy".as_ref(),
+        root.as_os_str(),
+        "--high".as_ref(),
+        "0%".as_ref(),
+        "--low".as_ref(),
+        "0%".as_ref(),
+        "--min-age".as_ref(),
+        "0s".as_ref(),
+    ]);
+    assert!(
+        out.contains("skipped 1 files whose extents are shared"),
+        "{out}"
+    );
+    assert_eq!(hsm.state("a"), Residency::Archived);
+    // Sharing ended: released as any other file.
+    std::fs::remove_file(root.join("b")).unwrap();
+    // xfs inactivates the deleted copy's inode in the background; its extents are shared until then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sh("filefrag", &["-v".as_ref(), root.join("a").as_os_str()]).contains("shared") {
+        assert!(
+            Instant::now() < deadline,
+            "a's extents still shared 10 s after b was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hsm.ok(Request::Release(vec![root.join("a")]));
+    assert_eq!(hsm.state("a"), Residency::Released);
+    assert!(std::fs::read(root.join("a")).unwrap() == want);
+}
