@@ -31,11 +31,16 @@ pub enum Request {
     Pin(Vec<PathBuf>),
     Unpin(Vec<PathBuf>),
     Status(Vec<PathBuf>),
-    /// Watermarks in percent of the file system, minimum age in seconds.
+    /// Watermarks in percent of the file system, minimum age in seconds, and how much may be archived first
+    /// (absent from an older client: nothing).
     Policy {
         high: f64,
         low: f64,
         min_age_secs: u64,
+        #[serde(default)]
+        archive_budget_bytes: u64,
+        #[serde(default)]
+        archive_budget_secs: u64,
     },
     /// Audit log entries from this sequence number on.
     Log(u64),
@@ -125,7 +130,18 @@ fn dispatch(svc: &Service, req: Request) -> Reply {
             high,
             low,
             min_age_secs,
-        } => crate::policy::run(svc, high, low, min_age_secs),
+            archive_budget_bytes,
+            archive_budget_secs,
+        } => crate::policy::run(
+            svc,
+            high,
+            low,
+            min_age_secs,
+            crate::policy::ArchiveBudget {
+                bytes: archive_budget_bytes,
+                secs: archive_budget_secs,
+            },
+        ),
         Request::Log(from) => match svc.journal.log_since(from) {
             Ok(log) => Reply {
                 ok: true,

@@ -4,7 +4,7 @@
 //! worker (`__worker`, hidden) that does everything else. All other subcommands are requests to that worker
 //! over its root-only control socket; `status` reads the journal directly when no daemon runs.
 
-use hydrate_units::parse_duration;
+use hydrate_units::{parse_duration, parse_size};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -95,6 +95,13 @@ pub struct PolicyArgs {
     /// Only files not used for at least this long, e.g. 30d, 12h, 0s.
     #[arg(long, default_value = "0s")]
     pub min_age: String,
+    /// Cold files that are not archived yet are archived first, up to this many bytes per run (0: release only
+    /// files archived already).
+    #[arg(long, default_value = "4G")]
+    pub archive_budget: String,
+    /// … and for at most this long per run.
+    #[arg(long, default_value = "10m")]
+    pub archive_time: String,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -199,6 +206,10 @@ pub fn run(args: HsmArgs) -> Result<()> {
                 high: parse_percent(&a.high)?,
                 low: parse_percent(&a.low)?,
                 min_age_secs: parse_duration(&a.min_age)?.as_secs(),
+                archive_budget_bytes: parse_size(&a.archive_budget).context("--archive-budget")?,
+                archive_budget_secs: parse_duration(&a.archive_time)
+                    .context("--archive-time")?
+                    .as_secs(),
             };
             print(&hydrate_hsm::call(&layout, &req)?)
         }

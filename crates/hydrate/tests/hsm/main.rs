@@ -729,6 +729,9 @@ fn policy_brings_usage_under_the_low_watermark() {
         "75%".as_ref(),
         "--min-age".as_ref(),
         "30d".as_ref(),
+        // Release only what is archived: the unarchived file must stay (archive-first has its own test).
+        "--archive-budget".as_ref(),
+        "0".as_ref(),
     ]);
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
@@ -799,6 +802,9 @@ fn reflinked_files_are_not_released() {
         "0%".as_ref(),
         "--min-age".as_ref(),
         "0s".as_ref(),
+        // Only what is archived: the copy b is cold too, and archive-first would make it a second skipped file.
+        "--archive-budget".as_ref(),
+        "0".as_ref(),
     ]);
     assert!(
         out.contains("skipped 1 files whose extents are shared"),
@@ -819,4 +825,101 @@ fn reflinked_files_are_not_released() {
     hsm.ok(Request::Release(vec![root.join("a")]));
     assert_eq!(hsm.state("a"), Residency::Released);
     assert!(std::fs::read(root.join("a")).unwrap() == want);
+}
+
+/// Archive first: cold files nobody archived are archived by the policy and then released, only as many as the
+/// low watermark needs (the rest stay local and unarchived), within the archive budget; pinned and recent files
+/// are left alone.
+#[test]
+fn policy_archives_cold_files_first_within_its_budget() {
+    require_root!();
+    let fs = LoopFs::new(FsKind::under_test(), 64);
+    let store = tempfile::tempdir().unwrap();
+    let root = fs.mnt.join("data");
+    let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
+    let usage = || {
+        let (used, total) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
+        hydrate_hsm::policy::percent(used, total)
+    };
+    let put = |name: &str, seed: u64, days: u64| {
+        let p = root.join(name);
+        std::fs::write(&p, random_bytes(seed, 4 << 20)).unwrap();
+        filetime::set_file_times(&p, days_ago(days), days_ago(days)).unwrap();
+    };
+    put("pinned", 1, 90);
+    put("recent", 2, 0);
+    let mut i = 0;
+    while usage() < 93.0 {
+        // Older files first: cold0 is the coldest.
+        put(&format!("cold{i}"), 10 + i, 60 + 1000 - i);
+        i += 1;
+    }
+    hsm.ok(Request::Pin(vec![root.join("pinned")]));
+    let policy = |high: &str, budget: &str| {
+        hydrate(&[
+            "hsm".as_ref(),
+            "policy".as_ref(),
+            root.as_os_str(),
+            "--high".as_ref(),
+            high.as_ref(),
+            "--low".as_ref(),
+            "75%".as_ref(),
+            "--min-age".as_ref(),
+            "30d".as_ref(),
+            "--archive-budget".as_ref(),
+            budget.as_ref(),
+        ])
+    };
+    // A budget of two files: two archived and released, the rest left as they were.
+    let out = policy("90%", "8M");
+    assert!(out.contains("archive budget reached"), "{out}");
+    let states = |name: &str| hsm.state(name);
+    assert_eq!(states("cold0"), Residency::Released, "{out}");
+    assert_eq!(states("cold1"), Residency::Released, "{out}");
+    assert_eq!(states("cold2"), Residency::Local, "{out}");
+    assert!(usage() > 75.0);
+    // Enough budget (and a high watermark the first run left usage above): the coldest files are archived and
+    // released down to the low watermark, and no more.
+    let out = policy("76%", "1G");
+    let after = usage();
+    assert!(after <= 75.0, "{out}");
+    let (_, usable) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
+    let one_file = (4 << 20) as f64 * 100.0 / usable as f64;
+    assert!(
+        after >= 75.0 - 2.0 * one_file,
+        "released more than needed: {after:.1}%: {out}"
+    );
+    let status = hsm.status();
+    let released = status
+        .values()
+        .filter(|s| residency(s) == Residency::Released)
+        .count();
+    let local_unarchived = status
+        .values()
+        .filter(|s| residency(s) == Residency::Local)
+        .count();
+    assert!(
+        released >= 3 && local_unarchived >= 2,
+        "{released} released, {local_unarchived} local: {out}"
+    );
+    // Whatever was released was archived first, in order of coldness: no warmer file went before a colder one.
+    let first_local = (0..i)
+        .find(|n| states(&format!("cold{n}")) == Residency::Local)
+        .unwrap();
+    for n in first_local..i {
+        assert_eq!(
+            states(&format!("cold{n}")),
+            Residency::Local,
+            "cold{n}: {out}"
+        );
+    }
+    assert_eq!(states("pinned"), Residency::Local);
+    assert_eq!(states("recent"), Residency::Local);
+    for n in 0..first_local {
+        let got = std::fs::read(root.join(format!("cold{n}"))).unwrap();
+        assert!(
+            got == random_bytes(10 + n, 4 << 20),
+            "cold{n} reads back wrong"
+        );
+    }
 }
