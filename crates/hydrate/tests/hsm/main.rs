@@ -686,22 +686,10 @@ fn only_root_configures() {
 #[test]
 fn policy_brings_usage_under_the_low_watermark() {
     require_root!();
-    let fs = LoopFs::new(FsKind::under_test(), 64);
-    let store = tempfile::tempdir().unwrap();
-    let root = fs.mnt.join("data");
-    let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
-    // Usage as the policy (and df) counts it.
-    let usage = || {
-        let (used, total) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
-        hydrate_hsm::policy::percent(used, total)
-    };
-    let put = |name: &str, seed: u64, old: bool| {
-        let p = root.join(name);
-        std::fs::write(&p, random_bytes(seed, 4 << 20)).unwrap();
-        if old {
-            filetime::set_file_times(&p, days_ago(60), days_ago(60)).unwrap();
-        }
-    };
+    let small = SmallFs::new(64);
+    let (root, hsm) = (&small.root, &small.hsm);
+    let usage = || small.usage();
+    let put = |name: &str, seed: u64, old: bool| small.put(name, seed, if old { 60 } else { 0 });
     put("pinned", 1, true);
     put("unarchived", 2, true);
     put("recent", 3, false);
@@ -710,7 +698,7 @@ fn policy_brings_usage_under_the_low_watermark() {
         put(&format!("cold{i}"), 10 + i, true);
         i += 1;
     }
-    for p in std::fs::read_dir(&root).unwrap() {
+    for p in std::fs::read_dir(root).unwrap() {
         let p = p.unwrap().path();
         if p.file_name().unwrap() != "unarchived" && p.file_name().unwrap() != ".hydrate-hsm" {
             hsm.ok(Request::Archive(vec![p]));
@@ -736,8 +724,7 @@ fn policy_brings_usage_under_the_low_watermark() {
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
     // No more than needed: one file's worth under the watermark, with a file's worth of slack for metadata.
-    let (_, usable) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
-    let one_file = (4 << 20) as f64 * 100.0 / usable as f64;
+    let one_file = small.one_file_percent();
     assert!(
         after >= 75.0 - 2.0 * one_file,
         "released more than needed: usage {before:.1}% -> {after:.1}% (a file is {one_file:.1}%): {out}"
@@ -833,19 +820,10 @@ fn reflinked_files_are_not_released() {
 #[test]
 fn policy_archives_cold_files_first_within_its_budget() {
     require_root!();
-    let fs = LoopFs::new(FsKind::under_test(), 64);
-    let store = tempfile::tempdir().unwrap();
-    let root = fs.mnt.join("data");
-    let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
-    let usage = || {
-        let (used, total) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
-        hydrate_hsm::policy::percent(used, total)
-    };
-    let put = |name: &str, seed: u64, days: u64| {
-        let p = root.join(name);
-        std::fs::write(&p, random_bytes(seed, 4 << 20)).unwrap();
-        filetime::set_file_times(&p, days_ago(days), days_ago(days)).unwrap();
-    };
+    let small = SmallFs::new(64);
+    let (root, hsm) = (&small.root, &small.hsm);
+    let usage = || small.usage();
+    let put = |name: &str, seed: u64, days: u64| small.put(name, seed, days);
     put("pinned", 1, 90);
     put("recent", 2, 0);
     let mut i = 0;
@@ -883,8 +861,7 @@ fn policy_archives_cold_files_first_within_its_budget() {
     let out = policy("76%", "1G");
     let after = usage();
     assert!(after <= 75.0, "{out}");
-    let (_, usable) = hydrate_hsm::policy::usage(&fs.mnt).unwrap();
-    let one_file = (4 << 20) as f64 * 100.0 / usable as f64;
+    let one_file = small.one_file_percent();
     assert!(
         after >= 75.0 - 2.0 * one_file,
         "released more than needed: {after:.1}%: {out}"

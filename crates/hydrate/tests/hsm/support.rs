@@ -220,6 +220,49 @@ impl TestDir {
     }
 }
 
+/// A managed root on a small loop-mounted file system of the kind under test, as the policy tests use it. Fields
+/// drop in order: the daemon stops before the store goes and the file system is unmounted.
+pub struct SmallFs {
+    pub hsm: Hsm,
+    _store: tempfile::TempDir,
+    pub root: PathBuf,
+    fs: LoopFs,
+}
+
+impl SmallFs {
+    pub fn new(mib: u64) -> SmallFs {
+        let fs = LoopFs::new(FsKind::under_test(), mib);
+        let store = tempfile::tempdir().unwrap();
+        let root = fs.mnt.join("data");
+        let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
+        SmallFs {
+            hsm,
+            _store: store,
+            root,
+            fs,
+        }
+    }
+
+    /// Usage in percent, as the policy (and `df`) counts it.
+    pub fn usage(&self) -> f64 {
+        let (used, total) = hydrate_hsm::policy::usage(&self.fs.mnt).unwrap();
+        hydrate_hsm::policy::percent(used, total)
+    }
+
+    /// Writes `name`, 4 MiB of `seed`'s bytes, last used `days` ago.
+    pub fn put(&self, name: &str, seed: u64, days: u64) {
+        let p = self.root.join(name);
+        std::fs::write(&p, random_bytes(seed, 4 << 20)).unwrap();
+        filetime::set_file_times(&p, days_ago(days), days_ago(days)).unwrap();
+    }
+
+    /// What one file of `put` is in percent of the usable space.
+    pub fn one_file_percent(&self) -> f64 {
+        let (_, usable) = hydrate_hsm::policy::usage(&self.fs.mnt).unwrap();
+        (4 << 20) as f64 * 100.0 / usable as f64
+    }
+}
+
 /// A managed root with its daemon (holder + worker); both are stopped by PID on drop.
 pub struct Hsm {
     pub root: PathBuf,
