@@ -87,22 +87,25 @@ pub(crate) fn run(
         let mut archiving = ArchiveRun::new(budget);
         let (mut released, mut freed, mut shared) = (0u64, 0u64, 0u64);
         let mut ok = true;
+        // Usage moves only when a release frees something: measured again (a sync and a statvfs) only then.
+        let (mut used, mut total) = (used, total);
         for i in 0..candidates.len() {
-            let (used, total) = usage(root)?;
             if percent(used, total) <= low {
                 break;
             }
-            if !candidates[i].archived {
+            if !candidates[i].archived && !archiving.spent {
                 let to_free = used.saturating_sub((low / 100.0 * total as f64) as u64);
                 archiving.next_batch(svc, &mut candidates[i..], to_free, &mut lines)?;
-                if !candidates[i].archived {
-                    continue;
-                }
+            }
+            if !candidates[i].archived {
+                archiving.left += u64::from(archiving.spent);
+                continue;
             }
             match crate::release::release_file(svc, &candidates[i].path) {
                 Ok(Some(bytes)) => {
                     released += 1;
                     freed += bytes;
+                    (used, total) = usage(root)?;
                 }
                 Ok(None) => {}
                 Err(HsmError::Refused { reason, .. })
@@ -179,6 +182,8 @@ struct ArchiveRun {
     bytes: u64,
     files: u64,
     uploaded: u64,
+    /// The next file did not fit what is left of the budget: nothing more is archived in this run.
+    spent: bool,
     /// Candidates passed over because the budget was spent.
     left: u64,
 }
@@ -191,6 +196,7 @@ impl ArchiveRun {
             bytes: 0,
             files: 0,
             uploaded: 0,
+            spent: false,
             left: 0,
         }
     }
@@ -216,7 +222,7 @@ impl ArchiveRun {
             }
             let over_time = self.started.elapsed().as_secs() >= self.budget.secs;
             if self.bytes + c.bytes > self.budget.bytes || over_time {
-                self.left += 1;
+                self.spent = true;
                 break;
             }
             match archiver.file(&c.path) {
@@ -244,10 +250,10 @@ impl ArchiveRun {
                 self.files, self.uploaded
             ));
         }
-        if self.left > 0 {
+        if self.spent {
             lines.push(format!(
-                "archive budget reached ({} bytes, {} s): cold files left unarchived and local",
-                self.budget.bytes, self.budget.secs
+                "archive budget reached ({} bytes, {} s): {} cold files left unarchived and local",
+                self.budget.bytes, self.budget.secs, self.left
             ));
         }
     }
