@@ -707,20 +707,20 @@ fn policy_brings_usage_under_the_low_watermark() {
     hsm.ok(Request::Pin(vec![root.join("pinned")]));
     let before = usage();
     assert!(before > 90.0, "{before}");
-    let out = hydrate(&[
-        "hsm".as_ref(),
-        "policy".as_ref(),
-        root.as_os_str(),
-        "--high".as_ref(),
-        "90%".as_ref(),
-        "--low".as_ref(),
-        "75%".as_ref(),
-        "--min-age".as_ref(),
-        "30d".as_ref(),
-        // Release only what is archived: the unarchived file must stay (archive-first has its own test).
-        "--archive-budget".as_ref(),
-        "0".as_ref(),
-    ]);
+    // Release only what is archived: the unarchived file must stay (archive-first has its own test).
+    let out = policy(
+        root,
+        &[
+            "--high",
+            "90%",
+            "--low",
+            "75%",
+            "--min-age",
+            "30d",
+            "--archive-budget",
+            "0",
+        ],
+    );
     let after = usage();
     assert!(after <= 75.0, "usage {before:.1}% -> {after:.1}%: {out}");
     // No more than needed: one file's worth under the watermark, with a file's worth of slack for metadata.
@@ -739,15 +739,7 @@ fn policy_brings_usage_under_the_low_watermark() {
         .count();
     assert!(released > 0 && released <= i as usize);
     // Under the watermark, a second run does nothing.
-    let out = hydrate(&[
-        "hsm".as_ref(),
-        "policy".as_ref(),
-        root.as_os_str(),
-        "--high".as_ref(),
-        "90%".as_ref(),
-        "--low".as_ref(),
-        "75%".as_ref(),
-    ]);
+    let out = policy(root, &["--high", "90%", "--low", "75%"]);
     assert!(out.contains("nothing to do"), "{out}");
 }
 
@@ -779,20 +771,20 @@ fn reflinked_files_are_not_released() {
     assert_eq!(hsm.state("a"), Residency::Archived);
     assert!(std::fs::read(root.join("b")).unwrap() == want);
     // The policy passes over it too, and says why.
-    let out = hydrate(&[
-        "hsm".as_ref(),
-        "policy".as_ref(),
-        root.as_os_str(),
-        "--high".as_ref(),
-        "0%".as_ref(),
-        "--low".as_ref(),
-        "0%".as_ref(),
-        "--min-age".as_ref(),
-        "0s".as_ref(),
-        // Only what is archived: the copy b is cold too, and archive-first would make it a second skipped file.
-        "--archive-budget".as_ref(),
-        "0".as_ref(),
-    ]);
+    // Only what is archived: the copy b is cold too, and archive-first would make it a second skipped file.
+    let out = policy(
+        &root,
+        &[
+            "--high",
+            "0%",
+            "--low",
+            "0%",
+            "--min-age",
+            "0s",
+            "--archive-budget",
+            "0",
+        ],
+    );
     assert!(
         out.contains("skipped 1 files whose extents are shared"),
         "{out}"
@@ -833,23 +825,23 @@ fn policy_archives_cold_files_first_within_its_budget() {
         i += 1;
     }
     hsm.ok(Request::Pin(vec![root.join("pinned")]));
-    let policy = |high: &str, budget: &str| {
-        hydrate(&[
-            "hsm".as_ref(),
-            "policy".as_ref(),
-            root.as_os_str(),
-            "--high".as_ref(),
-            high.as_ref(),
-            "--low".as_ref(),
-            "75%".as_ref(),
-            "--min-age".as_ref(),
-            "30d".as_ref(),
-            "--archive-budget".as_ref(),
-            budget.as_ref(),
-        ])
+    let run_policy = |high: &str, budget: &str| {
+        policy(
+            root,
+            &[
+                "--high",
+                high,
+                "--low",
+                "75%",
+                "--min-age",
+                "30d",
+                "--archive-budget",
+                budget,
+            ],
+        )
     };
     // A budget of two files: two archived and released, the rest left as they were.
-    let out = policy("90%", "8M");
+    let out = run_policy("90%", "8M");
     assert!(out.contains("archive budget reached"), "{out}");
     let states = |name: &str| hsm.state(name);
     assert_eq!(states("cold0"), Residency::Released, "{out}");
@@ -858,7 +850,7 @@ fn policy_archives_cold_files_first_within_its_budget() {
     assert!(usage() > 75.0);
     // Enough budget (and a high watermark the first run left usage above): the coldest files are archived and
     // released down to the low watermark, and no more.
-    let out = policy("76%", "1G");
+    let out = run_policy("76%", "1G");
     let after = usage();
     assert!(after <= 75.0, "{out}");
     let one_file = small.one_file_percent();

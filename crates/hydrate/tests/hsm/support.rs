@@ -137,6 +137,13 @@ impl FsKind {
     }
 }
 
+/// `hydrate hsm policy ROOT ARGS…`; what it printed.
+pub fn policy(root: &Path, args: &[&str]) -> String {
+    let mut all: Vec<&OsStr> = vec!["hsm".as_ref(), "policy".as_ref(), root.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    hydrate(&all)
+}
+
 /// A small file system image of `kind`, formatted and loop-mounted; unmounted and detached on drop.
 pub struct LoopFs {
     dir: tempfile::TempDir,
