@@ -134,6 +134,7 @@ impl Volume {
                 bytes: PLAN_BATCH_BYTES,
                 files: PLAN_BATCH_FILES,
                 in_flight: PLAN_BATCHES_IN_FLIGHT,
+                requests: 0,
                 weight: |loc| u64::from(loc.plain_len),
             },
             |stats, chunks, bytes| {
@@ -358,6 +359,11 @@ pub(crate) struct BatchLimits {
     pub bytes: u64,
     /// … or this many files (a batch holds its files' cache descriptors open).
     pub files: usize,
+    /// … or once its chunks lie in this many separate stretches of the store (each a request of its own; 0: no
+    /// limit). Scattered files make many small requests, and a burst of them delays a read's request behind
+    /// every one at the store (measured at the start of the real image: the fill's first batch of 256 small
+    /// files was ~30 requests, and the program's first read waited 75-150 ms instead of ~30).
+    pub requests: usize,
     /// Batches in flight at once.
     pub in_flight: usize,
     /// What a chunk counts towards `bytes`: plain bytes (what lands in the cache) or stored bytes (what crosses
@@ -375,6 +381,9 @@ pub(crate) struct Batches {
     batch: Vec<Work>,
     batch_bytes: u64,
     batch_files: usize,
+    /// Separate stretches of the store the batch covers, and where (blob, end) the last chunk added lies.
+    batch_runs: usize,
+    last_end: Option<(hydrate_format::BlobId, u64)>,
     running: tokio::task::JoinSet<(u64, u64, u64)>,
     totals: BatchTotals,
 }
@@ -394,6 +403,8 @@ impl Batches {
             batch: Vec::new(),
             batch_bytes: 0,
             batch_files: 0,
+            batch_runs: 0,
+            last_end: None,
             running: tokio::task::JoinSet::new(),
             totals: BatchTotals::default(),
         }
@@ -407,15 +418,27 @@ impl Batches {
         work: impl IntoIterator<Item = (u64, ChunkLoc)>,
     ) {
         let before = self.batch.len();
+        let gap = self.engine.config().max_gap;
         for (offset, loc) in work {
             self.batch_bytes += (self.limits.weight)(&loc);
+            let joins = self.last_end.is_some_and(|(blob, end)| {
+                blob == loc.blob && loc.blob_offset >= end && loc.blob_offset - end <= gap
+            });
+            if !joins {
+                self.batch_runs += 1;
+            }
+            self.last_end = Some((loc.blob, loc.blob_offset + u64::from(loc.stored_len)));
             self.batch.push((Arc::clone(file), offset, loc));
         }
         if self.batch.len() == before {
             return;
         }
         self.batch_files += 1;
-        if self.batch_bytes >= self.limits.bytes || self.batch_files >= self.limits.files {
+        let scattered = self.limits.requests > 0 && self.batch_runs >= self.limits.requests;
+        if self.batch_bytes >= self.limits.bytes
+            || self.batch_files >= self.limits.files
+            || scattered
+        {
             while self.running.len() >= self.limits.in_flight {
                 let done = self.running.join_next().await;
                 self.add(done);
@@ -426,7 +449,8 @@ impl Batches {
 
     fn send(&mut self) {
         let work = std::mem::take(&mut self.batch);
-        (self.batch_bytes, self.batch_files) = (0, 0);
+        (self.batch_bytes, self.batch_files, self.batch_runs) = (0, 0, 0);
+        self.last_end = None;
         let engine = Arc::clone(&self.engine);
         let stats = Arc::clone(&self.stats);
         let counted = self.counted;
@@ -437,14 +461,19 @@ impl Batches {
         });
     }
 
-    /// Sends the last batch and waits for every batch; returns what they did.
-    pub(crate) async fn finish(mut self) -> BatchTotals {
+    /// Sends the partial batch and waits for every batch in flight.
+    pub(crate) async fn drain(&mut self) {
         if !self.batch.is_empty() {
             self.send();
         }
         while let Some(done) = self.running.join_next().await {
             self.add(Some(done));
         }
+    }
+
+    /// Sends the last batch and waits for every batch; returns what they did.
+    pub(crate) async fn finish(mut self) -> BatchTotals {
+        self.drain().await;
         self.totals
     }
 
