@@ -9,6 +9,7 @@ mod reftests;
 #[cfg(test)]
 mod tests;
 
+mod elf;
 mod error;
 mod fill;
 mod image;

@@ -40,6 +40,12 @@ counters! {
     readahead_resets,
     /// ELF files (executables, shared libraries) fetched whole in the background after their first read.
     elf_whole_files,
+    /// ELF files whose interpreter and `DT_NEEDED` libraries were looked up in the image (`crate::elf`).
+    elf_followed,
+    /// Libraries (and interpreters) those named, fetched whole in the background before the loader opens them.
+    elf_dep_files,
+    /// Chunks fetched at on-demand priority to read ELF headers and dynamic sections for that.
+    elf_header_chunks,
     /// Reads not continuing their handle's previous read; they fetch only the chunks covering them.
     random_reads,
     /// Entries of the image's prefetch plan that the replay found (at least partly) missing.

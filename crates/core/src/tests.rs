@@ -645,3 +645,111 @@ fn the_fill_walks_files_in_stored_order_with_documentation_marked_cold() {
     let want: Vec<(String, bool)> = want.iter().map(|(p, c)| (p.to_string(), *c)).collect();
     assert_eq!(walked, want);
 }
+
+/// The host's `ls` and the libraries its loader maps (from `ldd`, the host loader's own answer), laid out in a
+/// merged-/usr tree as Debian has it (`lib`, `lib64` and `bin` symlinks into `usr`), plus a library nothing
+/// needs. Returns the source tree and the image paths of the libraries `ls` needs.
+fn ls_tree() -> (TempDir, Vec<String>) {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path();
+    for dir in ["usr/bin", "usr/lib/x86_64-linux-gnu", "usr/lib64"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+    let ls = std::fs::canonicalize("/usr/bin/ls").unwrap();
+    std::fs::copy(&ls, root.join("usr/bin/ls")).unwrap();
+    let ldd = std::process::Command::new("ldd").arg(&ls).output().unwrap();
+    assert!(ldd.status.success(), "ldd {}", ls.display());
+    let mut needed = Vec::new();
+    for line in String::from_utf8(ldd.stdout).unwrap().lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)".
+        let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+            continue; // linux-vdso.so.1: in the kernel, not a file
+        };
+        let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+        let image_path = format!("usr/lib/x86_64-linux-gnu/{name}");
+        std::fs::copy(std::fs::canonicalize(path).unwrap(), root.join(&image_path)).unwrap();
+        needed.push(image_path);
+    }
+    // The interpreter is named as /lib64/ld-linux-x86-64.so.2: a symlink into the multiarch directory.
+    std::os::unix::fs::symlink(
+        "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        root.join("usr/lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("usr/lib/x86_64-linux-gnu/libunused.so.1"),
+        random_bytes(7, 300_000),
+    )
+    .unwrap();
+    (src, needed)
+}
+
+#[test]
+fn reading_a_programs_elf_header_fetches_its_interpreter_and_libraries_whole() {
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipped: the test lays out an x86_64 multiarch tree");
+        return;
+    }
+    let (src, needed) = ls_tree();
+    assert!(needed.len() >= 3, "ldd listed {needed:?}");
+    let fx = Fixture::from_source(src);
+    let cache = tempfile::tempdir().unwrap();
+    let vol = Arc::new(fx.volume(
+        &fx.image,
+        cache.path(),
+        VolumeConfig {
+            dir_prefetch_file_max: 0,
+            ..VolumeConfig::default()
+        },
+    ));
+    vol.start_elf_deps();
+    // What the loader does first: read the program's ELF header.
+    read_range(&vol, fx.root.path(), "usr/bin/ls", 0, 832);
+    let complete = |path: &str| {
+        let opened = vol.open(resolve(&vol, path)).unwrap();
+        vol.release(opened.fh);
+        opened.complete
+    };
+    for path in &needed {
+        wait_until(&format!("{path} fetched whole"), || complete(path));
+    }
+    // ls and its libraries followed (those ldd lists without ls' own loader, reached through its symlink).
+    wait_until("every file followed", || {
+        stat(&vol, "elf_followed") as usize == needed.len() + 1
+    });
+    assert_eq!(stat(&vol, "elf_dep_files") as usize, needed.len());
+    assert!(!complete("usr/lib/x86_64-linux-gnu/libunused.so.1"));
+    assert_eq!(
+        stat(&vol, "ondemand_chunks"),
+        1,
+        "only the header read waited"
+    );
+    for path in &needed {
+        read_range(&vol, fx.root.path(), path, 0, usize::MAX);
+    }
+    assert_eq!(stat(&vol, "ondemand_chunks"), 1, "the libraries were local");
+    // A second read of the header follows nothing again.
+    read_range(&vol, fx.root.path(), "usr/bin/ls", 0, 832);
+    assert_eq!(stat(&vol, "elf_followed") as usize, needed.len() + 1);
+}
+
+#[test]
+fn elf_dependencies_are_not_followed_when_elf_prefetch_is_off() {
+    let (src, needed) = ls_tree();
+    let fx = Fixture::from_source(src);
+    let cache = tempfile::tempdir().unwrap();
+    let vol = Arc::new(fx.volume(&fx.image, cache.path(), no_heuristics()));
+    vol.start_elf_deps();
+    read_range(&vol, fx.root.path(), "usr/bin/ls", 0, 832);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(stat(&vol, "elf_followed"), 0);
+    let opened = vol.open(resolve(&vol, &needed[0])).unwrap();
+    assert!(!opened.complete);
+}

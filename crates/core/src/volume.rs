@@ -126,6 +126,8 @@ pub struct Volume {
     /// have several names: the last lookup wins); bounded like `listed`. Only kept while the directory
     /// heuristic is on.
     pub(crate) parents: Mutex<HashMap<Ino, (Ino, usize)>>,
+    /// Following ELF dependencies, once started (see [`crate::elf`]).
+    pub(crate) elf_deps: OnceLock<crate::elf::ElfDeps>,
 }
 
 impl Volume {
@@ -151,6 +153,7 @@ impl Volume {
             trace: None,
             listed: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
+            elf_deps: OnceLock::new(),
         }
     }
 
@@ -405,14 +408,21 @@ impl Volume {
         if !readahead.is_empty() {
             self.spawn_readahead(&open, readahead);
         }
+        let elf = offset == 0 && buf.len() >= ELF_MAGIC.len();
         if missing.is_empty() {
             self.stats.cache_hit_reads.fetch_add(1, Ordering::Relaxed);
             read_cached(&open.file, buf, offset)?;
+            if elf && buf.starts_with(ELF_MAGIC) {
+                self.elf_header_read(open.ino);
+            }
             return Ok(buf.len());
         }
-        let fetched = self.fetch_missing(&open, offset..end, &missing)?;
+        let fetched = self.fetch_missing(&open, offset..end, &missing, Demand::Read)?;
         self.assemble(&open, offset, buf, &fetched)?;
-        if offset == 0 && buf.starts_with(ELF_MAGIC) && open.size <= self.config.elf_whole_max {
+        if elf && buf.starts_with(ELF_MAGIC) {
+            self.elf_header_read(open.ino);
+        }
+        if elf && buf.starts_with(ELF_MAGIC) && open.size <= self.config.elf_whole_max {
             // An executable or shared library: the loader maps it and faults in most of its pages, each fault a
             // round trip of its own if missing (measured on python3 and numpy: 90-99% of every library read
             // before the program's first output). Fetch the rest of it now, in the background.
@@ -430,6 +440,7 @@ impl Volume {
         open: &OpenFile,
         range: Range<u64>,
         missing: &[Range<u64>],
+        demand: Demand,
     ) -> Result<HashMap<usize, bytes::Bytes>> {
         let chunks = self.manifest.file_chunks(open.ino);
         let indices: Vec<usize> = self
@@ -446,9 +457,11 @@ impl Volume {
             .iter()
             .map(|&i| self.chunk_loc(chunks[i].chunk_index()))
             .collect();
-        self.stats
-            .ondemand_chunks
-            .fetch_add(locs.len() as u64, Ordering::Relaxed);
+        let counter = match demand {
+            Demand::Read => &self.stats.ondemand_chunks,
+            Demand::Speculative => &self.stats.elf_header_chunks,
+        };
+        counter.fetch_add(locs.len() as u64, Ordering::Relaxed);
         let mut fetched = HashMap::with_capacity(indices.len());
         let mut failure: Option<(usize, hydrate_fetch::FetchError)> = None;
         let fetching = self.engine.fetch_each(&locs, Priority::OnDemand, |ready| {
@@ -489,14 +502,22 @@ impl Volume {
         });
         self.rt.block_on(fetching);
         if let Some((index, source)) = failure {
-            self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
             let err = CoreError::Fetch {
                 ino: open.ino,
                 chunk_index: index,
                 file_offset: chunks[index].file_offset(),
                 source: Box::new(source),
             };
-            tracing::error!(image = %self.image, error = %err, "read failed");
+            match demand {
+                Demand::Read => {
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(image = %self.image, error = %err, "read failed");
+                }
+                Demand::Speculative => {
+                    self.stats.prefetch_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(image = %self.image, error = %err, "reading an ELF header failed");
+                }
+            }
             return Err(err);
         }
         Ok(fetched)
@@ -663,6 +684,91 @@ impl Volume {
 
 /// The first bytes of every ELF file.
 const ELF_MAGIC: &[u8] = b"\x7fELF";
+
+/// Who waits for a fetch: a read (counted as on demand, failures logged as read errors), or the volume itself
+/// reading ahead of one at on-demand priority (ELF headers, [`crate::elf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Demand {
+    Read,
+    Speculative,
+}
+
+/// A file of the image read by the volume itself, not through a handle: no open counted, nothing traced.
+pub(crate) struct Speculative(Arc<OpenFile>);
+
+impl Speculative {
+    pub(crate) fn size(&self) -> u64 {
+        self.0.size
+    }
+}
+
+impl Volume {
+    /// Opens regular file `ino` for the volume's own reads.
+    pub(crate) fn speculative(&self, ino: Ino) -> Result<Speculative> {
+        let attr = self.attr(ino)?;
+        if attr.kind != FileKind::Regular {
+            return Err(CoreError::NotRegular(ino));
+        }
+        let file = self
+            .cache
+            .file(&attr.content, attr.size)
+            .map_err(|source| CoreError::Cache {
+                content: attr.content,
+                source: Box::new(source),
+            })?;
+        Ok(Speculative(Arc::new(OpenFile {
+            ino,
+            size: attr.size,
+            file,
+            stream: Mutex::new(StreamState::default()),
+        })))
+    }
+
+    /// Reads like [`Volume::read`], fetching what is missing at on-demand priority, without a handle, stats
+    /// of reads, readahead or trace.
+    pub(crate) fn read_speculative(
+        &self,
+        file: &Speculative,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let open = &file.0;
+        if offset >= open.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = open.size.min(offset.saturating_add(buf.len() as u64));
+        let buf = &mut buf[..(end - offset) as usize];
+        let missing = open.file.missing(offset..end);
+        if missing.is_empty() {
+            read_cached(&open.file, buf, offset)?;
+        } else {
+            let fetched = self.fetch_missing(open, offset..end, &missing, Demand::Speculative)?;
+            self.assemble(open, offset, buf, &fetched)?;
+        }
+        Ok(buf.len())
+    }
+
+    /// Fetches regular file `ino` whole in the background (what is missing of it); whether anything was.
+    pub(crate) fn fetch_whole(&self, ino: Ino) -> bool {
+        let Ok(Speculative(open)) = self.speculative(ino) else {
+            return false;
+        };
+        if open.file.is_complete() {
+            return false;
+        }
+        self.spawn_readahead(&open, 0..open.size);
+        true
+    }
+
+    /// The directory regular file `ino` was last looked up in, if the volume remembers it.
+    pub(crate) fn parent_of(&self, ino: Ino) -> Option<Ino> {
+        self.parents
+            .lock()
+            .expect("parents poisoned")
+            .get(&ino)
+            .map(|&(dir, _)| dir)
+    }
+}
 
 fn read_cached(file: &CacheFile, buf: &mut [u8], offset: u64) -> Result<()> {
     let mut done = 0;

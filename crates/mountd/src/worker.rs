@@ -330,6 +330,7 @@ fn serve(
     if let Some(path) = &spec.record_trace {
         vol.spawn_trace_writer(path.clone(), Duration::from_secs(2));
     }
+    vol.start_elf_deps();
     let plan = vol.start_plan();
     let plan_task = plan.as_ref().map(|task| task.abort_handle());
     if plan.is_some() {
