@@ -22,7 +22,7 @@
 //! the loader itself finds whatever it needs.
 
 use crate::volume::Volume;
-use hydrate_format::{FileKind, Ino};
+use hydrate_format::{FileKind, Ino, Manifest};
 use object::read::elf::{Dyn, FileHeader, ProgramHeader};
 use object::read::{ReadCache, ReadCacheOps, ReadRef};
 use object::Endianness;
@@ -185,19 +185,23 @@ fn system_dirs(machine: object::elf::Machine) -> &'static [&'static str] {
 
 /// The regular file `path` names in the image, from directory `dir` when relative, following symlinks
 /// (absolute targets from the image's root, never outside it).
-pub(crate) fn resolve(manifest: &crate::MappedManifest, dir: Ino, path: &[u8]) -> Option<Ino> {
+pub(crate) fn resolve<B: AsRef<[u8]>>(
+    manifest: &Manifest<B>,
+    dir: Ino,
+    path: &[u8],
+) -> Option<Ino> {
     walk(manifest, dir, path, FileKind::Regular, &mut 0)
 }
 
 /// The directory `path` names, like [`resolve`].
-fn resolve_dir(manifest: &crate::MappedManifest, dir: Ino, path: &[u8]) -> Option<Ino> {
+fn resolve_dir<B: AsRef<[u8]>>(manifest: &Manifest<B>, dir: Ino, path: &[u8]) -> Option<Ino> {
     walk(manifest, dir, path, FileKind::Directory, &mut 0)
 }
 
 /// `path` from `dir` (the root when absolute), each symlink resolved from the directory holding it; the end
 /// must be of kind `want` and every component before it a directory.
-fn walk(
-    manifest: &crate::MappedManifest,
+fn walk<B: AsRef<[u8]>>(
+    manifest: &Manifest<B>,
     dir: Ino,
     path: &[u8],
     want: FileKind,
@@ -314,9 +318,68 @@ impl ReadCacheOps for ImageFile<'_> {
     }
 }
 
+/// The command of a converted container image (its OCI config's `Entrypoint`, or `Cmd` without one): the program
+/// and the `PATH` to find it with.
+#[derive(serde::Deserialize)]
+struct OciConfig {
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+#[derive(serde::Deserialize)]
+struct RunConfig {
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    env: Option<Vec<String>>,
+}
+
+/// Docker's `PATH` when an image sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The program an image's OCI config runs, found in the image: an absolute or relative path as it is, a bare
+/// name through the config's `PATH`. `None` without a config or a command, or when it is not in the image.
+pub(crate) fn entrypoint<B: AsRef<[u8]>>(manifest: &Manifest<B>) -> Option<Ino> {
+    let json = manifest.annotation(hydrate_format::annotation::OCI_CONFIG)?;
+    let config = serde_json::from_slice::<OciConfig>(json).ok()?.config?;
+    let program = config
+        .entrypoint
+        .filter(|e| !e.is_empty())
+        .or(config.cmd)?
+        .into_iter()
+        .next()?;
+    if program.contains('/') {
+        return resolve(manifest, Ino::ROOT, program.as_bytes());
+    }
+    let path = config
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|e| e.strip_prefix("PATH=").map(str::to_owned))
+        .unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .find_map(|dir| resolve(manifest, Ino::ROOT, format!("{dir}/{program}").as_bytes()))
+}
+
+/// The interpreter of a script (`#!/bin/sh -e` → `/bin/sh`), from its first bytes.
+fn shebang(head: &[u8]) -> Option<&[u8]> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n')?];
+    line.split(|&b| b == b' ' || b == b'\t')
+        .find(|w| !w.is_empty())
+}
+
 impl Volume {
     /// Starts following the dependencies of ELF files whose header a read returns (see the module
     /// documentation); off when `VolumeConfig::elf_whole_max` is 0. Call once, with the volume in its `Arc`.
+    ///
+    /// An image without a plan whose OCI config names its command (a converted container image) has that
+    /// program fetched whole and followed at once, before anything runs: a container runs its entrypoint, and
+    /// its first files (the program, the loader, its libraries; a script's interpreter) are otherwise each a
+    /// miss the program waits for, one after another.
     pub fn start_elf_deps(self: &Arc<Self>) {
         if self.config.elf_whole_max == 0 {
             return;
@@ -328,6 +391,11 @@ impl Volume {
         };
         if self.elf_deps.set(deps).is_err() {
             return;
+        }
+        if self.manifest.prefetch().is_empty() {
+            if let Some(program) = entrypoint(&self.manifest) {
+                self.follow_program(program);
+            }
         }
         let vol: Weak<Volume> = Arc::downgrade(self);
         self.rt.spawn(async move {
@@ -348,6 +416,45 @@ impl Volume {
             let origin = self.parent_of(ino);
             let _ = deps.queue.send((ino, origin));
         }
+    }
+
+    /// Fetches `program` whole and queues it to be followed: an ELF file directly, a script through its
+    /// interpreter (read from its first line, which costs one fetch off the runtime's threads).
+    pub(crate) fn follow_program(self: &Arc<Self>, program: Ino) {
+        let Some(deps) = self.elf_deps.get() else {
+            return;
+        };
+        if !self.mark_followed(deps, program) {
+            return;
+        }
+        let size = self.manifest.attr(program).map_or(0, |a| a.size);
+        if size <= self.config.elf_whole_max {
+            self.fetch_whole(program);
+        }
+        let vol = Arc::clone(self);
+        self.rt.spawn_blocking(move || {
+            let Ok(file) = vol.speculative(program) else {
+                return;
+            };
+            let mut head = [0u8; 256];
+            let Ok(n) = vol.read_speculative(&file, 0, &mut head) else {
+                return;
+            };
+            if let Some(interp) = shebang(&head[..n]) {
+                let Some(interp) = resolve(&vol.manifest, Ino::ROOT, interp) else {
+                    return;
+                };
+                let Some(deps) = vol.elf_deps.get() else {
+                    return;
+                };
+                if vol.mark_followed(deps, interp) {
+                    vol.fetch_whole(interp);
+                    vol.follow_elf(interp, None);
+                }
+            } else {
+                vol.follow_elf(program, None);
+            }
+        });
     }
 
     fn mark_followed(&self, deps: &ElfDeps, ino: Ino) -> bool {
@@ -465,5 +572,95 @@ mod tests {
             }
             let _ = needs(bad.as_slice(), |_| {});
         }
+    }
+}
+
+#[cfg(test)]
+mod entrypoint_tests {
+    use super::*;
+    use hydrate_format::{annotation, ContentId, Digest, ManifestWriter, NodeMeta};
+
+    fn meta(mode: u32) -> NodeMeta {
+        NodeMeta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
+    }
+
+    /// A merged-/usr tree (`bin` → `usr/bin`) with `usr/bin/python3` → `python3.11`, `usr/local/bin/tool`,
+    /// and the OCI config `config` (none if empty).
+    fn image(config: &str) -> Manifest<Vec<u8>> {
+        let mut w = ManifestWriter::new(meta(0o40755));
+        let root = w.root();
+        let usr = w.add_dir(root, b"usr", meta(0o40755)).unwrap();
+        let bin = w.add_dir(usr, b"bin", meta(0o40755)).unwrap();
+        let local = w.add_dir(usr, b"local", meta(0o40755)).unwrap();
+        let local_bin = w.add_dir(local, b"bin", meta(0o40755)).unwrap();
+        w.add_symlink(root, b"bin", meta(0o120777), b"usr/bin")
+            .unwrap();
+        let content = ContentId(Digest::of(b""));
+        w.add_file(bin, b"python3.11", meta(0o100755), content, vec![])
+            .unwrap();
+        w.add_symlink(bin, b"python3", meta(0o120777), b"python3.11")
+            .unwrap();
+        w.add_file(local_bin, b"tool", meta(0o100755), content, vec![])
+            .unwrap();
+        w.add_symlink(bin, b"loop", meta(0o120777), b"loop")
+            .unwrap();
+        if !config.is_empty() {
+            w.set_annotation(annotation::OCI_CONFIG, config.as_bytes())
+                .unwrap();
+        }
+        Manifest::parse(w.finish().unwrap()).unwrap()
+    }
+
+    fn regular<B: AsRef<[u8]>>(m: &Manifest<B>, found: Option<Ino>) -> Option<Ino> {
+        found.inspect(|&ino| assert_eq!(m.attr(ino).unwrap().kind, FileKind::Regular))
+    }
+
+    #[test]
+    fn the_command_is_found_as_the_runtime_would_find_it() {
+        let m = image(r#"{"config":{"Cmd":["/bin/python3","-c","1"]}}"#);
+        let python = m.resolve(b"usr/bin/python3.11");
+        assert_eq!(regular(&m, entrypoint(&m)), python);
+        // Entrypoint wins over Cmd; a bare name goes through the default PATH.
+        let m = image(r#"{"config":{"Entrypoint":["tool"],"Cmd":["python3"]}}"#);
+        assert_eq!(entrypoint(&m), m.resolve(b"usr/local/bin/tool"));
+        // An empty Entrypoint means the Cmd; the config's own PATH is used when it sets one.
+        let m = image(r#"{"config":{"Entrypoint":[],"Cmd":["python3"],"Env":["PATH=/bin"]}}"#);
+        assert_eq!(entrypoint(&m), python);
+        let m = image(r#"{"config":{"Cmd":["tool"],"Env":["PATH=/bin"]}}"#);
+        assert_eq!(entrypoint(&m), None);
+    }
+
+    #[test]
+    fn no_command_no_config_a_symlink_loop_or_bad_json_find_nothing() {
+        assert_eq!(entrypoint(&image("")), None);
+        assert_eq!(entrypoint(&image(r#"{"config":{}}"#)), None);
+        assert_eq!(
+            entrypoint(&image(r#"{"config":{"Cmd":["/bin/loop"]}}"#)),
+            None
+        );
+        assert_eq!(entrypoint(&image(r#"{"config":{"Cmd":["/nope"]}}"#)), None);
+        assert_eq!(entrypoint(&image(r#"{"config":"#)), None);
+    }
+
+    #[test]
+    fn a_scripts_interpreter_is_its_first_word() {
+        assert_eq!(shebang(b"#!/bin/sh -e\necho"), Some(&b"/bin/sh"[..]));
+        assert_eq!(
+            shebang(b"#!  /usr/bin/env python3\n"),
+            Some(&b"/usr/bin/env"[..])
+        );
+        assert_eq!(
+            shebang(b"#!/bin/sh"),
+            None,
+            "no end of line in the bytes read"
+        );
+        assert_eq!(shebang(b"\x7fELF"), None);
     }
 }

@@ -753,3 +753,58 @@ fn elf_dependencies_are_not_followed_when_elf_prefetch_is_off() {
     let opened = vol.open(resolve(&vol, &needed[0])).unwrap();
     assert!(!opened.complete);
 }
+
+#[test]
+fn an_images_command_is_fetched_with_its_libraries_before_anything_reads() {
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipped: the test lays out an x86_64 multiarch tree");
+        return;
+    }
+    let (src, needed) = ls_tree();
+    // A script whose interpreter is ls: the script, ls and ls' libraries are fetched.
+    std::fs::write(src.path().join("usr/bin/run.sh"), "#!/usr/bin/ls -l\n").unwrap();
+    let fx = Fixture::from_source(src);
+    for program in ["usr/bin/ls", "usr/bin/run.sh"] {
+        let cache = tempfile::tempdir().unwrap();
+        let vol = Arc::new(fx.volume(
+            &fx.image,
+            cache.path(),
+            VolumeConfig {
+                dir_prefetch_file_max: 0,
+                ..VolumeConfig::default()
+            },
+        ));
+        vol.start_elf_deps();
+        vol.follow_program(resolve(&vol, program));
+        let complete = |path: &str| {
+            let opened = vol.open(resolve(&vol, path)).unwrap();
+            vol.release(opened.fh);
+            opened.complete
+        };
+        for path in needed
+            .iter()
+            .map(String::as_str)
+            .chain(["usr/bin/ls", program])
+        {
+            wait_until(&format!("{path} fetched whole for {program}"), || {
+                complete(path)
+            });
+        }
+        assert_eq!(stat(&vol, "elf_dep_files") as usize, needed.len());
+        assert_eq!(stat(&vol, "elf_followed") as usize, needed.len() + 1);
+        assert!(!complete("usr/lib/x86_64-linux-gnu/libunused.so.1"));
+        assert_eq!(
+            stat(&vol, "ondemand_chunks"),
+            0,
+            "{program}: nothing waited"
+        );
+        for path in needed
+            .iter()
+            .map(String::as_str)
+            .chain(["usr/bin/ls", program])
+        {
+            read_range(&vol, fx.root.path(), path, 0, usize::MAX);
+        }
+        assert_eq!(stat(&vol, "ondemand_chunks"), 0, "{program}: all local");
+    }
+}
