@@ -217,6 +217,9 @@ impl Holder {
                     match Signal::try_from(info.ssi_signo as i32) {
                         Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
                             self.stopping = true;
+                            if std::env::var_os("NOTIFY_SOCKET").is_some() {
+                                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                            }
                             let _ = kill(pid, Signal::SIGTERM);
                         }
                         Ok(Signal::SIGHUP) => {

@@ -82,7 +82,26 @@ pub fn run_worker(layout: Layout) -> Result<(), HsmError> {
     std::fs::write(layout.worker_pid(), std::process::id().to_string())
         .map_err(|e| HsmError::io("write", layout.worker_pid(), e))?;
     tracing::info!(root = %layout.root.display(), marked, "hsm worker serving");
+    notify_ready(marked);
     loop {
         std::thread::park();
+    }
+}
+
+/// Under systemd (`NOTIFY_SOCKET` set; the unit's `NotifyAccess=all` lets the worker, the holder's child, speak):
+/// READY=1 once every stub is marked and the control socket serves, so that units ordered after this one start
+/// only when reads of stubs are caught. Sent by every worker the holder starts (systemd ignores a repeated
+/// READY=1); the status line says how many stubs were marked.
+fn notify_ready(marked: u64) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let status = format!("serving; {marked} stubs marked");
+    let states = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ];
+    if let Err(error) = sd_notify::notify(&states) {
+        tracing::warn!(%error, "notifying systemd of readiness failed");
     }
 }

@@ -892,3 +892,45 @@ fn policy_archives_cold_files_first_within_its_budget() {
         );
     }
 }
+
+/// The daemon as contrib/systemd/hydrate-hsm@.service runs it (Type=notify, NotifyAccess=all), with this test
+/// as the service manager's notification socket: READY=1 comes once every stub is marked (its STATUS says how
+/// many), stubs are served from then on, and SIGTERM (`systemctl stop`) sends STOPPING=1 and ends the daemon
+/// cleanly. Machines here do not run systemd; the protocol is a datagram per notification (sd_notify(3)).
+#[test]
+fn the_daemon_notifies_readiness_and_stopping_as_systemd_expects() {
+    require_root!();
+    let (dir, root, hsm) = local_hsm("30s");
+    let want = random_bytes(41, 300_000);
+    for name in ["a", "b", "c"] {
+        std::fs::write(root.join(name), &want).unwrap();
+    }
+    hsm.archive_and_release();
+    drop(hsm);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut hsm = Hsm::start_with(&root, &[("NOTIFY_SOCKET", socket_path.as_os_str())]);
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification within 30 s");
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(text.lines().any(|l| l == "READY=1"), "{text:?}");
+    assert!(
+        text.lines().any(|l| l == "STATUS=serving; 3 stubs marked"),
+        "{text:?}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("b")).unwrap(),
+        want,
+        "a stub read after READY=1"
+    );
+    let status = hsm.terminate();
+    assert!(
+        status.success(),
+        "the holder ended with {status} on SIGTERM"
+    );
+    let n = socket.recv(&mut buf).expect("STOPPING=1 within 30 s");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
+}

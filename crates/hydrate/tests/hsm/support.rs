@@ -298,6 +298,11 @@ impl Hsm {
     }
 
     pub fn start(root: &Path) -> Hsm {
+        Hsm::start_with(root, &[])
+    }
+
+    /// Starts the daemon with extra environment variables (e.g. `NOTIFY_SOCKET`, as systemd runs it).
+    pub fn start_with(root: &Path, env: &[(&str, &OsStr)]) -> Hsm {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("daemon.log");
         let holder = Command::new(BIN)
@@ -306,6 +311,7 @@ impl Hsm {
             .env("HYDRATE_LOG", "info")
             // The Garage test key (harmless for other stores).
             .envs(hydrate_testkit::garage::Garage::credentials_env())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -352,7 +358,16 @@ impl Hsm {
         }
     }
 
-    /// kill -9 of the worker; returns its pid.
+    /// SIGTERM to the holder (what `systemctl stop` sends the unit's main process); waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.holder.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.holder.wait().unwrap()
+    }
+
     /// kill -9 of the holder, reaped at once.
     pub fn kill_holder(&mut self) {
         self.holder.kill().unwrap();
