@@ -1,0 +1,805 @@
+//! `hydrate snapshotter` with a real containerd (Debian's 1.6), a real registry (docker-registry) and runc.
+//!
+//! Each test starts its own containerd (own root, state and sockets in a scratch directory, a config naming the
+//! `hydrate` proxy plugin, the CRI plugin off) and its own snapshotter, and stops both by PID; a guard kills
+//! the tests' shims and unmounts everything under the scratch directory, also when a test fails.
+//!
+//! Needs root, /dev/fuse, overlayfs, containerd + ctr, runc, skopeo and docker-registry
+//! (scripts/install-test-deps.sh). Without them a test is skipped loudly, unless HYDRATE_REQUIRE_SERVERS is set.
+
+mod common;
+
+use common::*;
+use hydrate_testkit::oci_image::{
+    host_program_rootfs, Compression, Layer, Meta, OciLayout, RunConfig,
+};
+use hydrate_testkit::registry::Registry;
+use hydrate_testkit::require_binary;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "hydrate-test";
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+struct Tools {
+    containerd: PathBuf,
+    ctr: PathBuf,
+    skopeo: PathBuf,
+}
+
+fn tools(test: &str) -> Option<Tools> {
+    if !hydrate_testkit::require_root(test, "containerd, mounts") {
+        return None;
+    }
+    require_binary("runc", test)?;
+    require_binary("containerd-shim-runc-v2", test)?;
+    Some(Tools {
+        containerd: require_binary("containerd", test)?,
+        ctr: require_binary("ctr", test)?,
+        skopeo: require_binary("skopeo", test)?,
+    })
+}
+
+/// A containerd and a hydrate snapshotter of one test, with everything they leave behind cleaned up on drop
+/// (shims of this containerd, mounts under the scratch directory), before the scratch directory goes.
+struct Node {
+    ctr: PathBuf,
+    root: PathBuf,
+    containerd: Child,
+    snapshotter: Option<Child>,
+    snapshotter_args: Vec<String>,
+}
+
+impl Node {
+    fn start(tools: &Tools, s: &Scratch, snapshotter_args: &[&str]) -> Node {
+        let root = s.root.clone();
+        for dir in ["run", "containerd/root", "containerd/state", "snapshotter"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let config = format!(
+            r#"version = 2
+root = "{root}/containerd/root"
+state = "{root}/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt",
+  "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{root}/run/containerd.sock"
+[ttrpc]
+  address = "{root}/run/containerd.sock.ttrpc"
+[proxy_plugins.hydrate]
+  type = "snapshot"
+  address = "{root}/run/hydrate.sock"
+"#,
+            root = root.display()
+        );
+        std::fs::write(root.join("containerd.toml"), config).unwrap();
+        let mut node = Node {
+            ctr: tools.ctr.clone(),
+            root: root.clone(),
+            containerd: Command::new(&tools.containerd)
+                .arg("--config")
+                .arg(root.join("containerd.toml"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(root.join("containerd.log")).unwrap())
+                .spawn()
+                .expect("starting containerd"),
+            snapshotter: None,
+            snapshotter_args: snapshotter_args.iter().map(|a| a.to_string()).collect(),
+        };
+        node.start_snapshotter();
+        let started = Instant::now();
+        while !node.ctr_cmd(&["version"]).status.success() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "containerd did not answer: {}",
+                node.log("containerd.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node
+    }
+
+    fn snapshotter_root(&self) -> PathBuf {
+        self.root.join("snapshotter")
+    }
+
+    fn start_snapshotter(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("snapshotter.log"))
+            .unwrap();
+        let child = Command::new(bin())
+            .arg("snapshotter")
+            .arg("--root")
+            .arg(self.snapshotter_root())
+            .arg("--address")
+            .arg(self.root.join("run/hydrate.sock"))
+            .args(&self.snapshotter_args)
+            .env("HYDRATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting hydrate snapshotter");
+        self.snapshotter = Some(child);
+        let started = Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.root.join("run/hydrate.sock")).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the snapshotter did not listen: {}",
+                self.log("snapshotter.log")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 of the snapshotter (its mounts' daemons are separate processes and stay).
+    fn kill_snapshotter(&mut self) {
+        if let Some(mut child) = self.snapshotter.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.root.join(name)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.arg("--address")
+            .arg(self.root.join("run/containerd.sock"))
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        cmd
+    }
+
+    /// `ctr run` through a snapshotter that was just restarted: containerd's gRPC connection to the proxy
+    /// plugin fails fast ("unavailable") until its reconnect backoff (1 s, growing) lets it dial again.
+    fn run_after_restart(&self, reference: &str, id: &str, args: &[&str]) -> String {
+        let started = Instant::now();
+        loop {
+            let mut all = vec!["run", "--rm", "--snapshotter", "hydrate", reference, id];
+            all.extend(args);
+            let out = self.ctr_cmd(&all);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success()
+                || !stderr.contains("unavailable")
+                || started.elapsed() > Duration::from_secs(30)
+            {
+                return self.ctr(&all);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A synchronous garbage collection (deleting a lease with --sync collects everything unreferenced).
+    fn collect_garbage(&self) {
+        let id = format!("gc-{}", std::process::id());
+        self.ctr(&["leases", "create", "--id", &id]);
+        self.ctr(&["leases", "delete", "--sync", &id]);
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Output {
+        self.ctr_command(args).output().expect("running ctr")
+    }
+
+    /// `ctr ARGS`, which must succeed; its standard output.
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_cmd(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n{}\n--- snapshotter log:\n{}\n--- containerd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log("snapshotter.log"),
+            self.log("containerd.log"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr ARGS`, which must fail; its standard error.
+    fn ctr_err(&self, args: &[&str]) -> String {
+        let out = self.ctr_cmd(args);
+        assert!(
+            !out.status.success(),
+            "ctr {args:?} succeeded but should have failed"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn pull(&self, reference: &str, snapshotter: &str) {
+        self.ctr(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ]);
+    }
+
+    /// `ctr run --rm` of `reference` through `snapshotter`; the container's output.
+    fn run(&self, reference: &str, snapshotter: &str, id: &str, args: &[&str]) -> String {
+        let mut all = vec!["run", "--rm", "--snapshotter", snapshotter, reference, id];
+        all.extend(args);
+        self.ctr(&all)
+    }
+
+    /// Mounts under the snapshotter's root (lazy images and anything left by mistake).
+    fn mounts_under_root(&self) -> Vec<PathBuf> {
+        let info = hydrate_mountinfo::MountInfo::read_self().unwrap();
+        let root = self.snapshotter_root();
+        info.under(&root).map(|e| e.mount_point.clone()).collect()
+    }
+
+    /// Snapshot directories of the hydrate snapshotter.
+    fn snapshot_dirs(&self) -> Vec<String> {
+        let dir = self.snapshotter_root().join("snapshots");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Removes every image of the namespace with a synchronous garbage collection.
+    fn remove_images(&self) {
+        let list = self.ctr(&["image", "ls", "-q"]);
+        for reference in list.lines().filter(|l| !l.is_empty()) {
+            self.ctr(&["image", "rm", "--sync", reference]);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Containers left by a failed test: their shims were started for this containerd's socket.
+        let socket = self.root.join("run/containerd.sock");
+        for pid in processes_mentioning(&socket.display().to_string()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+        self.kill_snapshotter();
+        // Deepest first: container root filesystems, then the lazy images under them.
+        let info = hydrate_mountinfo::MountInfo::read_self().unwrap();
+        let mounts: Vec<_> = info.under(&self.root).rev().cloned().collect();
+        for m in mounts {
+            if m.is_fuse() {
+                let _ = hydrate(&[
+                    "umount".as_ref(),
+                    "--lazy".as_ref(),
+                    m.mount_point.as_os_str(),
+                ]);
+            }
+            let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// PIDs of processes whose command line contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(needle)
+            {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// What the test image's command prints: who and where it runs, every path of the root file system with type,
+/// mode and owner, every file's size and link count, and some file contents.
+const LIST_SCRIPT: &str = r#"id -u; pwd; echo "greeting=$GREETING"
+find / -xdev -printf '%p %y %m %U:%G\n' | sort
+find / -xdev -type f -printf '%p %s %n\n' | sort
+cat /data/keep /data/opq/c /data/new /data/mine
+head -c 16 /data/big | od -An -tx1"#;
+
+/// A two-layer image: programs of this machine and data (a large random file, hard links, a directory to be
+/// made opaque, files to be whited out), then a layer with a whiteout of a file and of a directory, an opaque
+/// directory, a new file with a hard link; runs as `nobody` in /data with an environment variable.
+fn test_image(layout: &mut OciLayout, s: &Scratch, tag: &str) {
+    let root = s.p("progs");
+    if !root.exists() {
+        let programs: Vec<PathBuf> = [
+            "/bin/sh",
+            "/usr/bin/find",
+            "/usr/bin/sort",
+            "/usr/bin/cat",
+            "/usr/bin/id",
+            "/usr/bin/head",
+            "/usr/bin/od",
+            "/usr/bin/sleep",
+        ]
+        .iter()
+        .flat_map(|p| {
+            let real = std::fs::canonicalize(p).unwrap();
+            [PathBuf::from(p), real]
+        })
+        .collect();
+        let refs: Vec<&Path> = programs.iter().map(|p| p.as_path()).collect();
+        host_program_rootfs(&root, &refs, &[]).unwrap();
+    }
+    let mut base = Layer::from_dir(&root).unwrap();
+    let d = Meta::new(0o755);
+    let f = Meta::new(0o644);
+    let mut big = vec![0u8; 24 << 20];
+    Rng::new(11).fill(&mut big);
+    base.dir("data", d)
+        .file("data/keep", f, b"kept\n")
+        .hardlink("data/link1", "data/keep")
+        .hardlink("data/link2", "data/keep")
+        .file("data/gone", f, b"whited out later\n")
+        .dir("data/gonedir", d)
+        .file("data/gonedir/x", f, b"x\n")
+        .dir("data/opq", Meta::new(0o750).owner(65534, 65534))
+        .file("data/opq/a", f, b"a1\n")
+        .file("data/big", f, &big)
+        .dir("data/many", d);
+    for i in 0..200 {
+        base.file(
+            &format!("data/many/f{i}"),
+            f,
+            format!("file {i}\n").repeat(50).as_bytes(),
+        );
+    }
+    let mut top = Layer::new();
+    top.whiteout("data/gone")
+        .whiteout("data/gonedir")
+        .dir("data/opq", Meta::new(0o755))
+        .opaque("data/opq")
+        .file("data/opq/c", f, b"c2\n")
+        // containerd's applier links only inside the layer being unpacked (not into lower layers), and gives
+        // the inode the link entry's mode and owner (as docker does), which hydrate convert does not: real tar
+        // writers give both entries the same, as here.
+        .file("data/new", f, b"new\n")
+        .hardlink("data/newlink", "data/new")
+        .file("data/mine", Meta::new(0o600).owner(65534, 65534), b"mine\n");
+    layout
+        .add_image(
+            tag,
+            vec![(base, Compression::Gzip), (top, Compression::Gzip)],
+            &RunConfig {
+                entrypoint: vec!["/bin/sh".into(), "-c".into()],
+                cmd: vec![LIST_SCRIPT.into()],
+                env: vec!["GREETING=hi".into()],
+                working_dir: Some("/data".into()),
+                user: Some("nobody".into()),
+                ..RunConfig::default()
+            },
+        )
+        .unwrap();
+}
+
+fn skopeo_copy(tools: &Tools, s: &Scratch, from: &str, to: &str) {
+    std::fs::create_dir_all(s.p("home")).unwrap();
+    run(Command::new(&tools.skopeo)
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            from,
+            to,
+        ])
+        .env("HOME", s.p("home")));
+}
+
+/// Registry response bytes of blob downloads from request `since` on.
+fn blob_bytes(registry: &Registry, since: usize) -> u64 {
+    registry.requests()[since..]
+        .iter()
+        .filter(|r| r.is_blob_get())
+        .map(|r| r.written)
+        .sum()
+}
+
+struct Setup {
+    tools: Tools,
+    registry: Registry,
+    s: Scratch,
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    let tools = tools(test)?;
+    let binary = Registry::binary(test)?;
+    let registry =
+        Registry::start(&binary).unwrap_or_else(|e| panic!("starting docker-registry: {e}"));
+    Some(Setup {
+        tools,
+        registry,
+        s: Scratch::new("hydrate-ctd"),
+    })
+}
+
+/// The test image in the registry as `library/app:1`; its reference for containerd.
+fn push_test_image(t: &Setup) -> String {
+    let mut layout = OciLayout::create(&t.s.p("layout")).unwrap();
+    test_image(&mut layout, &t.s, "1");
+    let reference = format!("{}/library/app:1", t.registry.host());
+    skopeo_copy(
+        &t.tools,
+        &t.s,
+        &format!("oci:{}:1", t.s.s("layout")),
+        &format!("docker://{reference}"),
+    );
+    reference
+}
+
+/// `hydrate convert` of `reference` into the same repository (`:1-hydrate`) with a containerd image
+/// (`:1-ctd`); the containerd image's reference.
+fn convert_for_containerd(t: &Setup, reference: &str) -> String {
+    let host = t.registry.host();
+    let out = hydrate_ok(&[
+        "convert",
+        &format!("docker://{reference}"),
+        &format!("oci://{host}/library/app:1-hydrate"),
+        "--containerd-tag",
+        "1-ctd",
+    ]);
+    let ctd = format!("{host}/library/app:1-ctd");
+    assert!(out.contains(&format!("containerd {ctd}")), "{out}");
+    ctd
+}
+
+#[test]
+fn converted_images_run_lazily_and_ordinary_images_as_with_overlayfs() {
+    let Some(t) = setup("converted_images_run_lazily_and_ordinary_images_as_with_overlayfs") else {
+        return;
+    };
+    let source = push_test_image(&t);
+    // Purely lazy mounts (no background fill), so the bytes the registry serves are what the container read.
+    let node = Node::start(&t.tools, &t.s, &["--fill-budget", "0"]);
+
+    // The reference: the source image through containerd's own overlayfs snapshotter.
+    node.pull(&source, "overlayfs");
+    let expected = node.run(&source, "overlayfs", "ref", &[]);
+    assert!(
+        expected.starts_with("65534\n/data\ngreeting=hi\n"),
+        "{expected}"
+    );
+    for line in ["/data/gone ", "/data/gonedir ", "/data/opq/a "] {
+        assert!(!expected.contains(line), "{line} is whited out: {expected}");
+    }
+    assert!(
+        expected.contains("/data/link2 5 3\n"),
+        "three links to /data/keep: {expected}"
+    );
+    assert!(expected.contains("/data/newlink 4 2\n"), "{expected}");
+    assert!(
+        expected.contains("/data/mine f 600 65534:65534\n"),
+        "{expected}"
+    );
+    assert!(expected.contains("kept\nc2\nnew\nmine\n"), "{expected}");
+
+    // The same ordinary image through the hydrate snapshotter: plain overlay snapshots.
+    node.pull(&source, "hydrate");
+    assert_eq!(node.run(&source, "hydrate", "ordinary", &[]), expected);
+    assert!(
+        node.mounts_under_root().is_empty(),
+        "no lazy image for an ordinary one"
+    );
+
+    // The converted image: pulled as one tiny layer, run from the lazy mount.
+    let ctd = convert_for_containerd(&t, &source);
+    // The source image as stored: its layers (gzip), config and manifest.
+    let image_bytes: u64 = std::fs::read_dir(t.s.p("layout/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(image_bytes > 24 << 20, "{image_bytes}");
+    let since = t.registry.requests().len();
+    node.pull(&ctd, "hydrate");
+    let pulled = blob_bytes(&t.registry, since);
+    // The pull downloads the config and the metadata layer (< 2 KiB), and the snapshotter's mount reads the
+    // hydrate manifest (the tree's metadata) when the layer is committed: no file data.
+    assert!(
+        pulled < 256 << 10,
+        "pulling the metadata image cost {pulled} bytes"
+    );
+    let lazy = node.run(&ctd, "hydrate", "lazy", &[]);
+    assert_eq!(
+        lazy, expected,
+        "the converted image prints what the source prints"
+    );
+    let served = blob_bytes(&t.registry, since);
+    assert!(
+        served < image_bytes / 3,
+        "the registry served {served} bytes for an image of more than {image_bytes}"
+    );
+    let mounts = node.mounts_under_root();
+    assert_eq!(mounts.len(), 1, "one lazy image mount: {mounts:?}");
+    let status = hydrate_ok(&["status"]);
+    assert!(
+        status.contains(&mounts[0].display().to_string()),
+        "hydrate status lists the snapshotter's mount: {status}"
+    );
+    // A second container shares the mount.
+    assert_eq!(node.run(&ctd, "hydrate", "lazy2", &[]), expected);
+    assert_eq!(node.mounts_under_root(), mounts);
+
+    // Removing the images and collecting garbage leaves no mount and no snapshot directory.
+    node.remove_images();
+    assert!(
+        node.mounts_under_root().is_empty(),
+        "{:?}",
+        node.mounts_under_root()
+    );
+    assert!(
+        node.snapshot_dirs().is_empty(),
+        "{:?}",
+        node.snapshot_dirs()
+    );
+    let images = node.snapshotter_root().join("images");
+    assert_eq!(
+        std::fs::read_dir(&images).unwrap().count(),
+        0,
+        "image directories remain"
+    );
+    let cache = node.snapshotter_root().join("cache");
+    assert!(
+        !cache.exists() || std::fs::read_dir(&cache).unwrap().count() == 0,
+        "the image's cache is freed"
+    );
+}
+
+#[test]
+fn a_killed_snapshotter_breaks_no_container_and_finds_its_mounts_again() {
+    let Some(t) = setup("a_killed_snapshotter_breaks_no_container_and_finds_its_mounts_again")
+    else {
+        return;
+    };
+    let source = push_test_image(&t);
+    let ctd = convert_for_containerd(&t, &source);
+    let mut node = Node::start(&t.tools, &t.s, &["--fill-budget", "0"]);
+    node.pull(&ctd, "hydrate");
+
+    // A container reads files (most of them not yet fetched) for a few seconds; the snapshotter is killed and
+    // restarted meanwhile.
+    let reader = r#"i=0; f=0
+while [ $i -lt 400 ]; do cat /data/many/f$((i % 200)) /data/keep > /dev/null || f=$((f+1)); i=$((i+1)); sleep 0.01; done
+echo "reads=$i failed=$f""#;
+    let container = node
+        .ctr_command(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "hydrate",
+            &ctd,
+            "reader",
+            "/bin/sh",
+            "-c",
+            reader,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mounts = node.mounts_under_root();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let supervisor = hydrate_control::MountClient::for_mountpoint(&mounts[0])
+        .unwrap()
+        .info()
+        .unwrap()
+        .supervisor
+        .pid;
+    node.kill_snapshotter();
+    std::thread::sleep(Duration::from_millis(1000));
+    node.start_snapshotter();
+    let out = container.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "reads=400 failed=0");
+    let again = hydrate_control::MountClient::for_mountpoint(&mounts[0])
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        again.supervisor.pid, supervisor,
+        "the restarted snapshotter kept the live mount"
+    );
+
+    // A second container of the image starts through the restarted snapshotter.
+    let out = node.run_after_restart(&ctd, "second", &["/usr/bin/cat", "/data/keep"]);
+    assert_eq!(out, "kept\n");
+
+    // The mount's daemon dies too (supervisor and worker): a restarted snapshotter mounts the image again.
+    node.kill_snapshotter();
+    for pid in [Some(again.supervisor.pid), again.supervisor.worker_pid]
+        .into_iter()
+        .flatten()
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_snapshotter();
+    let remounted = hydrate_control::MountClient::for_mountpoint(&mounts[0])
+        .unwrap()
+        .info()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the image is not mounted again: {e}\n{}",
+                node.log("snapshotter.log")
+            )
+        });
+    assert_ne!(remounted.supervisor.pid, again.supervisor.pid);
+    let out = node.run_after_restart(&ctd, "third", &["/usr/bin/cat", "/data/opq/c"]);
+    assert_eq!(out, "c2\n");
+
+    node.remove_images();
+    assert!(
+        node.mounts_under_root().is_empty(),
+        "{:?}",
+        node.mounts_under_root()
+    );
+    assert!(
+        node.snapshot_dirs().is_empty(),
+        "{:?}",
+        node.snapshot_dirs()
+    );
+}
+
+/// An image whose one layer holds `.hydrate/image.json` with `marker`, pushed as `library/bad:TAG`.
+fn push_marker_image(t: &Setup, tag: &str, marker: &[u8]) -> String {
+    let dir = t.s.p(&format!("bad-{tag}"));
+    let mut layout = OciLayout::create(&dir).unwrap();
+    let mut layer = Layer::new();
+    layer
+        .dir(".hydrate", Meta::new(0o755))
+        .file(".hydrate/image.json", Meta::new(0o644), marker);
+    layout
+        .add_image(
+            tag,
+            vec![(layer, Compression::Gzip)],
+            &RunConfig {
+                cmd: vec!["/bin/true".into()],
+                ..RunConfig::default()
+            },
+        )
+        .unwrap();
+    let reference = format!("{}/library/bad:{tag}", t.registry.host());
+    skopeo_copy(
+        &t.tools,
+        &t.s,
+        &format!("oci:{}:{tag}", dir.display()),
+        &format!("docker://{reference}"),
+    );
+    reference
+}
+
+#[test]
+fn bad_images_fail_naming_the_image_and_the_cause_and_leave_nothing_mounted() {
+    let Some(t) = setup("bad_images_fail_naming_the_image_and_the_cause_and_leave_nothing_mounted")
+    else {
+        return;
+    };
+    let node = Node::start(&t.tools, &t.s, &["--fetch-timeout", "2s"]);
+
+    let corrupt = push_marker_image(&t, "corrupt", b"{\"version\": 1, \"store\": ");
+    let err = node.ctr_err(&[
+        "image",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "hydrate",
+        &corrupt,
+    ]);
+    assert!(err.contains("hydrate metadata layer is invalid"), "{err}");
+    assert!(err.contains(".hydrate/image.json"), "{err}");
+
+    // A well-formed marker whose registry does not answer (a closed port).
+    let port = hydrate_testkit::free_port();
+    let marker = format!(
+        r#"{{"version":1,"store":"oci://127.0.0.1:{port}/gone/app","image":"{}","tag":"1","source":"docker://example/app:1","source_manifest":"sha256:00"}}"#,
+        "ab".repeat(32)
+    );
+    let unreachable = push_marker_image(&t, "unreachable", marker.as_bytes());
+    let err = node.ctr_err(&[
+        "image",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "hydrate",
+        &unreachable,
+    ]);
+    assert!(
+        err.contains(&format!("oci://127.0.0.1:{port}/gone/app")),
+        "names the store: {err}"
+    );
+    assert!(err.contains(&"ab".repeat(32)), "names the image: {err}");
+    assert!(
+        err.contains("docker://example/app:1"),
+        "names the source: {err}"
+    );
+
+    // A marker naming a local directory is refused.
+    let local = format!(
+        r#"{{"version":1,"store":"/etc","image":"{}","source":"docker://example/app:1","source_manifest":"sha256:00"}}"#,
+        "cd".repeat(32)
+    );
+    let local = push_marker_image(&t, "local", local.as_bytes());
+    let err = node.ctr_err(&[
+        "image",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "hydrate",
+        &local,
+    ]);
+    assert!(err.contains("only oci://"), "{err}");
+
+    assert!(
+        node.mounts_under_root().is_empty(),
+        "{:?}",
+        node.mounts_under_root()
+    );
+    // containerd removes a failed unpack's snapshot from its metadata at once, from the snapshotter at its
+    // next garbage collection.
+    node.collect_garbage();
+    let left: Vec<String> = node
+        .snapshot_dirs()
+        .iter()
+        .map(|d| {
+            std::fs::read_to_string(
+                node.snapshotter_root()
+                    .join("snapshots")
+                    .join(d)
+                    .join("meta.json"),
+            )
+            .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "half-made snapshots remain: {left:?}\n{}",
+        node.log("snapshotter.log")
+    );
+    let images = node.snapshotter_root().join("images");
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 0);
+    // The snapshotter still serves: an ordinary image runs.
+    let source = push_test_image(&t);
+    node.pull(&source, "hydrate");
+    let out = node.run(&source, "hydrate", "ok", &["/usr/bin/cat", "/data/keep"]);
+    assert_eq!(out, "kept\n");
+}
