@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hydrate_control::MountClient;
+use hydrate_control::{ControlError, MountClient};
 use hydrate_convert::containerd::{LazyImageMarker, MARKER_PATH, MAX_MARKER_BYTES};
 use hydrate_mountd::MountSpec;
 use hydrate_mountinfo::MountInfo;
@@ -90,10 +90,18 @@ impl LazyMounts {
         if !mounted {
             return MountState::Absent;
         }
-        match MountClient::for_mountpoint(mnt).and_then(|c| c.info().map_err(std::io::Error::other))
-        {
+        let Ok(client) = MountClient::for_mountpoint(mnt) else {
+            return MountState::Dead;
+        };
+        match client.info() {
             Ok(_) => MountState::Live,
-            Err(_) => MountState::Dead,
+            // Nothing listens on the control socket: the supervisor is gone.
+            Err(ControlError::Unreachable { .. }) => MountState::Dead,
+            // A daemon that answers slowly or strangely still serves its containers: never detach those.
+            Err(err) => {
+                tracing::warn!(mountpoint = %mnt.display(), %err, "the mount's daemon did not answer properly; keeping the mount");
+                MountState::Live
+            }
         }
     }
 
