@@ -515,3 +515,7 @@ fn is_remote_store(store: &str) -> bool {
         .iter()
         .any(|scheme| store.starts_with(scheme))
 }
+
+#[cfg(test)]
+#[path = "snapshots_tests.rs"]
+mod tests;
