@@ -803,3 +803,35 @@ fn bad_images_fail_naming_the_image_and_the_cause_and_leave_nothing_mounted() {
     let out = node.run(&source, "hydrate", "ok", &["/usr/bin/cat", "/data/keep"]);
     assert_eq!(out, "kept\n");
 }
+
+#[test]
+fn convert_refuses_containerd_tags_it_cannot_publish() {
+    let s = Scratch::new("hydrate-ctd-args");
+    let source = format!("oci-layout:{}:1", s.s("layout"));
+    let store = s.s("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let err = hydrate_err(&[
+        "convert",
+        &source,
+        "--store",
+        &store,
+        "--tag",
+        "a:1",
+        "--containerd-tag",
+        "c",
+    ]);
+    assert!(err.contains("must be an oci:// registry store"), "{err}");
+    let dest = "oci://127.0.0.1:1/app:1";
+    let err = hydrate_err(&["convert", &source, dest, "--containerd-tag", "1"]);
+    assert!(err.contains("also the hydrate image's tag"), "{err}");
+    let err = hydrate_err(&[
+        "convert",
+        &source,
+        "oci://127.0.0.1:1/app",
+        "--containerd-tag",
+        "c",
+    ]);
+    assert!(err.contains("needs a tag for the hydrate image"), "{err}");
+    let err = hydrate_err(&["convert", &source, dest, "--containerd-tag", "bad tag"]);
+    assert!(err.contains("--containerd-tag"), "{err}");
+}

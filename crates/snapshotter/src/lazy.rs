@@ -8,7 +8,7 @@
 //! [`LazyMounts::ensure_mounted`]). The cache of an image lives at `<cache root>/<image id>`; it is deleted
 //! with the image's last snapshot unless the snapshotter runs with `--keep-cache`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,9 @@ pub struct LazyMounts {
     layout: Layout,
     opts: LazyOptions,
     reaper: Reaper,
+    /// One lock per image: its mount is started, checked and released by one caller at a time, while other
+    /// images (and the snapshot state) go on.
+    images: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl LazyMounts {
@@ -60,6 +63,7 @@ impl LazyMounts {
             layout,
             opts,
             reaper: Reaper::start(),
+            images: Mutex::default(),
         }
     }
 
@@ -108,6 +112,8 @@ impl LazyMounts {
     /// The mount point of `lazy`'s image, mounting it first if no live daemon serves it (a mount whose daemon
     /// is gone is detached and mounted again).
     pub fn ensure_mounted(&self, lazy: &LazyRef) -> Result<PathBuf, SnapshotError> {
+        let lock = self.image_lock(&lazy.image);
+        let _held = lock.lock().expect("image lock");
         let mnt = self.layout.image_mount(&lazy.image);
         match self.state(&mnt) {
             MountState::Live => return Ok(mnt),
@@ -153,8 +159,19 @@ impl LazyMounts {
         Ok(mnt)
     }
 
+    fn image_lock(&self, image: &str) -> Arc<Mutex<()>> {
+        self.images
+            .lock()
+            .expect("image locks")
+            .entry(image.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// Unmounts `image` (no snapshot uses it any more) and frees its cache unless told to keep it.
     pub fn release(&self, image: &str) -> Result<(), SnapshotError> {
+        let lock = self.image_lock(image);
+        let _held = lock.lock().expect("image lock");
         let mnt = self.layout.image_mount(image);
         if self.state(&mnt) != MountState::Absent {
             tracing::info!(id = %image, mountpoint = %mnt.display(), "unmounting: no snapshot uses the image any more");

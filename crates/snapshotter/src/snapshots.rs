@@ -205,20 +205,28 @@ impl Snapshots {
         }
         inner.next_id += 1;
         inner.by_key.insert(key.to_owned(), record);
-        match self.mounts_of(&inner, key) {
+        let chain = Self::chain(&inner, key)?;
+        drop(inner);
+        match self.mounts_for(&chain) {
             Ok(mounts) => Ok(mounts),
             Err(err) => {
                 // A parent image that cannot be mounted: leave no snapshot behind for containerd to trip on.
-                let record = inner.by_key.remove(key).expect("just inserted");
-                let _ = self.delete_dir(record.id);
+                let mut inner = self.inner.lock().expect("snapshots lock");
+                if inner.by_key.get(key).is_some_and(|r| r.id == id) {
+                    inner.by_key.remove(key);
+                    let _ = self.delete_dir(id);
+                }
                 Err(err)
             }
         }
     }
 
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
-        let inner = self.inner.lock().expect("snapshots lock");
-        self.mounts_of(&inner, key)
+        let chain = {
+            let inner = self.inner.lock().expect("snapshots lock");
+            Self::chain(&inner, key)?
+        };
+        self.mounts_for(&chain)
     }
 
     /// The directory a committed snapshot contributes as an overlay lower: its own `fs`, or for a lazy
@@ -230,7 +238,8 @@ impl Snapshots {
         }
     }
 
-    fn mounts_of(&self, inner: &Inner, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+    /// The records of an active snapshot or view and of its parents, nearest parent first.
+    fn chain(inner: &Inner, key: &str) -> Result<Vec<Record>, SnapshotError> {
         let record = inner
             .by_key
             .get(key)
@@ -241,16 +250,27 @@ impl Snapshots {
                 "is committed: only active snapshots and views have mounts",
             ));
         }
-        let mut lowers = Vec::new();
+        let mut chain = vec![record.clone()];
         let mut next = record.parent.clone();
         while let Some(parent) = next {
             let p = inner
                 .by_key
                 .get(&parent)
                 .ok_or_else(|| SnapshotError::NotFound(parent.clone()))?;
-            lowers.push(self.lower_dir(p)?);
+            chain.push(p.clone());
             next = p.parent.clone();
         }
+        Ok(chain)
+    }
+
+    /// The mounts of `chain` (from [`Snapshots::chain`]). Runs without the state lock: mounting a lazy image
+    /// can take as long as its store takes to answer, and must not hold up other snapshots.
+    fn mounts_for(&self, chain: &[Record]) -> Result<Vec<Mount>, SnapshotError> {
+        let record = &chain[0];
+        let lowers = chain[1..]
+            .iter()
+            .map(|p| self.lower_dir(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let readonly = record.kind == Kind::View;
         let bind = |source: &Path, ro: bool| Mount {
             r#type: "bind".into(),
@@ -288,21 +308,23 @@ impl Snapshots {
         key: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<(), SnapshotError> {
-        let mut inner = self.inner.lock().expect("snapshots lock");
-        let record = inner
-            .by_key
-            .get(key)
-            .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?
-            .clone();
-        if record.kind != Kind::Active {
-            return Err(SnapshotError::precondition(
-                key,
-                "is not an active snapshot: only those can be committed",
-            ));
-        }
-        if inner.by_key.contains_key(name) {
-            return Err(SnapshotError::AlreadyExists(name.to_owned()));
-        }
+        let check = |inner: &Inner| -> Result<Record, SnapshotError> {
+            let record = inner
+                .by_key
+                .get(key)
+                .ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
+            if record.kind != Kind::Active {
+                return Err(SnapshotError::precondition(
+                    key,
+                    "is not an active snapshot: only those can be committed",
+                ));
+            }
+            if inner.by_key.contains_key(name) {
+                return Err(SnapshotError::AlreadyExists(name.to_owned()));
+            }
+            Ok(record.clone())
+        };
+        let record = check(&self.inner.lock().expect("snapshots lock"))?;
         let fs = self.layout.fs(record.id);
         let usage = disk_usage(&fs)?;
         // Labels given at commit describe the committed snapshot; the active one's CRI labels name the image.
@@ -315,27 +337,46 @@ impl Snapshots {
         } else {
             None
         };
-        let mut committed = Record {
-            key: name.to_owned(),
-            kind: Kind::Committed,
-            labels,
-            updated_ns: now_ns(),
-            usage: Some(usage),
-            lazy,
-            ..record
-        };
-        if let Some(lazy) = &committed.lazy {
+        // Mounted without the state lock (see `mounts_for`); the state is checked again afterwards.
+        if let Some(lazy) = &lazy {
             self.lazy.ensure_mounted(lazy)?;
         }
-        if let Err(err) = write_record(&self.layout.snapshot(committed.id), &committed) {
-            if let Some(lazy) = committed.lazy.take() {
-                self.release_if_unused(&inner, &lazy.image);
+        let mut inner = self.inner.lock().expect("snapshots lock");
+        let result = check(&inner).and_then(|now| {
+            if now.id != record.id {
+                return Err(SnapshotError::precondition(
+                    key,
+                    "was replaced while it was being committed",
+                ));
             }
-            return Err(err);
+            let committed = Record {
+                key: name.to_owned(),
+                kind: Kind::Committed,
+                labels,
+                updated_ns: now_ns(),
+                usage: Some(usage),
+                lazy: lazy.clone(),
+                ..record
+            };
+            write_record(&self.layout.snapshot(committed.id), &committed)?;
+            Ok(committed)
+        });
+        match result {
+            Ok(committed) => {
+                inner.by_key.remove(key);
+                inner.by_key.insert(name.to_owned(), committed);
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(lazy) = &lazy {
+                    if !Self::uses_image(&inner, &lazy.image) {
+                        drop(inner);
+                        self.release(&lazy.image);
+                    }
+                }
+                Err(err)
+            }
         }
-        inner.by_key.remove(key);
-        inner.by_key.insert(name.to_owned(), committed);
-        Ok(())
     }
 
     /// The lazy image an unpacked layer stands for, if it holds a hydrate marker.
@@ -373,15 +414,18 @@ impl Snapshots {
         }))
     }
 
-    fn release_if_unused(&self, inner: &Inner, image: &str) {
-        let used = inner
+    fn uses_image(inner: &Inner, image: &str) -> bool {
+        inner
             .by_key
             .values()
-            .any(|r| r.lazy.as_ref().is_some_and(|l| l.image == image));
-        if !used {
-            if let Err(err) = self.lazy.release(image) {
-                tracing::warn!(id = %image, %err, "could not release the image");
-            }
+            .any(|r| r.lazy.as_ref().is_some_and(|l| l.image == image))
+    }
+
+    /// Unmounts an image no snapshot uses. Called without the state lock; should a new snapshot of the same
+    /// image be committed meanwhile, its next `Mounts` mounts the image again.
+    fn release(&self, image: &str) {
+        if let Err(err) = self.lazy.release(image) {
+            tracing::warn!(id = %image, %err, "could not release the image");
         }
     }
 
@@ -405,7 +449,10 @@ impl Snapshots {
         self.delete_dir(record.id)?;
         inner.by_key.remove(key);
         if let Some(lazy) = &record.lazy {
-            self.release_if_unused(&inner, &lazy.image);
+            if !Self::uses_image(&inner, &lazy.image) {
+                drop(inner);
+                self.release(&lazy.image);
+            }
         }
         Ok(())
     }
