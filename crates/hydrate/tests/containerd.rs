@@ -21,19 +21,6 @@ use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "hydrate-test";
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
-
 struct Tools {
     containerd: PathBuf,
     ctr: PathBuf,
@@ -654,15 +641,21 @@ echo "reads=$i failed=$f""#;
     }
     std::thread::sleep(Duration::from_millis(500));
     node.start_snapshotter();
-    let remounted = hydrate_control::MountClient::for_mountpoint(&mounts[0])
-        .unwrap()
-        .info()
-        .unwrap_or_else(|e| {
-            panic!(
+    // The snapshotter listens first and then recovers its state (mounting the image again): wait for that.
+    let started = Instant::now();
+    let remounted = loop {
+        match hydrate_control::MountClient::for_mountpoint(&mounts[0])
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.info().map_err(|e| e.to_string()))
+        {
+            Ok(info) => break info,
+            Err(e) if started.elapsed() > Duration::from_secs(30) => panic!(
                 "the image is not mounted again: {e}\n{}",
                 node.log("snapshotter.log")
-            )
-        });
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
     assert_ne!(remounted.supervisor.pid, again.supervisor.pid);
     let out = node.run_after_restart(&ctd, "third", &["/usr/bin/cat", "/data/opq/c"]);
     assert_eq!(out, "c2\n");
