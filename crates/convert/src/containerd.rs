@@ -279,6 +279,26 @@ mod tests {
         assert_eq!(again.layer, image.layer);
     }
 
+    /// Golden bytes of marker version 1: a change here breaks every pulled image; bump MARKER_VERSION instead.
+    #[test]
+    fn marker_v1_bytes_are_stable() {
+        let text = String::from_utf8(marker().to_json()).unwrap();
+        let expected = format!(
+            "{{\n  \"version\": 1,\n  \"store\": \"oci://127.0.0.1:5000/app\",\n  \"image\": \"{}\",\n  \
+             \"tag\": \"1\",\n  \"source\": \"docker://127.0.0.1:5000/src:1\",\n  \"source_manifest\": \
+             \"sha256:{}\"\n}}\n",
+            "ab".repeat(32),
+            "cd".repeat(32)
+        );
+        assert_eq!(text, expected);
+        let layer = containerd_image(br#"{"config":{}}"#, &marker()).unwrap();
+        assert_eq!(
+            layer.diff_id,
+            "sha256:4dca5de030c4995f1998b689a0d686c43de19bb8b19385a65653fcf40fbd36b9",
+            "the metadata layer's bytes changed"
+        );
+    }
+
     #[test]
     fn refuses_bad_markers() {
         assert!(LazyImageMarker::parse(b"{").is_err());

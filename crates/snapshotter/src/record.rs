@@ -246,6 +246,38 @@ mod tests {
         assert!(err.contains("record version 99"), "{err}");
     }
 
+    /// Golden bytes of record version 1: snapshotters after a change must still read these (or bump
+    /// RECORD_VERSION and migrate).
+    #[test]
+    fn record_v1_reads_from_golden_bytes() {
+        let golden = br#"{
+  "version": 1,
+  "id": 3,
+  "key": "default/3/sha256:abc",
+  "kind": "committed",
+  "parent": null,
+  "labels": {"containerd.io/snapshot.ref": "sha256:abc"},
+  "created_ns": 1796291018217746049,
+  "updated_ns": 1796291018217746050,
+  "usage": {"size": 8192, "inodes": 3},
+  "lazy": {"store": "oci://r/app", "image": "ab", "name": "r/app:1"}
+}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(RECORD_FILE), golden).unwrap();
+        let record = read_record(dir.path()).unwrap();
+        assert_eq!(record.id, 3);
+        assert_eq!(record.kind, Kind::Committed);
+        assert_eq!(
+            record.usage,
+            Some(Usage {
+                size: 8192,
+                inodes: 3
+            })
+        );
+        assert_eq!(record.lazy.unwrap().image, "ab");
+        assert_eq!(record.labels["containerd.io/snapshot.ref"], "sha256:abc");
+    }
+
     #[test]
     fn prepare_finishes_interrupted_work() {
         let dir = tempfile::tempdir().unwrap();
