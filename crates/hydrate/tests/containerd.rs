@@ -828,3 +828,53 @@ fn convert_refuses_containerd_tags_it_cannot_publish() {
     let err = hydrate_err(&["convert", &source, dest, "--containerd-tag", "bad tag"]);
     assert!(err.contains("--containerd-tag"), "{err}");
 }
+
+#[test]
+fn the_snapshot_api_answers_as_overlayfs_does() {
+    let Some(t) = setup("the_snapshot_api_answers_as_overlayfs_does") else {
+        return;
+    };
+    let source = push_test_image(&t);
+    let node = Node::start(&t.tools, &t.s, &[]);
+    node.pull(&source, "overlayfs");
+    node.pull(&source, "hydrate");
+    let both = |args: &[&str]| -> [String; 2] {
+        ["overlayfs", "hydrate"].map(|sn| {
+            let mut all = vec!["snapshots", "--snapshotter", sn];
+            all.extend(args);
+            node.ctr(&all)
+        })
+    };
+    // Walk: the same committed chain (keys are chain ids, so they match exactly). Some answers (labels, a
+    // parent's removal) come from containerd's own metadata before the snapshotter is asked: checked as users see them.
+    let [overlay, hydrate] = both(&["ls"]);
+    assert_eq!(hydrate, overlay);
+    // The bottom layer: the one whose line has no parent column.
+    let bottom = overlay
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().count() == 2)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no layer without a parent in {overlay}"))
+        .to_owned();
+    // Usage is measured the same way (allocated blocks and inodes, hard links once).
+    let [overlay, hydrate] = both(&["usage"]);
+    assert_eq!(hydrate, overlay);
+    for sn in ["overlayfs", "hydrate"] {
+        // A parent goes only after its children.
+        let err = node.ctr_err(&["snapshots", "--snapshotter", sn, "rm", &bottom]);
+        assert!(err.contains("failed precondition"), "{sn}: {err}");
+        node.ctr(&["snapshots", "--snapshotter", sn, "label", &bottom, "test=1"]);
+        let info = node.ctr(&["snapshots", "--snapshotter", sn, "info", &bottom]);
+        assert!(info.contains("\"Kind\": \"Committed\""), "{sn}: {info}");
+        assert!(info.contains("\"test\": \"1\""), "{sn}: {info}");
+    }
+    let [overlay, hydrate] = both(&["ls"]);
+    assert_eq!(hydrate, overlay);
+    node.remove_images();
+    assert!(
+        node.snapshot_dirs().is_empty(),
+        "{:?}",
+        node.snapshot_dirs()
+    );
+}
