@@ -53,6 +53,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let layout = Layout { root };
     let lazy = LazyMounts::new(layout.clone(), opts.lazy.clone());
     let snapshots = Arc::new(Snapshots::open(layout, lazy)?);
+    snapshots.recover_lazy_images();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use containerd_snapshots::api::types::Mount;
 
@@ -65,9 +65,8 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Opens the state under `layout.root`: finishes interrupted changes, loads every record, and makes sure
-    /// every lazy image in use is mounted (one whose daemon is gone is mounted again; one no snapshot uses
-    /// any more is released).
+    /// Opens the state under `layout.root`: finishes interrupted changes and loads every record. Then call
+    /// [`Snapshots::recover_lazy_images`].
     pub fn open(layout: Layout, lazy: LazyMounts) -> Result<Snapshots, SnapshotError> {
         layout.prepare()?;
         let dir = layout.snapshots();
@@ -103,30 +102,45 @@ impl Snapshots {
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
             inner: Mutex::new(Inner { by_key, next_id }),
         };
-        snapshots.recover_lazy_images();
         Ok(snapshots)
     }
 
-    fn recover_lazy_images(&self) {
-        let inner = self.inner.lock().expect("snapshots lock");
-        let mut in_use = BTreeSet::new();
-        for record in inner.by_key.values() {
-            if let Some(lazy) = &record.lazy {
-                if in_use.insert(lazy.image.clone()) {
-                    if let Err(err) = self.lazy.ensure_mounted(lazy) {
+    /// Start-up of the lazy images: releases image directories no record uses (synchronously, before any
+    /// request can commit one), then checks each image in use on a background thread, mounting again those
+    /// whose daemon is gone, so that a store that is down delays only its own image's requests (they wait on
+    /// the image's lock), not the snapshotter's start.
+    pub fn recover_lazy_images(self: &Arc<Self>) {
+        let (lazy_refs, count) = {
+            let inner = self.inner.lock().expect("snapshots lock");
+            let mut seen = BTreeSet::new();
+            let refs: Vec<LazyRef> = inner
+                .by_key
+                .values()
+                .filter_map(|r| r.lazy.clone())
+                .filter(|l| seen.insert(l.image.clone()))
+                .collect();
+            (refs, inner.by_key.len())
+        };
+        let in_use: BTreeSet<String> = lazy_refs.iter().map(|l| l.image.clone()).collect();
+        self.lazy.release_unused(&in_use);
+        tracing::info!(
+            snapshots = count,
+            lazy_images = in_use.len(),
+            "snapshot state loaded"
+        );
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("recover".into())
+            .spawn(move || {
+                for lazy in &lazy_refs {
+                    if let Err(err) = this.lazy.ensure_mounted(lazy) {
                         // Not fatal: ordinary snapshots still work, and the next Mounts of a container of this
                         // image tries again and reports the error to containerd.
                         tracing::error!(%err, "could not mount a lazy image at start-up");
                     }
                 }
-            }
-        }
-        self.lazy.release_unused(&in_use);
-        tracing::info!(
-            snapshots = inner.by_key.len(),
-            lazy_images = in_use.len(),
-            "snapshot state loaded"
-        );
+            })
+            .expect("starting the recovery thread");
     }
 
     pub fn prepare(
