@@ -70,6 +70,13 @@ impl LazyMounts {
     /// The marker in an unpacked layer, if it holds one: `Ok(None)` for an ordinary layer; an error names
     /// what is wrong with a marker that is there.
     pub fn read_marker(fs_dir: &Path) -> Result<Option<LazyImageMarker>, String> {
+        // `.hydrate` must be a directory of the layer itself, never a symbolic link out of it.
+        let dir = fs_dir.join(MARKER_PATH).parent().map(Path::to_path_buf);
+        match dir.as_deref().map(std::fs::symlink_metadata) {
+            Some(Ok(meta)) if meta.is_dir() => {}
+            Some(Ok(_)) => return Err(format!("{MARKER_PATH}: its directory is not a directory")),
+            _ => return Ok(None),
+        }
         let path = fs_dir.join(MARKER_PATH);
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
