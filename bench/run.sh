@@ -42,6 +42,8 @@ done
 require_root "the benchmark mounts and drops the page cache between measurements"
 ensure_fuse
 ensure_cargo
+# `protoc` builds the containerd snapshotter's gRPC bindings (crate containerd-snapshots).
+ensure_packages protobuf-compiler
 cd "$repo"
 say "building release binaries"
 cargo build --release -p hydrate -p hydrate-bench

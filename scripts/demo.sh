@@ -14,7 +14,8 @@ source "$repo/scripts/lib.sh"
 
 require_root "hydrate mounts a FUSE file system"
 # build-essential/pkg-config: C parts of the dependencies (zstd); python3: the directory imaged and the workload.
-ensure_packages build-essential pkg-config python3 coreutils util-linux
+# protobuf-compiler: `protoc` builds the containerd snapshotter's gRPC bindings (crate containerd-snapshots).
+ensure_packages build-essential pkg-config protobuf-compiler python3 coreutils util-linux
 ensure_fuse
 ensure_cargo
 

@@ -12,7 +12,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/scripts/lib.sh"
 
 require_root "the FUSE tests mount file systems and the cache tests check ownership as root"
-ensure_packages build-essential pkg-config
+# protobuf-compiler: `protoc` builds the containerd snapshotter's gRPC bindings (crate containerd-snapshots).
+ensure_packages build-essential pkg-config protobuf-compiler
 # The HSM tests copy stubs with rsync -S and check ACLs (e2fsprogs and util-linux: mkfs.ext4, losetup, setpriv),
 # and run again on loop-mounted xfs and btrfs (xfsprogs, btrfs-progs).
 ensure_packages rsync acl e2fsprogs util-linux xfsprogs btrfs-progs

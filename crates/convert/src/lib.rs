@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 mod error;
 mod layer;
 mod layout;

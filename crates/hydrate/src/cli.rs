@@ -61,9 +61,37 @@ pub enum Command {
     /// Convert a container image (registry or OCI layout) into a hydrate image: layers applied and flattened,
     /// the source digest and image config recorded (see docs/containers.md).
     Convert(ConvertArgs),
+    /// Serve containerd as its `hydrate` snapshotter (a proxy plugin on a Unix socket): overlay snapshots for
+    /// ordinary layers, lazy hydrate mounts for images made with `hydrate convert --containerd-tag`.
+    Snapshotter(SnapshotterArgs),
     /// Learn a prefetch plan in one step: run the image's command once in a container (runc), record what it
     /// reads, and store the image again with that plan under its tag (see docs/containers.md).
     Learn(crate::cmd_learn::LearnArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct SnapshotterArgs {
+    /// State directory: snapshots, and the mount points of lazy images.
+    #[arg(long, default_value = "/var/lib/hydrate-snapshotter")]
+    pub root: PathBuf,
+    /// Unix socket to serve on (containerd's `[proxy_plugins.hydrate] address`).
+    #[arg(long, default_value = "/run/hydrate-snapshotter/hydrate.sock")]
+    pub address: PathBuf,
+    /// Directory of the lazy images' caches, one per image [default: ROOT/cache].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Byte quota of each image's cache, e.g. 10G.
+    #[arg(long, default_value = "10G")]
+    pub cache_size: String,
+    /// Keep an image's cache when its last snapshot is removed (default: delete it with the image).
+    #[arg(long)]
+    pub keep_cache: bool,
+    /// Time limit of one store request of the lazy mounts (then retried) [default: the mounts' default].
+    #[arg(long)]
+    pub fetch_timeout: Option<String>,
+    /// Background fill budget of the lazy mounts, stored bytes (0: purely lazy) [default: the mounts' default].
+    #[arg(long)]
+    pub fill_budget: Option<String>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -261,6 +289,11 @@ pub struct ConvertArgs {
     /// Compression threads (default: available cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also publish a containerd-pullable image under this tag in the same repository (needs an oci:// DEST):
+    /// the source's config and one tiny metadata layer, run lazily by `hydrate snapshotter`
+    /// (`ctr image pull --snapshotter hydrate HOST/REPOSITORY:TAG`; see docs/containers.md).
+    #[arg(long)]
+    pub containerd_tag: Option<String>,
 }
 
 #[derive(ClapArgs, Debug)]

@@ -97,6 +97,19 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     if !(1 << 20..=4 << 30).contains(&blob_target_size) {
         bail!("--blob-size {} must be between 1M and 4G", args.blob_size);
     }
+    if let Some(ctd_tag) = &args.containerd_tag {
+        if !dest.starts_with("oci://") {
+            bail!("--containerd-tag {ctd_tag}: the destination must be an oci:// registry store (containerd pulls images from registries)");
+        }
+        hydrate_store::keys::validate_tag(ctd_tag)
+            .with_context(|| format!("--containerd-tag {ctd_tag:?}"))?;
+        if tag.as_deref() == Some(ctd_tag.as_str()) {
+            bail!("--containerd-tag {ctd_tag} is also the hydrate image's tag: give them different tags");
+        }
+        if tag.is_none() {
+            bail!("--containerd-tag needs a tag for the hydrate image too (it keeps the image's blobs reachable in the registry)");
+        }
+    }
     let store = hydrate_store::open_store(&dest).with_context(|| format!("store {dest}"))?;
     let opts = BuildOptions {
         zstd_level: args.zstd_level,
@@ -130,6 +143,18 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let b = &report.build;
     println!("{} {}", tag.as_deref().unwrap_or("image"), b.image);
+    if let Some(ctd_tag) = &args.containerd_tag {
+        let reference = rt
+            .block_on(publish_for_containerd(
+                &dest,
+                tag.as_deref(),
+                ctd_tag,
+                &src,
+                &b.image.to_string(),
+            ))
+            .with_context(|| format!("publishing the containerd image {ctd_tag}"))?;
+        println!("containerd {reference}");
+    }
     println!(
         "converted {} ({}) from {} layers: {} files, {} dirs, {} symlinks, {} other; {} logical; {} whiteouts, \
          {} opaque dirs applied; {} new stored in {} blobs ({} chunks reused from the store); {:.1}s ({:.1}s \
@@ -151,6 +176,42 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         fetched.as_secs_f64(),
     );
     Ok(())
+}
+
+/// Pushes the containerd-pullable form of hydrate image `image` (see `hydrate_convert::containerd`) as
+/// `ctd_tag` into the repository of `dest`; returns the reference containerd pulls it by (`host/repo:tag`).
+async fn publish_for_containerd(
+    dest: &str,
+    tag: Option<&str>,
+    ctd_tag: &str,
+    src: &SourceImage,
+    image: &str,
+) -> Result<String> {
+    use hydrate_convert::containerd::{containerd_image, LazyImageMarker, MARKER_VERSION};
+    let store = hydrate_store::OciStore::open(dest, &RemoteOptions::default())?;
+    let addr = store.address().clone();
+    let marker = LazyImageMarker {
+        version: MARKER_VERSION,
+        // The address without its tag (the marker names the image by id), keeping plain HTTP if asked for.
+        store: if addr.plain_http && dest.contains("insecure=") {
+            format!("{}?insecure=1", addr.describe())
+        } else {
+            addr.describe()
+        },
+        image: image.to_owned(),
+        tag: tag.map(str::to_owned),
+        source: src.reference.clone(),
+        source_manifest: src.manifest_digest.clone(),
+    };
+    let built = containerd_image(&src.config, &marker)?;
+    let blobs: [&[u8]; 2] = [&built.config, &built.layer];
+    with_retries(ctd_tag, || {
+        store
+            .put_container_image(ctd_tag, &blobs, &built.manifest)
+            .map_err(anyhow::Error::from)
+    })
+    .await?;
+    Ok(format!("{}/{}:{ctd_tag}", addr.registry, addr.repository))
 }
 
 /// `os/arch[/variant]`, as docker and podman spell it.

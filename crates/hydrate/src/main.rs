@@ -80,7 +80,45 @@ fn run(command: cli::Command, log_filter: &str) -> anyhow::Result<()> {
         cli::Command::Rootfs(a) => cmd_rootfs::run(a),
         cli::Command::Convert(a) => cmd_convert::run(a),
         cli::Command::Learn(a) => cmd_learn::run(a),
+        cli::Command::Snapshotter(a) => snapshotter(a),
     }
+}
+
+/// `hydrate snapshotter`: validates the options and serves (see crate `hydrate-snapshotter`).
+fn snapshotter(a: cli::SnapshotterArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cache_size = hydrate_units::parse_size(&a.cache_size).context("--cache-size")?;
+    let fetch_timeout = a
+        .fetch_timeout
+        .as_deref()
+        .map(hydrate_units::parse_duration)
+        .transpose()
+        .context("--fetch-timeout")?;
+    let fill_budget = a
+        .fill_budget
+        .as_deref()
+        .map(hydrate_units::parse_size)
+        .transpose()
+        .context("--fill-budget")?;
+    let program = std::env::current_exe().context("finding the hydrate binary")?;
+    // Mount daemons outlive this process and its working directory: give them absolute paths.
+    let root = std::path::absolute(&a.root).context("--root")?;
+    let cache_root = match a.cache_dir {
+        Some(dir) => std::path::absolute(dir).context("--cache-dir")?,
+        None => root.join("cache"),
+    };
+    hydrate_snapshotter::run(hydrate_snapshotter::Options {
+        root,
+        address: a.address,
+        lazy: hydrate_snapshotter::LazyOptions {
+            program,
+            cache_root,
+            cache_size,
+            keep_cache: a.keep_cache,
+            fetch_timeout,
+            fill_budget,
+        },
+    })
 }
 
 /// Sets up logging to stderr; returns the filter in use (a background mount passes it on to its daemon).

@@ -14,20 +14,7 @@ use hydrate_testkit::oci_image::{
 use hydrate_testkit::registry::Registry;
 use hydrate_testkit::require_binary;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
+use std::process::Command;
 
 /// The tools of this file, or `None` (test skipped) when one is missing outside CI.
 struct Tools {

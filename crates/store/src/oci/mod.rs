@@ -108,6 +108,39 @@ impl OciStore {
         &self.addr
     }
 
+    /// Publishes an ordinary OCI image (not a hydrate artifact) under `tag` in this repository: uploads each
+    /// of `blobs` the registry lacks (addressed by SHA-256), then the image `manifest` (which must reference
+    /// exactly them). Used for the containerd-pullable form of an image (`hydrate convert
+    /// --containerd-tag`); scans of the repository skip such tags.
+    pub async fn put_container_image(
+        &self,
+        tag: &str,
+        blobs: &[&[u8]],
+        manifest: &[u8],
+    ) -> Result<(), StoreError> {
+        let key = keys::tag(tag);
+        address::validate_oci_tag(tag)
+            .map_err(|e| StoreError::new(ErrorKind::Permanent, &self.description, &key, e))?;
+        for blob in blobs {
+            let digest = sha256_digest(blob);
+            let present = self
+                .client
+                .blob_size(&digest)
+                .await
+                .map_err(|f| self.fail(&key, f))?;
+            if present != Some(blob.len() as u64) {
+                self.client
+                    .upload_blob(&digest, Bytes::copy_from_slice(blob))
+                    .await
+                    .map_err(|f| self.fail(&key, f))?;
+            }
+        }
+        self.client
+            .put_manifest(tag, Bytes::copy_from_slice(manifest), OCI_MANIFEST)
+            .await
+            .map_err(|f| self.fail(&key, f))
+    }
+
     fn parse_key(&self, key: &str) -> Result<Key, StoreError> {
         let digest = |hex: &str| {
             hex.parse::<Digest>().map_err(|_| {
