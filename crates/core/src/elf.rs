@@ -428,11 +428,15 @@ impl Volume {
             return;
         }
         let size = self.manifest.attr(program).map_or(0, |a| a.size);
-        if size <= self.config.elf_whole_max {
-            self.fetch_whole(program);
-        }
         let vol = Arc::clone(self);
         self.rt.spawn_blocking(move || {
+            // In the loader's order: the program's header, its interpreter, its libraries, then the rest of
+            // the program (a whole program first would queue megabytes on the link ahead of all of those).
+            let whole = || {
+                if size <= vol.config.elf_whole_max {
+                    vol.fetch_whole(program);
+                }
+            };
             let Ok(file) = vol.speculative(program) else {
                 return;
             };
@@ -447,12 +451,14 @@ impl Volume {
                 let Some(deps) = vol.elf_deps.get() else {
                     return;
                 };
+                whole();
                 if vol.mark_followed(deps, interp) {
                     vol.fetch_whole(interp);
                     vol.follow_elf(interp, None);
                 }
             } else {
                 vol.follow_elf(program, None);
+                whole();
             }
         });
     }
