@@ -44,6 +44,8 @@ ensure_fuse
 ensure_cargo
 # `protoc` builds the containerd snapshotter's gRPC bindings (crate containerd-snapshots).
 ensure_packages protobuf-compiler
+# The container section also starts containers through containerd (ctr + the hydrate snapshotter).
+ensure_packages containerd
 cd "$repo"
 say "building release binaries"
 cargo build --release -p hydrate -p hydrate-bench

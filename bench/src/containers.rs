@@ -63,6 +63,8 @@ pub struct ContainerResult {
     pub no_plan: StartRun,
     pub with_plan: StartRun,
     pub plan_entries: u64,
+    /// The same image through containerd (`ctr image pull` + `ctr run`), when containerd is installed.
+    pub containerd: Option<crate::containerd::ContainerdResult>,
 }
 
 fn step(what: &str) {
@@ -315,6 +317,23 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
     )?;
     step("hydrate with the learned plan: hydrate rootfs + runc run");
     let with_plan = lazy("plan", "1-plan", &[])?;
+    let containerd = if hydrate_testkit::find_binary("containerd").is_some() {
+        // The containerd form names its store as converted: through the link, like every pull here.
+        step("converting for containerd (--containerd-tag, not timed)");
+        hydrate.run(&[
+            "convert".as_ref(),
+            format!("docker://{direct}/library/bench:1").as_ref(),
+            format!("oci://{far}/library/bench:1-hydrate").as_ref(),
+            "--containerd-tag".as_ref(),
+            "1-ctr".as_ref(),
+            "--tmp-dir".as_ref(),
+            dir.as_os_str(),
+        ])?;
+        Some(crate::containerd::run(hydrate, dir, &far, &link_bytes)?)
+    } else {
+        step("containerd is not installed: its part skipped (scripts/install-test-deps.sh installs it)");
+        None
+    };
     drop(proxy);
     drop(registry);
     Ok(ContainerResult {
@@ -326,6 +345,7 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         no_plan,
         with_plan,
         plan_entries,
+        containerd,
     })
 }
 
@@ -378,6 +398,22 @@ impl ContainerResult {
             ),
             &self.with_plan,
         );
+        if let Some(c) = &self.containerd {
+            let base = c.overlayfs.first_output_secs;
+            out += &format!(
+                "  containerd, ctr image pull + ctr run, overlayfs snapshotter: first output after {:.2} s, {} over the link\n",
+                base,
+                human(c.overlayfs.link_bytes)
+            );
+            out += &format!(
+                "  containerd, ctr image pull + ctr run, hydrate snapshotter, no plan: first output after {:.2} s = {:.3} \
+                 of overlayfs, {} over the link ({:.3} of overlayfs')\n",
+                c.hydrate_no_plan.first_output_secs,
+                c.hydrate_no_plan.first_output_secs / base,
+                human(c.hydrate_no_plan.link_bytes),
+                c.hydrate_no_plan.link_bytes as f64 / c.overlayfs.link_bytes.max(1) as f64
+            );
+        }
         out += "  goal: lazy start <= 0.10 of the full pull\n";
         out
     }
@@ -392,6 +428,9 @@ impl ContainerResult {
             "one_way_ms": self.one_way_ms, "link_mbit": self.link_mbit, "image_bytes": self.image_bytes,
             "read_bytes": self.read_bytes, "full_pull": run(&self.full_pull), "no_plan": run(&self.no_plan),
             "with_plan": run(&self.with_plan), "plan_entries": self.plan_entries,
+            "containerd": self.containerd.as_ref().map(|c| json!({
+                "overlayfs": run(&c.overlayfs), "hydrate_no_plan": run(&c.hydrate_no_plan),
+            })),
         })
     }
 }

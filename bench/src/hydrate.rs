@@ -29,6 +29,11 @@ pub struct Built {
 }
 
 impl Hydrate {
+    /// The hydrate binary under test.
+    pub fn program(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn new(bin: PathBuf) -> Result<Self> {
         let mut h = Hydrate {
             bin,

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod cancel;
+mod containerd;
 mod containers;
 mod hsm;
 mod hydrate;

@@ -92,6 +92,10 @@ pub struct SnapshotterArgs {
     /// Background fill budget of the lazy mounts, stored bytes (0: purely lazy) [default: the mounts' default].
     #[arg(long)]
     pub fill_budget: Option<String>,
+    /// ELF prefetch of the lazy mounts (see `hydrate mount --elf-prefetch`; 0: off) [default: the mounts'
+    /// default]. With it, an image's command and its libraries start arriving as soon as the pull mounts it.
+    #[arg(long)]
+    pub elf_prefetch: Option<String>,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -247,8 +251,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub no_prefetch: bool,
     /// Fetch an executable or shared library (an ELF file) up to SIZE whole, in the background, once its first
-    /// bytes are read: the loader maps it and faults in most of it, one round trip per missing piece otherwise;
-    /// 0 turns it off.
+    /// bytes are read: the loader maps it and faults in most of it, one round trip per missing piece otherwise.
+    /// Its interpreter and the libraries it names (DT_NEEDED, found as the loader finds them) are fetched whole
+    /// too, and without a prefetch plan an image's own command (its OCI config's Entrypoint or Cmd) and its
+    /// libraries are fetched as soon as it is mounted. 0 turns all of it off.
     #[arg(long, default_value = "64M", value_name = "SIZE")]
     pub elf_prefetch: String,
     /// Fetch the image in the background while it is used, reads first: its small files (up to 1M) in the

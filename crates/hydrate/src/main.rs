@@ -100,6 +100,12 @@ fn snapshotter(a: cli::SnapshotterArgs) -> anyhow::Result<()> {
         .map(hydrate_units::parse_size)
         .transpose()
         .context("--fill-budget")?;
+    let elf_prefetch = a
+        .elf_prefetch
+        .as_deref()
+        .map(hydrate_units::parse_size)
+        .transpose()
+        .context("--elf-prefetch")?;
     let program = std::env::current_exe().context("finding the hydrate binary")?;
     // Mount daemons outlive this process and its working directory: give them absolute paths.
     let root = std::path::absolute(&a.root).context("--root")?;
@@ -117,6 +123,7 @@ fn snapshotter(a: cli::SnapshotterArgs) -> anyhow::Result<()> {
             keep_cache: a.keep_cache,
             fetch_timeout,
             fill_budget,
+            elf_prefetch,
         },
     })
 }

@@ -36,6 +36,9 @@ pub struct LazyOptions {
     pub fetch_timeout: Option<Duration>,
     /// Background fill budget of the mounts (stored bytes; 0: purely lazy), if not the default.
     pub fill_budget: Option<u64>,
+    /// Largest ELF file the mounts fetch whole, with the libraries it names and, at mount, the image's command
+    /// (0: off), if not the default.
+    pub elf_prefetch: Option<u64>,
 }
 
 /// What is at an image's mount point.
@@ -149,6 +152,9 @@ impl LazyMounts {
         }
         if let Some(budget) = self.opts.fill_budget {
             spec.volume.fill_budget = budget;
+        }
+        if let Some(max) = self.opts.elf_prefetch {
+            spec.volume.elf_prefetch = max;
         }
         tracing::info!(image = %lazy.name, id = %lazy.image, store = %lazy.store, mountpoint = %mnt.display(), "mounting");
         if let Err(err) = hydrate_mountd::launch::mount(&spec, &self.opts.program, &[]) {

@@ -18,6 +18,7 @@ fn open(root: &Path) -> Snapshots {
             keep_cache: false,
             fetch_timeout: Some(Duration::from_secs(1)),
             fill_budget: None,
+            elf_prefetch: None,
         },
     );
     Snapshots::open(layout, lazy).unwrap()

@@ -181,8 +181,14 @@ fn converted_images_run_lazily_and_ordinary_images_as_with_overlayfs() {
         return;
     };
     let source = push_test_image(&t);
-    // Purely lazy mounts (no background fill), so the bytes the registry serves are what the container read.
-    let node = Node::start(&t.tools, &t.s, &["--fill-budget", "0"]);
+    // Purely lazy mounts (no background fill, no ELF prefetch: by default a mount starts fetching the image's
+    // command and its libraries as soon as the pull mounts it), so the bytes the registry serves are what the
+    // container read.
+    let node = Node::start(
+        &t.tools,
+        &t.s,
+        &["--fill-budget", "0", "--elf-prefetch", "0"],
+    );
 
     // The reference: the source image through containerd's own overlayfs snapshotter.
     node.pull(&source, "overlayfs");

@@ -1,0 +1,225 @@
+//! The containerd part of the container section (issue 12): the same image and link as `containers.rs`, started
+//! with `ctr image pull` + `ctr run` through a containerd 1.6 of the benchmark's own (own root, state and
+//! sockets, CRI off), once with containerd's overlayfs snapshotter (the full pull) and once with `hydrate
+//! snapshotter` (the image converted with `--containerd-tag`: containerd pulls a ~500-byte marker layer, the
+//! snapshotter mounts the hydrate image lazily). Timed from `ctr image pull` to the container's first line of
+//! output, each from a dropped page cache; bytes are what the registry sent through the link proxy.
+//!
+//! Not measured: a learned plan through containerd. The marker names the converted image by id, and a plan
+//! (`attach-trace`) makes a new image id with no containerd tag of its own yet.
+
+use crate::containers::{need, run_ok, StartRun};
+use crate::hydrate::Hydrate;
+use crate::reads::drop_caches;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "hydrate-bench";
+
+/// The two ways of starting the container through containerd.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerdResult {
+    pub overlayfs: StartRun,
+    pub hydrate_no_plan: StartRun,
+}
+
+/// A containerd and a hydrate snapshotter of the benchmark's own, stopped by PID (and their containers' shims,
+/// and mounts under their root) on drop.
+struct Node {
+    root: PathBuf,
+    ctr: PathBuf,
+    containerd: Child,
+    snapshotter: Child,
+}
+
+impl Node {
+    fn start(hydrate: &Hydrate, root: &Path) -> Result<Node> {
+        let containerd = need("containerd")?;
+        let ctr = need("ctr")?;
+        need("containerd-shim-runc-v2")?;
+        for dir in ["run", "containerd/root", "containerd/state", "snapshotter"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let config = format!(
+            r#"version = 2
+root = "{root}/containerd/root"
+state = "{root}/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt",
+  "io.containerd.tracing.processor.v1.otlp"]
+[grpc]
+  address = "{root}/run/containerd.sock"
+[ttrpc]
+  address = "{root}/run/containerd.sock.ttrpc"
+[proxy_plugins.hydrate]
+  type = "snapshot"
+  address = "{root}/run/hydrate.sock"
+"#,
+            root = root.display()
+        );
+        std::fs::write(root.join("containerd.toml"), config)?;
+        let snapshotter = Command::new(hydrate.program())
+            .arg("snapshotter")
+            .arg("--root")
+            .arg(root.join("snapshotter"))
+            .arg("--address")
+            .arg(root.join("run/hydrate.sock"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("snapshotter.log"))?)
+            .spawn()
+            .context("starting hydrate snapshotter")?;
+        let containerd = Command::new(&containerd)
+            .arg("--config")
+            .arg(root.join("containerd.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("containerd.log"))?)
+            .spawn()
+            .context("starting containerd")?;
+        let node = Node {
+            root: root.to_path_buf(),
+            ctr,
+            containerd,
+            snapshotter,
+        };
+        let started = Instant::now();
+        while !(node.ctr(&["version"]).status.success()
+            && std::os::unix::net::UnixStream::connect(root.join("run/hydrate.sock")).is_ok())
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "containerd or the snapshotter did not answer within 30 s (logs in {})",
+                    root.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(node)
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        self.command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running ctr: {e}"))
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.arg("--address")
+            .arg(self.root.join("run/containerd.sock"))
+            .args(["--namespace", NAMESPACE])
+            .args(args);
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        run_ok(&mut self.command(args))
+    }
+
+    /// `ctr image pull` + `ctr run --rm` of `reference` through `snapshotter`: seconds from `started` to the
+    /// container's first line, which must be "ready".
+    fn start_container(&self, reference: &str, snapshotter: &str, id: &str) -> Result<f64> {
+        let started = Instant::now();
+        self.ok(&[
+            "image",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ])?;
+        let mut child = self
+            .command(&["run", "--rm", "--snapshotter", snapshotter, reference, id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ctr run")?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let first = started.elapsed().as_secs_f64();
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest)?;
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut err)?;
+        }
+        let status = child.wait()?;
+        if !status.success() || !line.starts_with("ready") {
+            bail!(
+                "the container failed ({status}): {line}{rest}{}",
+                err.trim()
+            );
+        }
+        Ok(first)
+    }
+
+    /// Removes every image and collects garbage (the lazy image's mount and cache go with its last snapshot).
+    fn remove_images(&self) -> Result<()> {
+        for reference in self.ok(&["image", "ls", "-q"])?.lines() {
+            if !reference.is_empty() {
+                self.ok(&["image", "rm", "--sync", reference])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.remove_images();
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+        let _ = self.snapshotter.kill();
+        let _ = self.snapshotter.wait();
+        // Whatever is still mounted under the root (a failed run's container or image), deepest first.
+        if let Ok(info) = hydrate_mountinfo::MountInfo::read_self() {
+            let mounts: Vec<_> = info.under(&self.root).rev().cloned().collect();
+            for m in mounts {
+                let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Runs both starts against the registry behind the link proxy at `far` (the image `library/bench:1`, and its
+/// containerd form `library/bench:1-ctr` made by the caller).
+pub fn run(
+    hydrate: &Hydrate,
+    dir: &Path,
+    far: &str,
+    link_bytes: &dyn Fn() -> u64,
+) -> Result<ContainerdResult> {
+    let node = Node::start(hydrate, &dir.join("containerd-node"))?;
+    let once = |reference: &str, snapshotter: &str, id: &str| -> Result<StartRun> {
+        drop_caches()?;
+        let bytes0 = link_bytes();
+        let first = node.start_container(reference, snapshotter, id)?;
+        let run = StartRun {
+            first_output_secs: first,
+            link_bytes: link_bytes() - bytes0,
+            ..StartRun::default()
+        };
+        node.remove_images()?;
+        Ok(run)
+    };
+    eprintln!("[containers] containerd: ctr image pull + ctr run, overlayfs snapshotter");
+    let overlayfs = once(
+        &format!("{far}/library/bench:1"),
+        "overlayfs",
+        "bench-overlay",
+    )?;
+    eprintln!("[containers] containerd: ctr image pull + ctr run, hydrate snapshotter, no plan");
+    let hydrate_no_plan = once(
+        &format!("{far}/library/bench:1-ctr"),
+        "hydrate",
+        "bench-hydrate",
+    )?;
+    Ok(ContainerdResult {
+        overlayfs,
+        hydrate_no_plan,
+    })
+}
