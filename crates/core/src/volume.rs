@@ -316,6 +316,24 @@ impl Volume {
     }
 
     pub fn open(&self, ino: Ino) -> Result<Opened> {
+        let open = self.open_file(ino)?;
+        open.file.touch();
+        let complete = open.file.is_complete();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .expect("handle table poisoned")
+            .insert(fh, open);
+        self.stats.opens.fetch_add(1, Ordering::Relaxed);
+        if let Some(trace) = &self.trace {
+            trace.open(ino);
+        }
+        self.prefetch_neighbours(ino);
+        Ok(Opened { fh, complete })
+    }
+
+    /// Regular file `ino` with its cache file, not yet registered as a handle.
+    fn open_file(&self, ino: Ino) -> Result<Arc<OpenFile>> {
         let attr = self.attr(ino)?;
         match attr.kind {
             FileKind::Regular => {}
@@ -329,25 +347,12 @@ impl Volume {
                 content: attr.content,
                 source: Box::new(source),
             })?;
-        file.touch();
-        let complete = file.is_complete();
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = Arc::new(OpenFile {
+        Ok(Arc::new(OpenFile {
             ino,
             size: attr.size,
             file,
             stream: Mutex::new(StreamState::default()),
-        });
-        self.handles
-            .write()
-            .expect("handle table poisoned")
-            .insert(fh, open);
-        self.stats.opens.fetch_add(1, Ordering::Relaxed);
-        if let Some(trace) = &self.trace {
-            trace.open(ino);
-        }
-        self.prefetch_neighbours(ino);
-        Ok(Opened { fh, complete })
+        }))
     }
 
     /// A read-only descriptor of the complete cache file behind `fh`, for FUSE passthrough.
@@ -408,26 +413,26 @@ impl Volume {
         if !readahead.is_empty() {
             self.spawn_readahead(&open, readahead);
         }
-        let elf = offset == 0 && buf.len() >= ELF_MAGIC.len();
+        let elf_header = |buf: &[u8]| offset == 0 && buf.starts_with(ELF_MAGIC);
         if missing.is_empty() {
             self.stats.cache_hit_reads.fetch_add(1, Ordering::Relaxed);
             read_cached(&open.file, buf, offset)?;
-            if elf && buf.starts_with(ELF_MAGIC) {
+            if elf_header(buf) {
                 self.elf_header_read(open.ino);
             }
             return Ok(buf.len());
         }
         let fetched = self.fetch_missing(&open, offset..end, &missing, Demand::Read)?;
         self.assemble(&open, offset, buf, &fetched)?;
-        if elf && buf.starts_with(ELF_MAGIC) {
+        if elf_header(buf) {
             self.elf_header_read(open.ino);
-        }
-        if elf && buf.starts_with(ELF_MAGIC) && open.size <= self.config.elf_whole_max {
-            // An executable or shared library: the loader maps it and faults in most of its pages, each fault a
-            // round trip of its own if missing (measured on python3 and numpy: 90-99% of every library read
-            // before the program's first output). Fetch the rest of it now, in the background.
-            self.stats.elf_whole_files.fetch_add(1, Ordering::Relaxed);
-            self.spawn_readahead(&open, end..open.size);
+            if open.size <= self.config.elf_whole_max {
+                // An executable or shared library: the loader maps it and faults in most of its pages, each fault
+                // a round trip of its own if missing (measured on python3 and numpy: 90-99% of every library read
+                // before the program's first output). Fetch the rest of it now, in the background.
+                self.stats.elf_whole_files.fetch_add(1, Ordering::Relaxed);
+                self.spawn_readahead(&open, end..open.size);
+            }
         }
         Ok(buf.len())
     }
@@ -705,23 +710,7 @@ impl Speculative {
 impl Volume {
     /// Opens regular file `ino` for the volume's own reads.
     pub(crate) fn speculative(&self, ino: Ino) -> Result<Speculative> {
-        let attr = self.attr(ino)?;
-        if attr.kind != FileKind::Regular {
-            return Err(CoreError::NotRegular(ino));
-        }
-        let file = self
-            .cache
-            .file(&attr.content, attr.size)
-            .map_err(|source| CoreError::Cache {
-                content: attr.content,
-                source: Box::new(source),
-            })?;
-        Ok(Speculative(Arc::new(OpenFile {
-            ino,
-            size: attr.size,
-            file,
-            stream: Mutex::new(StreamState::default()),
-        })))
+        self.open_file(ino).map(Speculative)
     }
 
     /// Reads like [`Volume::read`], fetching what is missing at on-demand priority, without a handle, stats
