@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod containerd;
 pub mod garage;
 pub mod nginx;
 pub mod oci_image;

@@ -45,24 +45,7 @@ impl Node {
         for dir in ["run", "containerd/root", "containerd/state", "snapshotter"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
-        let config = format!(
-            r#"version = 2
-root = "{root}/containerd/root"
-state = "{root}/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt",
-  "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{root}/run/containerd.sock"
-[ttrpc]
-  address = "{root}/run/containerd.sock.ttrpc"
-[proxy_plugins.hydrate]
-  type = "snapshot"
-  address = "{root}/run/hydrate.sock"
-"#,
-            root = root.display()
-        );
+        let config = hydrate_testkit::containerd::config(&root);
         std::fs::write(root.join("containerd.toml"), config).unwrap();
         let mut node = Node {
             ctr: tools.ctr.clone(),
