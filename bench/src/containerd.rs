@@ -8,11 +8,10 @@
 //! Not measured: a learned plan through containerd. The marker names the converted image by id, and a plan
 //! (`attach-trace`) makes a new image id with no containerd tag of its own yet.
 
-use crate::containers::{need, run_ok, StartRun};
+use crate::containers::{first_output, need, run_ok, StartRun};
 use crate::hydrate::Hydrate;
 use crate::reads::drop_caches;
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,24 +42,7 @@ impl Node {
         for dir in ["run", "containerd/root", "containerd/state", "snapshotter"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        let config = format!(
-            r#"version = 2
-root = "{root}/containerd/root"
-state = "{root}/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.opt",
-  "io.containerd.tracing.processor.v1.otlp"]
-[grpc]
-  address = "{root}/run/containerd.sock"
-[ttrpc]
-  address = "{root}/run/containerd.sock.ttrpc"
-[proxy_plugins.hydrate]
-  type = "snapshot"
-  address = "{root}/run/hydrate.sock"
-"#,
-            root = root.display()
-        );
+        let config = hydrate_testkit::containerd::config(root);
         std::fs::write(root.join("containerd.toml"), config)?;
         let snapshotter = Command::new(hydrate.program())
             .arg("snapshotter")
@@ -131,30 +113,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             snapshotter,
             reference,
         ])?;
-        let mut child = self
+        let child = self
             .command(&["run", "--rm", "--snapshotter", snapshotter, reference, id])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting ctr run")?;
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let first = started.elapsed().as_secs_f64();
-        let mut rest = String::new();
-        stdout.read_to_string(&mut rest)?;
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            e.read_to_string(&mut err)?;
-        }
-        let status = child.wait()?;
-        if !status.success() || !line.starts_with("ready") {
-            bail!(
-                "the container failed ({status}): {line}{rest}{}",
-                err.trim()
-            );
-        }
-        Ok(first)
+        first_output(child, started)
     }
 
     /// Removes every image and collects garbage (the lazy image's mount and cache go with its last snapshot).

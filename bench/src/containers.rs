@@ -100,7 +100,7 @@ struct Tools {
 /// Runs the bundle with runc; returns the seconds from `started` to its first line of output, and checks that it
 /// ends well and said "ready".
 fn run_container(runc: &Path, bundle: &Path, id: &str, started: Instant) -> Result<f64> {
-    let mut child = Command::new(runc)
+    let child = Command::new(runc)
         .args(["run", "--bundle"])
         .arg(bundle)
         .arg(id)
@@ -108,6 +108,14 @@ fn run_container(runc: &Path, bundle: &Path, id: &str, started: Instant) -> Resu
         .stderr(Stdio::piped())
         .spawn()
         .context("starting runc")?;
+    let first = first_output(child, started);
+    let _ = Command::new(runc).args(["delete", "-f", id]).output();
+    first
+}
+
+/// Waits for a container process started with piped stdout and stderr: the seconds from `started` to its first
+/// line of output; an error unless it ends well and that line says "ready".
+pub(crate) fn first_output(mut child: std::process::Child, started: Instant) -> Result<f64> {
     let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
     stdout
@@ -121,7 +129,6 @@ fn run_container(runc: &Path, bundle: &Path, id: &str, started: Instant) -> Resu
         e.read_to_string(&mut err)?;
     }
     let status = child.wait()?;
-    let _ = Command::new(runc).args(["delete", "-f", id]).output();
     if !status.success() || !line.starts_with("ready") {
         bail!(
             "the container failed ({status}): {line}{rest}{}",
