@@ -8,7 +8,44 @@ use common::*;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The tests of this file run one at a time. A process another test spawns starts with a copy of this process's
+/// file table and keeps it until it execs; under the CPU load below that can take long enough for a file this
+/// test has just read from the mount to be still open in that child when the test unmounts, and the kernel
+/// rightly answers EBUSY. (CI saw it: "round 1: umount: EBUSY".)
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The processes that hold something open under `mountpoint` (an fd, a cwd or a root), for an EBUSY message.
+fn holders(mountpoint: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let mut links: Vec<_> = ["cwd", "root"]
+            .iter()
+            .map(|l| entry.path().join(l))
+            .collect();
+        if let Ok(fds) = fs::read_dir(entry.path().join("fd")) {
+            links.extend(fds.flatten().map(|fd| fd.path()));
+        }
+        for link in links {
+            if fs::read_link(&link).is_ok_and(|target| target.starts_with(mountpoint)) {
+                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                out.push(format!("{pid} ({}) {}", comm.trim(), link.display()));
+            }
+        }
+    }
+    out
+}
 
 fn build(src: &Path, store: &Path, tag: &str) {
     hydrate_ok(&[
@@ -44,6 +81,7 @@ fn processes_marked(marker: &str) -> Vec<i32> {
 
 #[test]
 fn bad_mount_options_fail_before_a_daemon_starts() {
+    let _serial = serial();
     let env = Scratch::new("hydrate-lifecycle");
     fs::create_dir_all(env.p("src")).unwrap();
     fs::write(env.p("src/f"), b"x").unwrap();
@@ -146,6 +184,7 @@ impl Drop for CpuLoad {
 
 #[test]
 fn plain_umount_leaves_the_mount_point_reusable_under_load() {
+    let _serial = serial();
     let env = Scratch::new("hydrate-lifecycle");
     let src = env.p("src");
     fs::create_dir_all(&src).unwrap();
@@ -192,8 +231,12 @@ fn plain_umount_leaves_the_mount_point_reusable_under_load() {
             fs::read(src.join(&name)).unwrap(),
             "round {round}"
         );
-        nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::empty())
-            .unwrap_or_else(|e| panic!("round {round}: umount: {e}"));
+        nix::mount::umount2(&m.mountpoint, nix::mount::MntFlags::empty()).unwrap_or_else(|e| {
+            panic!(
+                "round {round}: umount: {e}; held by: {:?}",
+                holders(&m.mountpoint)
+            )
+        });
         // Unmounted: from here on this test, not the guard, waits for the daemon.
         m.pid = None;
         daemons.push(pid);
