@@ -171,6 +171,10 @@ pub struct AttachTraceArgs {
     /// Files up to this size are prefetched whole at their first touch.
     #[arg(long, default_value = "256K")]
     pub small_file_max: String,
+    /// Also publish the new image's containerd form under this tag (as `convert --containerd-tag` does; needs
+    /// an oci:// store, --tag, and an image converted from a container image).
+    #[arg(long)]
+    pub containerd_tag: Option<String>,
 }
 
 #[derive(ClapArgs, Debug)]

@@ -138,6 +138,9 @@ pub fn run(args: BuildArgs) -> Result<()> {
 }
 
 pub fn attach_trace(args: AttachTraceArgs) -> Result<()> {
+    if let Some(ctd_tag) = &args.containerd_tag {
+        crate::cmd_convert::check_containerd_tag(&args.store, args.tag.as_deref(), ctd_tag)?;
+    }
     let trace = hydrate_core::read_trace(&args.trace)?;
     attach_and_report(
         &args.store,
@@ -145,21 +148,27 @@ pub fn attach_trace(args: AttachTraceArgs) -> Result<()> {
         &trace,
         args.tag.as_deref(),
         &args.small_file_max,
+        args.containerd_tag.as_deref(),
     )
 }
 
 /// Stores `image` of `store_addr` again with a plan made from `trace` (tagged `tag`), and prints the new image
-/// and the plan's size: `attach-trace`, and the last step of `learn`.
+/// and the plan's size: `attach-trace`, and the last step of `learn`. With `containerd_tag`, the new image's
+/// containerd form is published too (as `convert --containerd-tag` does), so containerd runs it with its plan.
 pub(crate) fn attach_and_report(
     store_addr: &str,
     image: &str,
     trace: &Trace,
     tag: Option<&str>,
     small_file_max: &str,
+    containerd_tag: Option<&str>,
 ) -> Result<()> {
     let small_file_max = parse_size(small_file_max).context("--small-file-max")?;
     if let Some(tag) = tag {
         hydrate_store::keys::validate_tag(tag).with_context(|| format!("tag {tag:?}"))?;
+    }
+    if let Some(ctd_tag) = containerd_tag {
+        crate::cmd_convert::check_containerd_tag(store_addr, tag, ctd_tag)?;
     }
     let report = crate::cmd_inspect::with_image(store_addr, image, |store, id| async move {
         let opts = PlanOptions {
@@ -178,5 +187,21 @@ pub(crate) fn attach_and_report(
         human(report.bytes),
         report.unresolved
     );
+    if let Some(ctd_tag) = containerd_tag {
+        let new_image = report.image.to_string();
+        let (_, manifest) = crate::cmd_inspect::load_manifest(store_addr, &new_image)?;
+        let Some(source) = crate::cmd_convert::LazySource::of_manifest(&manifest) else {
+            bail!(
+                "--containerd-tag {ctd_tag}: image {image:?} was not converted from a container image (it has no \
+                 image config to run); convert it with `hydrate convert` first"
+            );
+        };
+        let reference = command_runtime()?
+            .block_on(crate::cmd_convert::publish_for_containerd(
+                store_addr, tag, ctd_tag, &source, &new_image,
+            ))
+            .with_context(|| format!("publishing the containerd image {ctd_tag}"))?;
+        println!("containerd {reference}");
+    }
     Ok(())
 }

@@ -98,17 +98,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         bail!("--blob-size {} must be between 1M and 4G", args.blob_size);
     }
     if let Some(ctd_tag) = &args.containerd_tag {
-        if !dest.starts_with("oci://") {
-            bail!("--containerd-tag {ctd_tag}: the destination must be an oci:// registry store (containerd pulls images from registries)");
-        }
-        hydrate_store::keys::validate_tag(ctd_tag)
-            .with_context(|| format!("--containerd-tag {ctd_tag:?}"))?;
-        if tag.as_deref() == Some(ctd_tag.as_str()) {
-            bail!("--containerd-tag {ctd_tag} is also the hydrate image's tag: give them different tags");
-        }
-        if tag.is_none() {
-            bail!("--containerd-tag needs a tag for the hydrate image too (it keeps the image's blobs reachable in the registry)");
-        }
+        check_containerd_tag(&dest, tag.as_deref(), ctd_tag)?;
     }
     let store = hydrate_store::open_store(&dest).with_context(|| format!("store {dest}"))?;
     let opts = BuildOptions {
@@ -149,7 +139,11 @@ pub fn run(args: ConvertArgs) -> Result<()> {
                 &dest,
                 tag.as_deref(),
                 ctd_tag,
-                &src,
+                &LazySource {
+                    config: &src.config,
+                    reference: &src.reference,
+                    manifest_digest: &src.manifest_digest,
+                },
                 &b.image.to_string(),
             ))
             .with_context(|| format!("publishing the containerd image {ctd_tag}"))?;
@@ -178,13 +172,55 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--containerd-tag` that cannot work, before anything is converted or pushed.
+pub(crate) fn check_containerd_tag(dest: &str, tag: Option<&str>, ctd_tag: &str) -> Result<()> {
+    if !dest.starts_with("oci://") {
+        bail!("--containerd-tag {ctd_tag}: the store must be an oci:// registry store (containerd pulls images from registries)");
+    }
+    hydrate_store::keys::validate_tag(ctd_tag)
+        .with_context(|| format!("--containerd-tag {ctd_tag:?}"))?;
+    match tag {
+        Some(tag) if tag == ctd_tag => bail!(
+            "--containerd-tag {ctd_tag} is also the hydrate image's tag: give them different tags"
+        ),
+        Some(_) => Ok(()),
+        None => bail!(
+            "--containerd-tag needs a tag for the hydrate image too (it keeps the image's blobs reachable in the registry)"
+        ),
+    }
+}
+
+/// What the containerd form of a hydrate image repeats of the container image it was converted from.
+pub(crate) struct LazySource<'a> {
+    /// The source image's config JSON.
+    pub config: &'a [u8],
+    pub reference: &'a str,
+    pub manifest_digest: &'a str,
+}
+
+impl<'a> LazySource<'a> {
+    /// The source as a converted hydrate image records it in its manifest's annotations; `None` when the image
+    /// was not converted from a container image (built from a directory: it has no config to run).
+    pub(crate) fn of_manifest<B: AsRef<[u8]>>(
+        manifest: &'a hydrate_format::Manifest<B>,
+    ) -> Option<LazySource<'a>> {
+        use hydrate_format::annotation::{OCI_CONFIG, OCI_SOURCE, OCI_SOURCE_DIGEST};
+        let text = |key| std::str::from_utf8(manifest.annotation(key)?).ok();
+        Some(LazySource {
+            config: manifest.annotation(OCI_CONFIG)?,
+            reference: text(OCI_SOURCE)?,
+            manifest_digest: text(OCI_SOURCE_DIGEST)?,
+        })
+    }
+}
+
 /// Pushes the containerd-pullable form of hydrate image `image` (see `hydrate_convert::containerd`) as
 /// `ctd_tag` into the repository of `dest`; returns the reference containerd pulls it by (`host/repo:tag`).
-async fn publish_for_containerd(
+pub(crate) async fn publish_for_containerd(
     dest: &str,
     tag: Option<&str>,
     ctd_tag: &str,
-    src: &SourceImage,
+    src: &LazySource<'_>,
     image: &str,
 ) -> Result<String> {
     use hydrate_convert::containerd::{containerd_image, LazyImageMarker, MARKER_VERSION};
@@ -200,10 +236,10 @@ async fn publish_for_containerd(
         },
         image: image.to_owned(),
         tag: tag.map(str::to_owned),
-        source: src.reference.clone(),
-        source_manifest: src.manifest_digest.clone(),
+        source: src.reference.to_owned(),
+        source_manifest: src.manifest_digest.to_owned(),
     };
-    let built = containerd_image(&src.config, &marker)?;
+    let built = containerd_image(src.config, &marker)?;
     let blobs: [&[u8]; 2] = [&built.config, &built.layer];
     with_retries(ctd_tag, || {
         store

@@ -53,6 +53,9 @@ pub struct LearnArgs {
     /// Files up to this size are prefetched whole at their first touch, as for `attach-trace`.
     #[arg(long, default_value = "256K")]
     pub small_file_max: String,
+    /// Also publish the planned image's containerd form under this tag, as `attach-trace --containerd-tag`.
+    #[arg(long)]
+    pub containerd_tag: Option<String>,
 }
 
 pub fn run(args: LearnArgs) -> Result<()> {
@@ -66,6 +69,9 @@ pub fn run(args: LearnArgs) -> Result<()> {
         None => bail!("image {image:?} is given by digest: name the planned image with --tag"),
     };
     hydrate_store::keys::validate_tag(&tag).with_context(|| format!("tag {tag:?}"))?;
+    if let Some(ctd_tag) = &args.containerd_tag {
+        crate::cmd_convert::check_containerd_tag(&store, Some(&tag), ctd_tag)?;
+    }
     let runtime = which(&args.runtime).ok_or_else(|| {
         anyhow!(
             "hydrate learn runs the image's command with {} and cannot find it (install runc, or name another \
@@ -116,7 +122,14 @@ pub fn run(args: LearnArgs) -> Result<()> {
     if recorded.events.is_empty() {
         bail!("the command read nothing from the image ({outcome}): there is no plan to store");
     }
-    crate::cmd_build::attach_and_report(&store, &image, &recorded, Some(&tag), &args.small_file_max)
+    crate::cmd_build::attach_and_report(
+        &store,
+        &image,
+        &recorded,
+        Some(&tag),
+        &args.small_file_max,
+        args.containerd_tag.as_deref(),
+    )
 }
 
 /// Runs the bundle's container, stopping it after `timeout`; says how it ended.

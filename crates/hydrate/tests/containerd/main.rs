@@ -257,6 +257,46 @@ fn converted_images_run_lazily_and_ordinary_images_as_with_overlayfs() {
     assert_eq!(node.run(&ctd, "hydrate", "lazy2", &[]), expected);
     assert_eq!(node.mounts_under_root(), mounts);
 
+    // A plan learned from the image's command reaches containerd: `learn --containerd-tag` publishes the planned
+    // image's containerd form, whose mount replays the plan.
+    let host = t.registry.host();
+    let out = hydrate_ok(&[
+        "learn",
+        &format!("oci://{host}/library/app:1-hydrate"),
+        "--tag",
+        "1-plan",
+        "--containerd-tag",
+        "1-ctd-plan",
+        "--timeout",
+        "60s",
+    ]);
+    let planned = format!("{host}/library/app:1-ctd-plan");
+    assert!(out.contains(&format!("containerd {planned}")), "{out}");
+    node.pull(&planned, "hydrate");
+    assert_eq!(node.run(&planned, "hydrate", "planned", &[]), expected);
+    let with_plan: Vec<PathBuf> = node
+        .mounts_under_root()
+        .into_iter()
+        .filter(|m| !mounts.contains(m))
+        .collect();
+    assert_eq!(
+        with_plan.len(),
+        1,
+        "the planned image is a mount of its own"
+    );
+    let metrics: std::collections::HashMap<String, u64> =
+        hydrate_control::MountClient::for_mountpoint(&with_plan[0])
+            .and_then(|c| c.metrics().map_err(std::io::Error::other))
+            .unwrap()
+            .metrics
+            .into_iter()
+            .map(|m| (m.name, m.value))
+            .collect();
+    assert!(
+        metrics["volume_plan_entries_fetched"] + metrics["volume_plan_entries_cached"] > 0,
+        "the plan was replayed: {metrics:?}"
+    );
+
     // Removing the images and collecting garbage leaves no mount and no snapshot directory.
     node.remove_images();
     assert!(
@@ -546,6 +586,21 @@ fn convert_refuses_containerd_tags_it_cannot_publish() {
     assert!(err.contains("needs a tag for the hydrate image"), "{err}");
     let err = hydrate_err(&["convert", &source, dest, "--containerd-tag", "bad tag"]);
     assert!(err.contains("--containerd-tag"), "{err}");
+    // attach-trace checks the same before it stores anything.
+    let trace = s.p("trace");
+    std::fs::write(&trace, b"").unwrap();
+    let err = hydrate_err(&[
+        "attach-trace",
+        "--store",
+        &store,
+        "a:1",
+        trace.to_str().unwrap(),
+        "--tag",
+        "a:2",
+        "--containerd-tag",
+        "c",
+    ]);
+    assert!(err.contains("must be an oci:// registry store"), "{err}");
 }
 
 #[test]
