@@ -3,10 +3,8 @@
 //! sockets, CRI off), once with containerd's overlayfs snapshotter (the full pull) and once with `hydrate
 //! snapshotter` (the image converted with `--containerd-tag`: containerd pulls a ~500-byte marker layer, the
 //! snapshotter mounts the hydrate image lazily). Timed from `ctr image pull` to the container's first line of
-//! output, each from a dropped page cache; bytes are what the registry sent through the link proxy.
-//!
-//! Not measured: a learned plan through containerd. The marker names the converted image by id, and a plan
-//! (`attach-trace`) makes a new image id with no containerd tag of its own yet.
+//! output, each from a dropped page cache; bytes are what the registry sent through the link proxy. The learned
+//! plan is the one the runc part recorded, published for containerd with `attach-trace --containerd-tag`.
 
 use crate::containers::{first_output, need, run_ok, StartRun};
 use crate::hydrate::Hydrate;
@@ -18,11 +16,12 @@ use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "hydrate-bench";
 
-/// The two ways of starting the container through containerd.
+/// The ways of starting the container through containerd.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerdResult {
     pub overlayfs: StartRun,
     pub hydrate_no_plan: StartRun,
+    pub hydrate_with_plan: StartRun,
 }
 
 /// A containerd and a hydrate snapshotter of the benchmark's own, stopped by PID (and their containers' shims,
@@ -150,8 +149,9 @@ impl Drop for Node {
     }
 }
 
-/// Runs both starts against the registry behind the link proxy at `far` (the image `library/bench:1`, and its
-/// containerd form `library/bench:1-ctr` made by the caller).
+/// Runs the starts against the registry behind the link proxy at `far` (the image `library/bench:1`, and its
+/// containerd forms `library/bench:1-ctr` and, with the learned plan, `library/bench:1-ctr-plan`, made by the
+/// caller).
 pub fn run(
     hydrate: &Hydrate,
     dir: &Path,
@@ -183,8 +183,17 @@ pub fn run(
         "hydrate",
         "bench-hydrate",
     )?;
+    eprintln!(
+        "[containers] containerd: ctr image pull + ctr run, hydrate snapshotter, learned plan"
+    );
+    let hydrate_with_plan = once(
+        &format!("{far}/library/bench:1-ctr-plan"),
+        "hydrate",
+        "bench-hydrate-plan",
+    )?;
     Ok(ContainerdResult {
         overlayfs,
         hydrate_no_plan,
+        hydrate_with_plan,
     })
 }
