@@ -9,6 +9,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod cri;
 mod node;
 
 use common::*;
@@ -554,6 +555,127 @@ fn bad_images_fail_naming_the_image_and_the_cause_and_leave_nothing_mounted() {
     node.pull(&source, "hydrate");
     let out = node.run(&source, "hydrate", "ok", &["/usr/bin/cat", "/data/keep"]);
     assert_eq!(out, "kept\n");
+}
+
+/// A pod sandbox ("pause") image of this machine's `sleep`, pushed as `library/pause:1`; its reference.
+fn push_pause_image(t: &Setup) -> String {
+    let root = t.s.p("pause-root");
+    let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
+    host_program_rootfs(&root, &[Path::new("/usr/bin/sleep"), sleep.as_path()], &[]).unwrap();
+    let dir = t.s.p("pause-layout");
+    let mut layout = OciLayout::create(&dir).unwrap();
+    layout
+        .add_image(
+            "1",
+            vec![(Layer::from_dir(&root).unwrap(), Compression::Gzip)],
+            &RunConfig {
+                entrypoint: vec!["/usr/bin/sleep".into(), "infinity".into()],
+                ..RunConfig::default()
+            },
+        )
+        .unwrap();
+    let reference = format!("{}/library/pause:1", t.registry.host());
+    skopeo_copy(
+        &t.tools,
+        &t.s,
+        &format!("oci:{}:1", dir.display()),
+        &format!("docker://{reference}"),
+    );
+    reference
+}
+
+#[test]
+fn the_cri_plugin_runs_converted_images_lazily_through_the_snapshotter() {
+    let Some(t) = setup("the_cri_plugin_runs_converted_images_lazily_through_the_snapshotter")
+    else {
+        return;
+    };
+    let source = push_test_image(&t);
+    let pause = push_pause_image(&t);
+    let ctd = convert_for_containerd(&t, &source);
+    let bad = push_marker_image(&t, "cri", b"{ not json");
+    let host = t.registry.host();
+    // As a Kubernetes node runs it: the CRI plugin on, hydrate its snapshotter (contrib/containerd/config-hydrate.toml).
+    let node = Node::start_with(
+        &t.tools,
+        &t.s,
+        &["--fill-budget", "0", "--elf-prefetch", "0"],
+        |root| {
+            hydrate_testkit::containerd::config_with_cri(
+                root,
+                &hydrate_testkit::containerd::Cri {
+                    registry: &host,
+                    sandbox_image: &pause,
+                },
+            )
+        },
+    );
+    let mut cri = cri::Cri::connect(&node.socket(), &t.s.p("pods"));
+
+    // An ordinary image through the CRI and the hydrate snapshotter (plain overlay snapshots).
+    cri.pull(&source)
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log("containerd.log")));
+    let run_pod = |cri: &mut cri::Cri, name: &str, image: &str| {
+        cri.run_pod(name, image).unwrap_or_else(|e| {
+            panic!(
+                "{e}\ncontainerd: {}\nsnapshotter: {}",
+                node.log("containerd.log"),
+                node.log("snapshotter.log")
+            )
+        })
+    };
+    let expected = run_pod(&mut cri, "ordinary", &source);
+    assert!(
+        expected.starts_with("65534\n/data\ngreeting=hi\n"),
+        "{expected}"
+    );
+    assert!(expected.contains("kept\nc2\nnew\nmine\n"), "{expected}");
+    assert!(node
+        .mounts_under_root()
+        .iter()
+        .all(|m| !m.starts_with(node.snapshotter_root().join("images"))));
+
+    // The converted image: the kubelet's PullImage mounts it lazily, its pod prints what the source's prints.
+    let image_bytes: u64 = std::fs::read_dir(t.s.p("layout/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let since = t.registry.requests().len();
+    cri.pull(&ctd)
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log("snapshotter.log")));
+    let images = node.snapshotter_root().join("images");
+    let lazy_mounts = || -> Vec<PathBuf> {
+        node.mounts_under_root()
+            .into_iter()
+            .filter(|m| m.starts_with(&images))
+            .collect()
+    };
+    assert_eq!(lazy_mounts().len(), 1, "{:?}", node.mounts_under_root());
+    assert_eq!(run_pod(&mut cri, "lazy", &ctd), expected);
+    let served = blob_bytes(&t.registry, since);
+    assert!(
+        served < image_bytes / 3,
+        "the registry served {served} bytes for an image of more than {image_bytes}"
+    );
+
+    // The CRI's labels reach the snapshotter: a bad image is named by the reference the kubelet pulled.
+    let err = cri.pull(&bad).expect_err("a corrupt marker fails the pull");
+    assert!(err.contains(&format!("image {bad}")), "{err}");
+    assert!(err.contains("metadata layer is invalid"), "{err}");
+    assert_eq!(lazy_mounts().len(), 1, "nothing half-mounted is left");
+
+    // RemoveImage + containerd's garbage collection take the lazy mount and its snapshots away.
+    cri.remove_image(&ctd);
+    node.collect_garbage();
+    let started = Instant::now();
+    while !lazy_mounts().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the lazy image stays mounted after RemoveImage: {:?}",
+            lazy_mounts()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

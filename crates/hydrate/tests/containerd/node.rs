@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use hydrate_testkit::require_binary;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,11 +41,26 @@ pub struct Node {
 
 impl Node {
     pub fn start(tools: &Tools, s: &Scratch, snapshotter_args: &[&str]) -> Node {
+        Node::start_with(
+            tools,
+            s,
+            snapshotter_args,
+            hydrate_testkit::containerd::config,
+        )
+    }
+
+    /// [`Node::start`] with containerd's configuration made by `config` from the node's root.
+    pub fn start_with(
+        tools: &Tools,
+        s: &Scratch,
+        snapshotter_args: &[&str],
+        config: impl FnOnce(&Path) -> String,
+    ) -> Node {
         let root = s.root.clone();
         for dir in ["run", "containerd/root", "containerd/state", "snapshotter"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
-        let config = hydrate_testkit::containerd::config(&root);
+        let config = config(&root);
         std::fs::write(root.join("containerd.toml"), config).unwrap();
         let mut node = Node {
             ctr: tools.ctr.clone(),
@@ -71,6 +86,11 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
         node
+    }
+
+    /// containerd's gRPC socket (also the CRI plugin's, when it is on).
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("run/containerd.sock")
     }
 
     pub fn snapshotter_root(&self) -> PathBuf {
