@@ -20,7 +20,7 @@ use crate::dir::{encode_block, DirEntry, DirLayout};
 use crate::error::{show, ErofsError, Result};
 use crate::format::{
     chunk_index, device_slot, encode_rdev, file_type, split_dev_t, superblock_checksum, DataLayout,
-    ExtendedInode, SuperBlock, BLOCK_SIZE, CHUNK_BITS_MAX, CHUNK_FORMAT_INDEXES, CHUNK_INDEX_SIZE,
+    ExtendedInode, SuperBlock, BLOCK_SIZE, CHUNK_FORMAT_INDEXES, CHUNK_INDEX_SIZE,
     DEVICE_SLOT_SIZE, EXTENDED_INODE_SIZE, FEATURE_COMPAT_SB_CHKSUM, FEATURE_INCOMPAT_CHUNKED_FILE,
     FEATURE_INCOMPAT_DEVICE_TABLE, INODE_SLOT_SIZE, SUPERBLOCK_SIZE, SUPER_OFFSET,
 };
@@ -37,6 +37,11 @@ pub struct ImageInfo {
     /// The root directory's nid.
     pub root_nid: u64,
 }
+
+/// Largest chunk: 2^14 blocks (64 MiB). The kernel takes chunks up to 2^31 blocks, but fsck.erofs 1.5
+/// reads a chunk in one buffer and crashes (SIGSEGV in `--extract`) on a 5 GiB one; 64 MiB chunks cost 8
+/// bytes of index per 64 MiB of file.
+const CHUNK_BITS_CAP: u32 = 14;
 
 /// The device table starts at this slot (byte 1152), right after the superblock.
 const DEVT_SLOTOFF: u16 = ((SUPER_OFFSET + SUPERBLOCK_SIZE) / DEVICE_SLOT_SIZE) as u16;
@@ -392,8 +397,8 @@ fn plan_data(plan: &mut InodePlan<'_>) {
             data: Some(_),
         } => {
             let blocks = size.div_ceil(BLOCK_SIZE);
-            // The smallest chunk holding the whole extent: one index entry per file below 8 TiB.
-            let bits = (u64::BITS - (blocks - 1).leading_zeros()).min(CHUNK_BITS_MAX);
+            // The smallest chunk holding the whole extent, at most 64 MiB (see the crate doc).
+            let bits = (u64::BITS - (blocks - 1).leading_zeros()).min(CHUNK_BITS_CAP);
             plan.layout = DataLayout::ChunkBased;
             plan.chunk_bits = bits;
             plan.chunks = blocks.div_ceil(1 << bits);

@@ -24,8 +24,10 @@
 //! - **Regular files are `EROFS_INODE_CHUNK_BASED` with 8-byte chunk indexes** (`EROFS_CHUNK_FORMAT_INDEXES`):
 //!   each index entry names its device and a device-local start block, so blob addresses are the blob's own
 //!   (what the fanotify filler sees) and no global address space has to be kept. The chunk size is the
-//!   smallest power of two of blocks covering the file (capped at 2^31 blocks), so a file below 8 TiB has
-//!   exactly one index entry; the kernel clamps a chunk to the file size. The alternative, `FLAT_PLAIN` with a
+//!   smallest power of two of blocks covering the file, capped at 64 MiB: a file up to 64 MiB has one index
+//!   entry, a 5 GiB file 81 (the kernel clamps the last chunk to the file size). The kernel accepts chunks
+//!   up to 2^31 blocks, but fsck.erofs 1.5 reads a whole chunk into one buffer and crashed (SIGSEGV)
+//!   extracting a file whose one chunk was 8 GiB, hence the cap. The alternative, `FLAT_PLAIN` with a
 //!   32-bit start block in the global address space of the device table's `mapped_blkaddr`, would tie every
 //!   blob to an offset in one shared 16 TiB space, and the kernel resolves such addresses by scanning the
 //!   devices' ranges; it has no advantage for one-extent files. Both kinds were read in the kernel

@@ -2,4 +2,5 @@
 //! bytes of a fixed tree are pinned.
 
 mod fixture;
+mod fsck;
 mod mount;
