@@ -3,4 +3,6 @@
 
 mod fixture;
 mod fsck;
+mod golden;
 mod mount;
+mod validation;
