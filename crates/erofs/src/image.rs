@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use crate::dir::{encode_block, DirEntry, DirLayout};
+use crate::dir::{encode_block, sort_names, DirEntry, DirLayout};
 use crate::error::{show, ErofsError, Result};
 use crate::format::{
     chunk_index, device_slot, encode_rdev, file_type, split_dev_t, superblock_checksum, DataLayout,
@@ -371,7 +371,7 @@ fn plan_data(plan: &mut InodePlan<'_>) {
         EntryKind::Directory => {
             let mut names: Vec<&[u8]> = plan.children.iter().map(|(name, _)| *name).collect();
             names.extend([&b"."[..], b".."]);
-            names.sort();
+            sort_names(&mut names, |name| name);
             let layout = DirLayout::plan(names);
             let size = layout.size();
             let tail = (size % BLOCK_SIZE) as usize;
@@ -423,7 +423,7 @@ fn dir_entries<'a>(plan: &InodePlan<'a>, plans: &[InodePlan<'_>]) -> Vec<DirEntr
             .iter()
             .map(|&(name, index)| dirent(name, index)),
     );
-    entries.sort_by(|a, b| a.name.cmp(b.name));
+    sort_names(&mut entries, |entry| entry.name);
     entries
 }
 
