@@ -10,13 +10,10 @@
 mod common;
 
 use common::*;
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use std::collections::HashMap;
+use hydrate_testkit::systemd::FakeSystemd;
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, IoSliceMut, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -33,140 +30,6 @@ sys.stdin.readline()
 f.seek(-(1 << 20), 2)
 print("tail ok" if f.read() == want[-(1 << 20):] else "tail wrong", flush=True)
 "#;
-
-/// The service manager's side of sd_notify(3) and the fd store.
-struct FakeSystemd {
-    socket: UnixDatagram,
-    path: PathBuf,
-    /// The fd store: name → descriptor.
-    store: HashMap<String, OwnedFd>,
-    ready: usize,
-}
-
-impl FakeSystemd {
-    fn new(dir: &Path) -> FakeSystemd {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        FakeSystemd {
-            socket,
-            path,
-            store: HashMap::new(),
-            ready: 0,
-        }
-    }
-
-    /// Handles every notification waiting on the socket.
-    fn pump(&mut self) {
-        loop {
-            let mut buf = [0u8; 4096];
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([RawFd; 8]);
-            let msg = match recvmsg::<()>(
-                self.socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(msg) => msg,
-                Err(nix::errno::Errno::EAGAIN) => return,
-                Err(e) => panic!("receiving a notification: {e}"),
-            };
-            let mut fds = Vec::new();
-            for cmsg in msg.cmsgs().unwrap() {
-                if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                    // SAFETY: SCM_RIGHTS just installed these descriptors in this process; nothing else owns them.
-                    fds.extend(
-                        raw.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            let len = msg.bytes;
-            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-            let field = |key: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                    .map(str::to_owned)
-            };
-            if field("READY").as_deref() == Some("1") {
-                self.ready += 1;
-            }
-            let name = field("FDNAME").unwrap_or_else(|| "stored".to_owned());
-            if field("FDSTOREREMOVE").as_deref() == Some("1") {
-                self.store.remove(&name);
-            }
-            if field("FDSTORE").as_deref() == Some("1") {
-                assert_eq!(
-                    fds.len(),
-                    1,
-                    "FDSTORE of {name} with {} descriptors",
-                    fds.len()
-                );
-                self.store.insert(name, fds.remove(0));
-            }
-        }
-    }
-
-    /// Waits until READY=1 has been received `count` times in all.
-    fn wait_ready(&mut self, count: usize, child: &mut Child) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.ready < count {
-            self.pump();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the service exited with {status} before it was ready");
-            }
-            assert!(Instant::now() < deadline, "no READY=1 within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts `hydrate ARGS` as the service: NOTIFY_SOCKET set, and the stored descriptors named in `pass`
-    /// handed over as LISTEN_FDS from descriptor 3 on (LISTEN_PID set to the service's pid by an exec'ing shell).
-    fn start(&self, args: &[&str], pass: &[&str], log: &Path) -> Child {
-        let fds: Vec<RawFd> = pass
-            .iter()
-            .map(|name| self.store[*name].as_raw_fd())
-            .collect();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-            .arg(bin())
-            .args(args)
-            .env("NOTIFY_SOCKET", &self.path)
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_FDNAMES")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap());
-        if !fds.is_empty() {
-            cmd.env("LISTEN_FDS", fds.len().to_string())
-                .env("LISTEN_FDNAMES", pass.join(":"));
-        }
-        // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Out of the way first, so that moving one into 3.. cannot overwrite another.
-                let mut high = Vec::new();
-                for &fd in &fds {
-                    let copy = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 100);
-                    if copy < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    high.push(copy);
-                }
-                for (i, &fd) in high.iter().enumerate() {
-                    if nix::libc::dup2(fd, 3 + i as RawFd) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    nix::libc::close(fd);
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn().unwrap()
-    }
-}
 
 /// Kills what the test started, by PID, and detaches the mount, also when the test fails.
 struct Cleanup {
@@ -221,6 +84,12 @@ impl Drop for Cleanup {
     }
 }
 
+/// `hydrate ARGS` as the service.
+fn start_service(systemd: &FakeSystemd, args: &[&str], pass: &[&str], log: &Path) -> Child {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    systemd.start(Path::new(&bin()), &args, &[], pass, log)
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -263,7 +132,7 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
 
     cleanup
         .children
-        .push(systemd.start(&args, &[], &s.p("service-1.log")));
+        .push(start_service(&systemd, &args, &[], &s.p("service-1.log")));
     systemd.wait_ready(1, &mut cleanup.children[0]);
     // A file opened before the crash and read partly; its handle must outlive the service. It is held by another
     // process: this one forks the service, and a forked child closing a copy of a FUSE descriptor before its exec
@@ -339,9 +208,12 @@ fn a_service_killed_whole_resumes_the_connection_from_the_fd_store() {
     );
 
     // systemd restarts the service with the stored descriptors: it resumes the connection instead of mounting.
-    cleanup
-        .children
-        .push(systemd.start(&args, &["fuse", "state"], &s.p("service-2.log")));
+    cleanup.children.push(start_service(
+        &systemd,
+        &args,
+        &["fuse", "state"],
+        &s.p("service-2.log"),
+    ));
     systemd.wait_ready(2, &mut cleanup.children[1]);
     let got = rx
         .recv_timeout(Duration::from_secs(30))
