@@ -16,7 +16,7 @@
 //! SIGHUP restarts the worker (upgrade), SIGTERM/SIGINT stop both. If the holder itself dies, the worker keeps
 //! the group alive and reads it directly from then on (see docs/hsm.md for what that leaves open).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -30,6 +30,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 
 use crate::config::Layout;
+use crate::fdstore::{self, StoredEvent};
 use crate::sys::{self, RawEvent};
 use crate::HsmError;
 
@@ -42,14 +43,8 @@ const TAG_REPLAY: u32 = 3;
 const TAG_END: u32 = 2;
 const TAG_GROUP: u32 = 10;
 
-/// An event as the link carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Info {
-    fd_num: RawFd,
-    mask: u64,
-    pid: i32,
-    range: Option<(u64, u64)>,
-}
+/// An event as the link carries it (and as the fd store names it).
+type Info = StoredEvent;
 
 fn encode(tag: u32, i: &Info) -> [u8; MSG_LEN] {
     let mut b = [0u8; MSG_LEN];
@@ -104,7 +99,22 @@ pub fn run_holder(layout: &Layout, worker: &WorkerCommand) -> Result<(), HsmErro
     let fail = |what: &'static str, e: std::io::Error| HsmError::io(what, &root, e);
     sys::protect_from_oom();
     sys::raise_fd_limit();
-    let group = sys::fanotify_group().map_err(|e| fail("create the fanotify group for", e))?;
+    // Under systemd, a group kept in the fd store by an earlier run of the service, with its unanswered events.
+    let (group, inherited) = match fdstore::inherited() {
+        Some(kept) => {
+            tracing::info!(
+                unanswered = kept.events.len(),
+                "took the fanotify group and its unanswered events back from systemd's fd store"
+            );
+            (kept.group, kept.events)
+        }
+        None => {
+            let group =
+                sys::fanotify_group().map_err(|e| fail("create the fanotify group for", e))?;
+            fdstore::store_group(group.as_fd());
+            (group, Vec::new())
+        }
+    };
     let mut signals = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -125,7 +135,11 @@ pub fn run_holder(layout: &Layout, worker: &WorkerCommand) -> Result<(), HsmErro
     let mut holder = Holder {
         group,
         sfd,
-        pending: BTreeMap::new(),
+        inherited: inherited.iter().map(|(_, e)| e.fd_num).collect(),
+        pending: inherited
+            .into_iter()
+            .map(|(fd, e)| (e.fd_num, (fd, e)))
+            .collect(),
         buf: vec![0u8; 64 * 1024],
         stopping: false,
     };
@@ -158,6 +172,7 @@ pub fn run_holder(layout: &Layout, worker: &WorkerCommand) -> Result<(), HsmErro
             .map_err(|e| fail("wait for the worker of", e))?;
         if holder.stopping {
             tracing::info!(%status, "hsm worker stopped; holder exits");
+            fdstore::remove_all(holder.pending.values().map(|(_, info)| info));
             let _ = std::fs::remove_file(layout.holder_pid());
             return Ok(());
         }
@@ -174,8 +189,11 @@ pub fn run_holder(layout: &Layout, worker: &WorkerCommand) -> Result<(), HsmErro
 struct Holder {
     group: OwnedFd,
     sfd: SignalFd,
-    /// Events read from the group and not yet answered, by the holder's descriptor number.
+    /// Events read from the group and not yet answered, by the descriptor number the kernel recorded for them.
     pending: BTreeMap<RawFd, (OwnedFd, Info)>,
+    /// Those of `pending` taken from systemd's fd store: until they are all answered no new event is read
+    /// (see `fdstore`: a new one could be given a number one of them still waits under).
+    inherited: BTreeSet<RawFd>,
     buf: Vec<u8>,
     stopping: bool,
 }
@@ -201,17 +219,20 @@ impl Holder {
         }
         let mut msg = [0u8; 64];
         loop {
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(link.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.group.as_fd(), PollFlags::POLLIN),
             ];
+            if self.inherited.is_empty() {
+                fds.push(PollFd::new(self.group.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(HsmError::io("poll", "holder", e.into())),
                 Ok(_) => {}
             }
-            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            let mut ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            ready.resize(3, false);
             if ready[1] {
                 if let Ok(Some(info)) = self.sfd.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
@@ -234,7 +255,10 @@ impl Holder {
                     Ok(None) => return Ok(()),
                     Ok(Some((n, _))) => match decode(&msg[..n]) {
                         Some((TAG_END, info)) => {
-                            self.pending.remove(&info.fd_num);
+                            if let Some((_, answered)) = self.pending.remove(&info.fd_num) {
+                                fdstore::remove_event(&answered);
+                            }
+                            self.inherited.remove(&info.fd_num);
                         }
                         other => {
                             tracing::warn!(?other, "unexpected message from the worker; ignored")
@@ -263,7 +287,9 @@ impl Holder {
                         pid: ev.pid,
                         range: ev.range,
                     };
-                    // Kept before it is sent: if the worker dies now, the next one gets it.
+                    // Kept (here, and under systemd in the fd store) before it is sent: if the worker dies now,
+                    // the next one gets it; if every hsm process dies, the restarted service does.
+                    fdstore::store_event(fd.as_fd(), &info);
                     let _ = sys::send_with_fds(
                         link.as_fd(),
                         &encode(TAG_EVENT, &info),

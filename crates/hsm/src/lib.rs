@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod fdstore;
 pub mod filemap;
 pub mod holder;
 pub mod journal;

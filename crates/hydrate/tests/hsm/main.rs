@@ -8,6 +8,7 @@
 //! whole-file recall on open that closes the hole-skipping hazard. Needs root and Linux 6.14+; every daemon,
 //! loop device and mount is cleaned up by guards, also when a test fails.
 
+mod fdstore;
 mod support;
 mod thousand;
 
@@ -907,19 +908,18 @@ fn the_daemon_notifies_readiness_and_stopping_as_systemd_expects() {
     }
     hsm.archive_and_release();
     drop(hsm);
-    let socket_path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut hsm = Hsm::start_with(&root, &[("NOTIFY_SOCKET", socket_path.as_os_str())]);
-    let mut buf = [0u8; 4096];
-    let n = socket.recv(&mut buf).expect("a notification within 30 s");
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    assert!(text.lines().any(|l| l == "READY=1"), "{text:?}");
+    let mut systemd = hydrate_testkit::systemd::FakeSystemd::new(dir.path());
+    let mut hsm = Hsm::start_with(&root, &[("NOTIFY_SOCKET", systemd.path.as_os_str())]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while systemd.ready == 0 {
+        assert!(Instant::now() < deadline, "no READY=1 within 30 s");
+        systemd.pump();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(systemd.statuses, ["serving; 3 stubs marked"]);
     assert!(
-        text.lines().any(|l| l == "STATUS=serving; 3 stubs marked"),
-        "{text:?}"
+        systemd.store.contains_key("hsm-group"),
+        "the fanotify group is in the fd store"
     );
     assert_eq!(
         std::fs::read(root.join("b")).unwrap(),
@@ -931,6 +931,11 @@ fn the_daemon_notifies_readiness_and_stopping_as_systemd_expects() {
         status.success(),
         "the holder ended with {status} on SIGTERM"
     );
-    let n = socket.recv(&mut buf).expect("STOPPING=1 within 30 s");
-    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim(), "STOPPING=1");
+    systemd.pump();
+    assert_eq!(systemd.stopping, 1, "STOPPING=1 on SIGTERM");
+    assert!(
+        systemd.store.is_empty(),
+        "a stop empties the fd store: {:?}",
+        systemd.store.keys().collect::<Vec<_>>()
+    );
 }
