@@ -31,7 +31,13 @@ pub use index::index_layer;
 pub use read::read_span;
 
 /// Default distance between checkpoints, in uncompressed bytes. See [`Options::spacing`].
-pub const DEFAULT_SPACING: u64 = 1 << 20;
+///
+/// Measured on a 350 MB tar of /usr/lib (python, gcc, postgresql, git, node; `gzip -6`, 130 MB): at 2 MiB
+/// the index (spans, windows and 8,831 entries) is 2.4% of the blob and a random 4 KiB read fetches
+/// 785 KiB on average (4 ms to decode and verify); 1 MiB doubles the windows (4.1%, over the 3% budget)
+/// to halve the fetch; 4 MiB (SOCI's span) gives 1.6% but 1.5 MiB per read. Each window costs ~13 KB
+/// stored, so the index grows with 1/spacing while fetches grow with spacing.
+pub const DEFAULT_SPACING: u64 = 2 << 20;
 
 /// Most bytes a gzip window holds (deflate's maximum match distance).
 pub const WINDOW_SIZE: usize = 32 * 1024;
@@ -197,5 +203,68 @@ impl LayerIndex {
             .iter()
             .map(|span| span.checkpoint.window.len() as u64)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    /// An index shaped like a 20 GiB layer: offsets past 4 and 8 GiB must map without truncation.
+    fn large() -> LayerIndex {
+        let span = |compressed_offset, bits, uncompressed_offset| Span {
+            checkpoint: Checkpoint {
+                compressed_offset,
+                bits,
+                uncompressed_offset,
+                window: Vec::new(),
+            },
+            digest: [0; 32],
+        };
+        LayerIndex {
+            compression: Compression::Gzip,
+            seekability: Seekability::Checkpoints,
+            compressed_size: 9 * GIB,
+            compressed_sha256: [0; 32],
+            uncompressed_size: 20 * GIB,
+            spans: vec![
+                span(10, 0, 0),
+                span(4 * GIB + 7, 3, 9 * GIB),
+                span(8 * GIB + 1, 0, 18 * GIB),
+            ],
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ranges_are_u64_clean() {
+        let index = large();
+        assert_eq!(index.span_range(1).unwrap(), 9 * GIB..18 * GIB);
+        assert_eq!(index.span_range(2).unwrap(), 18 * GIB..20 * GIB);
+        // A checkpoint inside a byte fetches that byte; a span ends at the next checkpoint's byte offset.
+        assert_eq!(index.fetch_range(0).unwrap(), 10..4 * GIB + 7);
+        assert_eq!(index.fetch_range(1).unwrap(), 4 * GIB + 6..8 * GIB + 1);
+        assert_eq!(index.fetch_range(2).unwrap(), 8 * GIB + 1..9 * GIB);
+        assert!(matches!(
+            index.fetch_range(3),
+            Err(Error::NoSuchSpan { span: 3, spans: 3 })
+        ));
+    }
+
+    #[test]
+    fn offsets_map_to_spans() {
+        let index = large();
+        assert_eq!(index.span_at(0), Some(0));
+        assert_eq!(index.span_at(9 * GIB - 1), Some(0));
+        assert_eq!(index.span_at(9 * GIB), Some(1));
+        assert_eq!(index.span_at(20 * GIB - 1), Some(2));
+        assert_eq!(index.span_at(20 * GIB), None);
+        assert_eq!(index.spans_for(9 * GIB - 1..9 * GIB + 1), 0..2);
+        assert_eq!(index.spans_for(9 * GIB..18 * GIB), 1..2);
+        assert_eq!(index.spans_for(0..u64::MAX), 0..3);
+        assert_eq!(index.spans_for(5..5), 0..0);
+        assert_eq!(index.spans_for(21 * GIB..22 * GIB), 0..0);
     }
 }

@@ -453,3 +453,11 @@ fn empty_gzip_and_tar() {
         assert_eq!(read_span(&index, 0, fetch(&index, &blob, 0)).unwrap(), tar);
     }
 }
+
+#[test]
+fn empty_blob_is_an_empty_uncompressed_layer() {
+    let index = index_layer(&[][..], &Options::default()).unwrap();
+    assert_eq!(index.compression, Compression::None);
+    assert_eq!((index.uncompressed_size, index.spans.len()), (0, 1));
+    assert_eq!(read_span(&index, 0, &[]).unwrap(), Vec::<u8>::new());
+}
