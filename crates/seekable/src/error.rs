@@ -61,6 +61,9 @@ pub enum Error {
     )]
     DigestMismatch { span: usize, range: Range<u64> },
 
+    #[error("the index is inconsistent: {0}")]
+    InvalidIndex(String),
+
     #[error("zlib: {0}")]
     Zlib(String),
 }

@@ -146,6 +146,55 @@ impl LayerIndex {
         Ok(())
     }
 
+    /// Checks the invariants [`index_layer`] guarantees, for an index that was stored and read back: spans
+    /// start at 0 and grow in both offsets, bits are 0–7 (and only after a byte), every offset lies inside
+    /// the blob and the layer, entries' data lies inside the layer. Readers assume these hold.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |what: String| Err(Error::InvalidIndex(what));
+        let Some(first) = self.spans.first() else {
+            return invalid("no spans".to_string());
+        };
+        if first.checkpoint.uncompressed_offset != 0 {
+            return invalid("the first span does not start at offset 0".to_string());
+        }
+        if self.seekability == Seekability::FromStartOnly && self.spans.len() != 1 {
+            return invalid("a from-start-only layer has more than one span".to_string());
+        }
+        let mut previous: Option<&Checkpoint> = None;
+        for (i, span) in self.spans.iter().enumerate() {
+            let checkpoint = &span.checkpoint;
+            if checkpoint.bits > 7 || (checkpoint.bits > 0 && checkpoint.compressed_offset == 0) {
+                return invalid(format!("span {i}: bit offset {}", checkpoint.bits));
+            }
+            if checkpoint.bits > 0 && self.compression != Compression::Gzip {
+                return invalid(format!(
+                    "span {i}: bit offset in a {} layer",
+                    self.compression
+                ));
+            }
+            if checkpoint.compressed_offset > self.compressed_size
+                || checkpoint.uncompressed_offset > self.uncompressed_size
+            {
+                return invalid(format!("span {i}: checkpoint beyond the blob or the layer"));
+            }
+            if let Some(previous) = previous {
+                if checkpoint.compressed_offset <= previous.compressed_offset
+                    || checkpoint.uncompressed_offset <= previous.uncompressed_offset
+                {
+                    return invalid(format!("span {i}: checkpoints out of order"));
+                }
+            }
+            previous = Some(checkpoint);
+        }
+        for entry in &self.entries {
+            let end = entry.data_offset.checked_add(entry.size);
+            if end.is_none_or(|end| end > self.uncompressed_size) {
+                return invalid(format!("entry {:?}: data beyond the layer", entry.path));
+            }
+        }
+        Ok(())
+    }
+
     /// The uncompressed bytes span `span` covers.
     pub fn span_range(&self, span: usize) -> Result<Range<u64>, Error> {
         self.check(span)?;
@@ -165,7 +214,9 @@ impl LayerIndex {
     pub fn fetch_range(&self, span: usize) -> Result<Range<u64>, Error> {
         self.check(span)?;
         let checkpoint = &self.spans[span].checkpoint;
-        let start = checkpoint.compressed_offset - u64::from(checkpoint.bits > 0);
+        let start = checkpoint
+            .compressed_offset
+            .saturating_sub(u64::from(checkpoint.bits > 0));
         let end = self
             .spans
             .get(span + 1)

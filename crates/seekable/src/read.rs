@@ -14,7 +14,11 @@ const GROW: usize = 4 << 20;
 /// input yields an error (inflate/zstd error, short data or digest mismatch), never bytes.
 pub fn read_span(index: &LayerIndex, span: usize, fetched: &[u8]) -> Result<Vec<u8>, Error> {
     let range = index.fetch_range(span)?;
-    let expected_len = range.end - range.start;
+    let Some(expected_len) = range.end.checked_sub(range.start) else {
+        return Err(Error::InvalidIndex(format!(
+            "span {span}: fetch range {range:?} ends before it starts"
+        )));
+    };
     if fetched.len() as u64 != expected_len {
         return Err(Error::FetchLength {
             span,
@@ -25,6 +29,17 @@ pub fn read_span(index: &LayerIndex, span: usize, fetched: &[u8]) -> Result<Vec<
     }
     let uncompressed = index.span_range(span)?;
     let checkpoint = &index.spans[span].checkpoint;
+    if checkpoint.bits > 7 || (checkpoint.bits > 0 && fetched.is_empty()) {
+        return Err(Error::InvalidIndex(format!(
+            "span {span}: bit offset {}",
+            checkpoint.bits
+        )));
+    }
+    if uncompressed.end < uncompressed.start {
+        return Err(Error::InvalidIndex(format!(
+            "span {span}: ends before it starts"
+        )));
+    }
     let len = uncompressed.end - uncompressed.start;
     let out = match index.compression {
         Compression::Gzip => {

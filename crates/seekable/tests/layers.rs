@@ -461,3 +461,26 @@ fn empty_blob_is_an_empty_uncompressed_layer() {
     assert_eq!((index.uncompressed_size, index.spans.len()), (0, 1));
     assert_eq!(read_span(&index, 0, &[]).unwrap(), Vec::<u8>::new());
 }
+
+#[test]
+fn indexes_validate_and_corrupt_ones_do_not() {
+    let layer = sample_layer(1 << 20);
+    let blob = pipe("gzip", &["-c", "-n"], &layer.tar);
+    let index = index_layer(blob.as_slice(), &Options::with_spacing(SPACING)).unwrap();
+    index.validate().unwrap();
+    let mut bits = index.clone();
+    bits.spans[1].checkpoint.bits = 9;
+    assert!(matches!(bits.validate(), Err(Error::InvalidIndex(_))));
+    assert!(matches!(
+        read_span(&bits, 1, fetch(&index, &blob, 1)),
+        Err(Error::InvalidIndex(_))
+    ));
+    let mut order = index.clone();
+    order.spans.swap(1, 2);
+    assert!(matches!(order.validate(), Err(Error::InvalidIndex(_))));
+    // Reading a misordered index fails, never panics.
+    assert!(read_span(&order, 1, &blob[..10]).is_err());
+    let mut entry = index.clone();
+    entry.entries[1].size = u64::MAX;
+    assert!(matches!(entry.validate(), Err(Error::InvalidIndex(_))));
+}
