@@ -10,6 +10,11 @@
 //! window, stored zstd-compressed); zstd at frame starts (a single-frame layer can only be decoded from its
 //! start, [`Seekability::FromStartOnly`]); uncompressed tar anywhere (spans cut every `spacing` bytes).
 //!
+//! Limits: checkpoints sit only between deflate blocks, so a gzip written with huge blocks (zlib-ng's and
+//! zlib-rs's level 1 write megabytes per block; GNU gzip, pigz and Go end one every ≤ 64 KiB) gets spans as
+//! large as its blocks. A span is decoded into memory whole before it is verified: a from-start-only zstd
+//! layer is one span, the caller fetches it whole.
+//!
 //! The index is plain data: serializing it into hydrate's format, pushing it and mounting are the callers'.
 //! Everything is streaming and u64-offset clean; memory is the index plus fixed buffers.
 #![deny(unsafe_code)]
@@ -130,7 +135,7 @@ pub struct LayerIndex {
     pub compressed_size: u64,
     pub compressed_sha256: [u8; 32],
     pub uncompressed_size: u64,
-    /// At least one; the first starts at uncompressed offset 0; ordered, non-empty except in an empty layer.
+    /// At least one, the first at uncompressed offset 0, in stream order; each non-empty unless the layer is.
     pub spans: Vec<Span>,
     pub entries: Vec<TarEntry>,
 }
