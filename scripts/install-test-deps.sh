@@ -6,7 +6,8 @@
 #     `podman run --rootfs`, on runc), apache2-utils (htpasswd for the registry's auth test), containerd
 #     (1.6, with `ctr`: the `hydrate snapshotter` tests run their own containerd against it), protobuf-compiler
 #     (`protoc`, which the containerd-snapshots crate's gRPC bindings need at build time), erofs-utils
-#     (`fsck.erofs`, which checks and extracts the images hydrate-erofs writes);
+#     (`fsck.erofs`, which checks and extracts the images hydrate-erofs writes), pigz (hydrate-seekable
+#     indexes layers pigz compressed, as many image builders do);
 #   - Garage (a distributed S3 store, crates.io `garage`), pinned to an exact version, built with its own
 #     target directory under /var/tmp so it never locks the workspace's. It takes ~13 minutes on 2 cores the
 #     first time; afterwards `garage` is on PATH and this step is skipped.
@@ -23,7 +24,7 @@ GARAGE_VERSION=2.5.0
 
 require_root "it installs Debian packages"
 ensure_packages nginx docker-registry skopeo umoci runc podman apache2-utils containerd protobuf-compiler \
-    erofs-utils
+    erofs-utils pigz
 # Debian starts the packaged services on install; the tests run their own instances on free ports, so stop
 # these to keep ports 80 and 5000 free and the machine quiet. Never fails the setup.
 for service in nginx docker-registry containerd; do
