@@ -25,9 +25,7 @@ use hydrate_bundle::{
 use hydrate_format::annotation;
 use hydrate_mountd::DEFAULT_CACHE_ROOT;
 use hydrate_runtime_spec::{runtime_spec, ImageInfo, SpecError, SpecOverrides};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 #[derive(ClapArgs, Debug)]
 #[command(after_help = "Example:\n  \
@@ -322,41 +320,40 @@ fn mount_options(cache_dir: Option<&Path>, args: &RootfsArgs) -> Vec<std::ffi::O
     out
 }
 
-/// Runs `hydrate mount` for the image's digest on `target`; it returns once the mount serves.
+/// Mounts the image's digest on `target` as `hydrate mount` with [`mount_options`] would (the same spec, through
+/// the mount runtime directly); returns once the mount serves.
 fn mount_lower(
     state: &BundleState,
     target: &Path,
     cache_dir: Option<&Path>,
     args: &RootfsArgs,
 ) -> Result<()> {
-    let exe = hydrate_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("mount")
-        .arg("--store")
-        .arg(&state.store)
-        .arg(&state.image_id)
-        .arg(target)
-        .args(mount_options(cache_dir, args));
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .context("running hydrate mount")?;
-    if out.status.success() {
-        // Warnings of the mount command are the user's to see.
-        std::io::stderr().write_all(&out.stderr).ok();
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let detail = stderr.trim().trim_start_matches("hydrate: error: ");
-    bail!(
-        "mounting image {} ({}) on {}: {detail}",
-        state.image,
-        state.image_id,
-        target.display()
-    )
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "hydrate".into(),
+        "mount".into(),
+        "--store".into(),
+        state.store.clone().into(),
+    ];
+    argv.extend(mount_options(cache_dir, args));
+    argv.push(state.image_id.clone().into());
+    argv.push(target.into());
+    let failed = || {
+        format!(
+            "mounting image {} ({}) on {}",
+            state.image,
+            state.image_id,
+            target.display()
+        )
+    };
+    let parsed = <crate::cli::Args as clap::Parser>::try_parse_from(&argv).with_context(failed)?;
+    let crate::cli::Command::Mount(mount) = parsed.command else {
+        unreachable!("the argument list starts with `mount`")
+    };
+    let spec = crate::cmd_mount::spec_from_args(&mount).with_context(failed)?;
+    hydrate_mountd::launch::mount(&spec, &hydrate_exe()?, &[]).with_context(failed)
 }
 
-/// This binary, for the `mount` and `umount` it runs. When the file was replaced while we run (an upgrade,
+/// This binary, for the mount daemons and the commands it runs. When the file was replaced while we run (an upgrade,
 /// a rebuild), the kernel reports the old path with " (deleted)" appended: the new file at that path is the
 /// one to run.
 pub(crate) fn hydrate_exe() -> Result<PathBuf> {
