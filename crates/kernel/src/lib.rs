@@ -1,0 +1,69 @@
+//! Kernel mode (`hydrate mount --kernel`): the image is mounted as **erofs**, so the kernel itself serves
+//! lookups, stat, readdir, xattrs, symlinks and every cached read; hydrate only supplies file data the kernel
+//! has not cached yet.
+//!
+//! # Design
+//! ```text
+//!  reader ──► erofs (metadata file on local disk, device=<fuse mnt>/blob)
+//!                │ page cache miss: read of the blob range
+//!                ▼
+//!             FUSE ──► BlobFs::read ──► Blob layout: blob range → (inode, offset) pieces
+//!                                         └──► Volume::read (cache, fetch, verify) per piece
+//! ```
+//! - [`KernelImage::build`] walks the manifest and writes an erofs metadata image (every entry kind, modes,
+//!   32-bit ids, nanosecond mtimes, xattrs, symlink targets, hard links, device nodes) whose regular files'
+//!   data lives in **one** blob device, laid out by [`hydrate_erofs::BlobLayout`]: block-aligned extents in
+//!   walk order, identical contents (same content digest) sharing one extent.
+//! - [`BlobFs`] is a FUSE filesystem with one read-only file, `blob`, of the layout's size. Its reads map the
+//!   range back to file pieces and read them through the [`hydrate_core::Volume`]: fetched, verified and
+//!   cached exactly like a FUSE read of the image. Slack after a file's last byte is zeros (erofs never
+//!   shows it to anyone).
+//! - [`ErofsMount`] mounts the metadata file with a raw mount(2), `device=<BlobFs mount>/blob`.
+//!
+//! # Why the blob is on FUSE: failing closed
+//! The alternative is a sparse local blob whose holes a fanotify pre-content listener fills. When every
+//! holder of the fanotify group dies, the kernel allows the pending and all later accesses and erofs reads
+//! the holes as **zeros**: it fails open, and 6.18 has no restartable events. Through FUSE, a dead server
+//! means an aborted connection, and every read of a blob range erofs has not cached fails with ENOTCONN
+//! (seen by the erofs reader as an error, EIO or ENOTCONN): never zeros. While a holder keeps the /dev/fuse
+//! descriptor (hydrate's supervisor, or systemd's fd store), readers block instead, and a new worker can
+//! take the connection over as for the ordinary FUSE mount. The integration test measures both halves
+//! (correct bytes while served, errors after the connection is aborted). The price is one FUSE round trip
+//! per erofs cache miss (erofs reads ahead up to 128 KiB at a time); hits cost nothing.
+//!
+//! # What `hydrate mount --kernel` must do (supervisor and worker)
+//! 1. Load the manifest and open the Volume as for a FUSE mount.
+//! 2. `KernelImage::build(&manifest)`, then `write_metadata(<cache dir>/<image id>.erofs)`: on the local
+//!    disk, next to the cache (not on any FUSE mount). It is deterministic, so an existing file of that name
+//!    may be reused after checking its length (or simply rewritten).
+//! 3. Mount BlobFs as the FUSE filesystem of the mount, at a private directory (e.g. under the runtime
+//!    dir), with [`BlobFs::session_config`]; the supervisor holds its /dev/fuse descriptor exactly as for
+//!    an ordinary FUSE mount, so a worker crash or upgrade is a takeover with RESEND (BlobFs has no handle
+//!    state worth journaling: its only open is the blob, fh 0, and Volume handles are reopened lazily).
+//! 4. Mount erofs on the user's mount point with [`ErofsMount::mount`] (`MS_NOSUID`/`MS_NODEV` as the user
+//!    asked).
+//! 5. Unmount in the other order: erofs first, then BlobFs (erofs holds the blob open; the FUSE mount is busy
+//!    until it is gone).
+//! 6. Notice the user's own `umount` of the erofs mount point (watch /proc/self/mountinfo with poll(POLLPRI),
+//!    as mountd does for FUSE mounts): then unmount BlobFs and end the mount. The blob's FUSE mount alone is
+//!    useless and should not outlive it.
+//! 7. Cache eviction needs nothing special: erofs asks BlobFs again for ranges it no longer caches, and
+//!    BlobFs asks the Volume, so an evicted range is a miss fetched again. BlobFs keeps at most
+//!    [`BlobFsConfig::open_files`] Volume handles open (an open handle pins its content).
+//!
+//! # Limits
+//! One blob of at most 2^32 - 1 blocks (16 TiB of distinct file data). BlobFs reads the pieces of one
+//! request one after another; a request spanning many small cold files waits for their fetches in turn
+//! (the Volume's directory prefetch usually has them already).
+
+#![forbid(unsafe_code)]
+
+mod blobfs;
+mod error;
+mod image;
+mod mount;
+
+pub use blobfs::{BlobFs, BlobFsConfig, BlobFsStats, BLOB_INO, BLOB_NAME, ROOT_INO};
+pub use error::{KernelError, Result};
+pub use image::{Blob, BuildStats, KernelImage};
+pub use mount::ErofsMount;

@@ -1,0 +1,6 @@
+//! One test binary: a real image built from a real directory, served by BlobFs through a real FUSE mount and
+//! mounted as erofs (root), plus BlobFs and the image builder without a kernel.
+
+mod fixture;
+mod layout;
+mod mounted;
