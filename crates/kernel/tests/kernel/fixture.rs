@@ -10,7 +10,9 @@ use hydrate_builder::{build_dir, BuildOptions, NoProgress};
 use hydrate_cache::{CacheConfig, DiskCache};
 use hydrate_core::{load_manifest, ImageId, Volume, VolumeConfig};
 use hydrate_fetch::{FetchConfig, FetchEngine};
-use hydrate_fuse_transport::{MountOptions, Session, SessionEnd};
+use hydrate_fuse_transport::{
+    FuseDev, MountOptions, Negotiated, Session, SessionConfig, SessionEnd, StopHandle,
+};
 use hydrate_kernel::{BlobFs, BlobFsConfig, ErofsMount, KernelImage, BLOB_NAME};
 use hydrate_store::{BlobStore, FaultyStore, LocalStore};
 use hydrate_testkit::rng::random_bytes;
@@ -43,6 +45,7 @@ pub fn write_tree(src: &Path, big_file: Option<usize>) {
     file("sub/deeper/file", &random_bytes(5, 100));
     file("cold/a.bin", &random_bytes(6, (1 << 20) + 5));
     file("cold/b.bin", &random_bytes(7, 200 << 10));
+    file("cold/c.bin", &random_bytes(9, 300 << 10));
     if let Some(size) = big_file {
         file("large.bin", &random_bytes(8, size));
     }
@@ -191,13 +194,14 @@ impl Image {
 pub struct FuseMount {
     pub mountpoint: PathBuf,
     thread: Option<JoinHandle<std::io::Result<SessionEnd>>>,
+    stop: StopHandle,
     mounted: bool,
 }
 
 impl FuseMount {
     pub fn serve<F: hydrate_fuse_transport::Filesystem>(
         mountpoint: PathBuf,
-        config: hydrate_fuse_transport::SessionConfig,
+        config: SessionConfig,
         make: impl FnOnce(&Session) -> Arc<F>,
     ) -> FuseMount {
         std::fs::create_dir_all(&mountpoint).unwrap();
@@ -208,12 +212,41 @@ impl FuseMount {
         let dev = hydrate_fuse_transport::mount(&mountpoint, &opts).unwrap();
         let session = Session::new(dev, config);
         let fs = make(&session);
+        let stop = session.stop_handle();
         let thread = std::thread::spawn(move || session.serve(fs));
         FuseMount {
             mountpoint,
             thread: Some(thread),
+            stop,
             mounted: true,
         }
+    }
+
+    /// Stops serving without unmounting (a worker gone while the supervisor holds the connection): what it
+    /// takes to resume.
+    pub fn stop(&mut self) -> (FuseDev, Negotiated) {
+        self.stop.stop();
+        let end = self.thread.take().unwrap().join().unwrap().unwrap();
+        match end {
+            SessionEnd::Stopped {
+                dev,
+                negotiated: Some(negotiated),
+            } => (dev, negotiated),
+            other => panic!("session did not stop cleanly: {other:?}"),
+        }
+    }
+
+    /// Serves the connection again (another worker taking over).
+    pub fn resume<F: hydrate_fuse_transport::Filesystem>(
+        &mut self,
+        dev: FuseDev,
+        negotiated: Negotiated,
+        config: SessionConfig,
+        fs: Arc<F>,
+    ) {
+        let session = Session::resume(dev, config, negotiated);
+        self.stop = session.stop_handle();
+        self.thread = Some(std::thread::spawn(move || session.serve(fs)));
     }
 
     /// The connection's number under /sys/fs/fuse/connections (the mount's device minor).
@@ -283,10 +316,21 @@ pub struct KernelMode {
     pub erofs: Erofs,
     pub blobfs: FuseMount,
     pub fs: Arc<BlobFs>,
+    pub vol: Arc<Volume>,
+    pub blob: Arc<hydrate_kernel::Blob>,
 }
 
 impl KernelMode {
     pub fn start(image: &Image, vol: Arc<Volume>, name: &str) -> KernelMode {
+        Self::start_with(image, vol, name, BlobFsConfig::default())
+    }
+
+    pub fn start_with(
+        image: &Image,
+        vol: Arc<Volume>,
+        name: &str,
+        config: BlobFsConfig,
+    ) -> KernelMode {
         let base = image.dir.path();
         let built = KernelImage::build(vol.manifest()).unwrap();
         eprintln!("kernel image: {built:?}");
@@ -294,7 +338,7 @@ impl KernelMode {
         let info = built.write_metadata(&metadata).unwrap();
         eprintln!("metadata image: {info:?}");
         let blob = Arc::new(built.into_blob());
-        let fs = Arc::new(BlobFs::new(vol, blob, BlobFsConfig::default()));
+        let fs = Arc::new(BlobFs::new(Arc::clone(&vol), Arc::clone(&blob), config));
         let blobfs = FuseMount::serve(
             base.join(format!("{name}-blobfs")),
             BlobFs::session_config(2),
@@ -315,7 +359,21 @@ impl KernelMode {
             },
             blobfs,
             fs,
+            vol,
+            blob,
         }
+    }
+
+    /// Another worker's BlobFs on the same connection: same Volume and layout, no state carried over.
+    pub fn take_over(&mut self, dev: FuseDev, negotiated: Negotiated) {
+        self.fs = Arc::new(BlobFs::new(
+            Arc::clone(&self.vol),
+            Arc::clone(&self.blob),
+            BlobFsConfig::default(),
+        ));
+        let fs = Arc::clone(&self.fs);
+        self.blobfs
+            .resume(dev, negotiated, BlobFs::session_config(2), fs);
     }
 
     pub fn root(&self) -> &Path {

@@ -8,10 +8,11 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hydrate_fuse::HydrateFs;
 use hydrate_fuse_transport::SessionConfig;
+use hydrate_kernel::BlobFsConfig;
 
 use crate::fixture::{self, FuseMount, Image, KernelMode};
 
@@ -95,9 +96,9 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
         return;
     }
     let image = Image::build(None);
-    let kernel = KernelMode::start(&image, image.volume("kernel"), "kernel");
+    let mut kernel = KernelMode::start(&image, image.volume("kernel"), "kernel");
     let root = kernel.root().to_path_buf();
-    let unread = ["mmap.bin", "cold/a.bin", "cold/b.bin"];
+    let unread = ["mmap.bin", "cold/a.bin", "cold/b.bin", "cold/c.bin"];
     let read = compare_tree(&image.src, &root, &unread);
     eprintln!("{read} files read byte for byte through erofs");
     assert!(read > fixture::MANY);
@@ -122,6 +123,30 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
         kernel.fs.open_files()
     );
     assert_eq!(stats.failed_reads.load(Ordering::Relaxed), 0);
+
+    // The worker stops while a holder keeps the connection (the supervisor): a reader of unread data waits,
+    // and gets the right bytes once another worker serves the connection.
+    let (dev, negotiated) = kernel.blobfs.stop();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let path = root.join("cold/c.bin");
+    let reader = std::thread::spawn(move || done_tx.send(std::fs::read(path)).unwrap());
+    let waited = Duration::from_millis(500);
+    assert!(
+        done_rx.recv_timeout(waited).is_err(),
+        "a read completed with no server"
+    );
+    let resumed = Instant::now();
+    kernel.take_over(dev, negotiated);
+    let got = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the blocked read completes after the takeover")
+        .expect("and succeeds");
+    reader.join().unwrap();
+    assert!(got == std::fs::read(image.src.join("cold/c.bin")).unwrap());
+    eprintln!(
+        "reader blocked {waited:?} without a server, done {:?} after the takeover",
+        resumed.elapsed()
+    );
 
     // Every hydrate process dies and nothing holds the connection: the kernel aborts it.
     kernel.blobfs.abort();
@@ -215,13 +240,33 @@ fn measure_64mib_cold_read_erofs_vs_fuse() {
     let fuse_warm = timed_read(&fuse.mountpoint.join("large.bin"));
     fuse.unmount();
 
-    let kernel = KernelMode::start(&image, image.volume("kernel"), "kernel");
-    let erofs_cold = timed_read(&kernel.root().join("large.bin"));
-    let erofs_warm = timed_read(&kernel.root().join("large.bin"));
-    let reads = kernel.fs.stats().reads.load(Ordering::Relaxed);
-    kernel.stop();
-    eprintln!(
-        "64 MiB sequential read, MiB/s: FUSE cold {fuse_cold:.0}, warm-cache {fuse_warm:.0}; \
-         erofs over BlobFs cold {erofs_cold:.0}, warm-cache {erofs_warm:.0} ({reads} BlobFs reads)"
-    );
+    for direct_io in [true, false] {
+        let name = format!("kernel-direct-{direct_io}");
+        let config = BlobFsConfig {
+            direct_io,
+            ..BlobFsConfig::default()
+        };
+        let kernel = KernelMode::start_with(&image, image.volume(&name), &name, config);
+        let erofs_cold = timed_read(&kernel.root().join("large.bin"));
+        let erofs_warm = timed_read(&kernel.root().join("large.bin"));
+        let reads = kernel.fs.stats().reads.load(Ordering::Relaxed);
+        // How much of the blob the FUSE page cache holds besides erofs' own cache (util-linux fincore).
+        let blob = kernel.blobfs.mountpoint.join(hydrate_kernel::BLOB_NAME);
+        if let Ok(out) = std::process::Command::new("fincore")
+            .arg("-b")
+            .arg(&blob)
+            .output()
+        {
+            eprintln!(
+                "blob page cache: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        kernel.stop();
+        eprintln!(
+            "64 MiB sequential read, MiB/s: erofs over BlobFs (direct_io {direct_io}) cold {erofs_cold:.0}, \
+             warm-cache {erofs_warm:.0} ({reads} BlobFs reads)"
+        );
+    }
+    eprintln!("64 MiB sequential read, MiB/s: FUSE cold {fuse_cold:.0}, warm-cache {fuse_warm:.0}");
 }
