@@ -122,6 +122,11 @@ pub struct Image {
 
 impl Image {
     pub fn build(big_file: Option<usize>) -> Image {
+        Self::from_tree(|src| write_tree(src, big_file))
+    }
+
+    /// An image of the tree `write` creates.
+    pub fn from_tree(write: impl FnOnce(&Path)) -> Image {
         // /var/tmp: a real disk filesystem (user and trusted xattrs; erofs wants its metadata file on a
         // local filesystem anyway).
         let dir = tempfile::Builder::new()
@@ -129,7 +134,8 @@ impl Image {
             .tempdir_in("/var/tmp")
             .unwrap();
         let src = dir.path().join("src");
-        write_tree(&src, big_file);
+        std::fs::create_dir(&src).unwrap();
+        write(&src);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
