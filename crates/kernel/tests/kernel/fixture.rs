@@ -324,11 +324,19 @@ pub struct KernelMode {
     pub fs: Arc<BlobFs>,
     pub vol: Arc<Volume>,
     pub blob: Arc<hydrate_kernel::Blob>,
+    /// The erofs mount's bdi in sysfs, when identified.
+    pub bdi: Option<PathBuf>,
 }
 
 impl KernelMode {
     pub fn start(image: &Image, vol: Arc<Volume>, name: &str) -> KernelMode {
-        Self::start_with(image, vol, name, BlobFsConfig::default())
+        Self::start_with(
+            image,
+            vol,
+            name,
+            BlobFsConfig::default(),
+            Some(hydrate_kernel::READAHEAD_KB),
+        )
     }
 
     pub fn start_with(
@@ -336,6 +344,7 @@ impl KernelMode {
         vol: Arc<Volume>,
         name: &str,
         config: BlobFsConfig,
+        config_readahead: Option<u32>,
     ) -> KernelMode {
         let base = image.dir.path();
         let built = KernelImage::build(vol.manifest()).unwrap();
@@ -357,7 +366,10 @@ impl KernelMode {
             blob: blobfs.mountpoint.join(BLOB_NAME),
             target,
         };
-        mount.mount(nix::mount::MsFlags::empty()).unwrap();
+        let bdi = mount.mount(nix::mount::MsFlags::empty()).unwrap();
+        if let (Some(kb), Some(bdi)) = (config_readahead, &bdi) {
+            ErofsMount::set_readahead(bdi, kb).unwrap();
+        }
         KernelMode {
             erofs: Erofs {
                 mount,
@@ -367,6 +379,7 @@ impl KernelMode {
             fs,
             vol,
             blob,
+            bdi,
         }
     }
 

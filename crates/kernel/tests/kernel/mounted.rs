@@ -240,53 +240,56 @@ fn measure_64mib_cold_read_erofs_vs_fuse() {
         SIZE as f64 / took.as_secs_f64() / f64::from(1 << 20)
     };
 
-    let fuse_vol = image.volume("fuse");
-    let mut fuse = FuseMount::serve(
-        image.dir.path().join("fuse-mnt"),
-        SessionConfig {
-            threads: 2,
-            stateless_dirs: true,
-            ..SessionConfig::default()
-        },
-        |session| {
-            Arc::new(HydrateFs::new(
-                fuse_vol,
-                session.dev().try_clone().unwrap(),
-                false,
-            ))
-        },
-    );
-    let fuse_cold = timed_read(&fuse.mountpoint.join("large.bin"));
-    let fuse_warm = timed_read(&fuse.mountpoint.join("large.bin"));
-    fuse.unmount();
+    for round in 0..3 {
+        let fuse_vol = image.volume(&format!("fuse-{round}"));
+        let mut fuse = FuseMount::serve(
+            image.dir.path().join(format!("fuse-mnt-{round}")),
+            SessionConfig {
+                threads: 2,
+                stateless_dirs: true,
+                ..SessionConfig::default()
+            },
+            |session| {
+                Arc::new(HydrateFs::new(
+                    fuse_vol,
+                    session.dev().try_clone().unwrap(),
+                    false,
+                ))
+            },
+        );
+        let cold = timed_read(&fuse.mountpoint.join("large.bin"));
+        let warm = timed_read(&fuse.mountpoint.join("large.bin"));
+        fuse.unmount();
+        eprintln!(
+            "round {round}: hydrate FUSE mount: cold {cold:.0} MiB/s, warm-cache {warm:.0} MiB/s"
+        );
 
-    for direct_io in [true, false] {
-        let name = format!("kernel-direct-{direct_io}");
-        let config = BlobFsConfig {
-            direct_io,
-            ..BlobFsConfig::default()
-        };
-        let kernel = KernelMode::start_with(&image, image.volume(&name), &name, config);
-        let erofs_cold = timed_read(&kernel.root().join("large.bin"));
-        let erofs_warm = timed_read(&kernel.root().join("large.bin"));
-        let reads = kernel.fs.stats().reads.load(Ordering::Relaxed);
-        // How much of the blob the FUSE page cache holds besides erofs' own cache (util-linux fincore).
-        let blob = kernel.blobfs.mountpoint.join(hydrate_kernel::BLOB_NAME);
-        if let Ok(out) = std::process::Command::new("fincore")
-            .arg("-b")
-            .arg(&blob)
-            .output()
-        {
+        // (direct I/O on the blob, erofs readahead in KiB: None keeps the kernel's 128)
+        for (direct_io, readahead_kb) in [
+            (true, None),
+            (true, Some(1024)),
+            (false, None),
+            (false, Some(1024)),
+        ] {
+            let name = format!("kernel-{round}-{direct_io}-{}", readahead_kb.unwrap_or(0));
+            let config = BlobFsConfig {
+                direct_io,
+                ..BlobFsConfig::default()
+            };
+            let kernel =
+                KernelMode::start_with(&image, image.volume(&name), &name, config, readahead_kb);
+            assert!(
+                readahead_kb.is_none() || kernel.bdi.is_some(),
+                "erofs bdi not found"
+            );
+            let cold = timed_read(&kernel.root().join("large.bin"));
+            let warm = timed_read(&kernel.root().join("large.bin"));
+            let reads = kernel.fs.stats().reads.load(Ordering::Relaxed);
+            kernel.stop();
             eprintln!(
-                "blob page cache: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
+                "round {round}: erofs over BlobFs, direct_io {direct_io}, readahead {readahead_kb:?} KiB: \
+                 cold {cold:.0} MiB/s, warm-cache {warm:.0} MiB/s, {reads} BlobFs reads"
             );
         }
-        kernel.stop();
-        eprintln!(
-            "64 MiB sequential read, MiB/s: erofs over BlobFs (direct_io {direct_io}) cold {erofs_cold:.0}, \
-             warm-cache {erofs_warm:.0} ({reads} BlobFs reads)"
-        );
     }
-    eprintln!("64 MiB sequential read, MiB/s: FUSE cold {fuse_cold:.0}, warm-cache {fuse_warm:.0}");
 }
