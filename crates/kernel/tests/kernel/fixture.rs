@@ -1,5 +1,6 @@
 //! The source tree, the image built from it, Volumes over it, and the mounts with guards that always unmount.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,13 @@ pub fn write_tree(src: &Path, big_file: Option<usize>) {
     file("cold/a.bin", &random_bytes(6, (1 << 20) + 5));
     file("cold/b.bin", &random_bytes(7, 200 << 10));
     file("cold/c.bin", &random_bytes(9, 300 << 10));
+    file("cold/other-user.bin", &random_bytes(10, 100 << 10));
+    // Names are bytes, not text.
+    std::fs::write(
+        src.join(std::ffi::OsStr::from_bytes(b"name-\xff\xfe")),
+        b"latin-1 and worse",
+    )
+    .unwrap();
     if let Some(size) = big_file {
         file("large.bin", &random_bytes(8, size));
     }

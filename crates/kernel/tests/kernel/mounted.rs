@@ -97,7 +97,13 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
     let image = Image::build(None);
     let mut kernel = KernelMode::start(&image, image.volume("kernel"), "kernel");
     let root = kernel.root().to_path_buf();
-    let unread = ["mmap.bin", "cold/a.bin", "cold/b.bin", "cold/c.bin"];
+    let unread = [
+        "mmap.bin",
+        "cold/a.bin",
+        "cold/b.bin",
+        "cold/c.bin",
+        "cold/other-user.bin",
+    ];
     let read = compare_tree(&image.src, &root, &unread);
     eprintln!("{read} files read byte for byte through erofs");
     assert!(read > fixture::MANY);
@@ -126,6 +132,25 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
         kernel.fs.open_files()
     );
     assert_eq!(stats.failed_reads.load(Ordering::Relaxed), 0);
+
+    // A user other than the one who mounted BlobFs (root) reads unread data: erofs reads the blob through
+    // the file it opened at mount time, so the FUSE mount needs no allow_other.
+    std::fs::set_permissions(
+        image.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(root.join("cold/other-user.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "read as nobody: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.stdout == std::fs::read(image.src.join("cold/other-user.bin")).unwrap());
 
     // The worker stops while a holder keeps the connection (the supervisor): a reader of unread data waits,
     // and gets the right bytes once another worker serves the connection.
