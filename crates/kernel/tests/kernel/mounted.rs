@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hydrate_fuse::HydrateFs;
 use hydrate_fuse_transport::SessionConfig;
 use hydrate_kernel::BlobFsConfig;
+use hydrate_store::ErrorKind;
 
 use crate::fixture::{self, FuseMount, Image, KernelMode};
 
@@ -132,6 +133,40 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
         kernel.fs.open_files()
     );
     assert_eq!(stats.failed_reads.load(Ordering::Relaxed), 0);
+
+    // Cache eviction: contents no BlobFs handle pins leave the cache (block.bin and the small files were read
+    // before 256 later files took over the handle table). Once erofs drops its pages too, the next read is a
+    // miss that goes to the store: with the store failing it is an error (never zeros), then the right bytes.
+    let freed = kernel.vol.cache().evict_to(0).unwrap();
+    assert!(freed > 4096, "nothing evicted");
+    let evicted = ["block.bin", "many/f00007"];
+    let reread = |rel: &str| {
+        let file = File::open(root.join(rel)).unwrap();
+        nix::fcntl::posix_fadvise(
+            &file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        (&file).read_to_end(&mut got).map(|_| got)
+    };
+    image.store.fail_next_reads(1_000_000, ErrorKind::Permanent);
+    for rel in evicted {
+        let err = reread(rel).expect_err("an evicted file read with the store down");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{rel}: {err}");
+    }
+    image.store.clear();
+    for rel in evicted {
+        assert!(
+            reread(rel).unwrap() == std::fs::read(image.src.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    eprintln!("evicted {freed} bytes; evicted files failed with EIO while the store was down, then read back");
+    let failed = kernel.fs.stats().failed_reads.load(Ordering::Relaxed);
+    assert!(failed >= 2, "BlobFs answered {failed} reads with EIO");
 
     // A user other than the one who mounted BlobFs (root) reads unread data: erofs reads the blob through
     // the file it opened at mount time, so the FUSE mount needs no allow_other.
