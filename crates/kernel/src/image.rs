@@ -8,9 +8,10 @@
 //!
 //! Memory: the manifest is memory-mapped and read in place; the erofs writer keeps every path (the sum of
 //! all path lengths, plus a few dozen bytes per entry, in a B-tree) until the image is written, and the
-//! layout keeps ~100 bytes per distinct content (extent, inode list, digest key). A million-file image with
-//! 60-byte paths needs on the order of 200 MB while building, and only the layout (~100 MB for a million
-//! distinct contents) afterwards. Nothing is quadratic: the walk is linear, the writer's map O(n log n).
+//! layout keeps ~100 bytes per distinct content (extent, inode list, digest key). Nothing is quadratic: the
+//! walk is linear, the writer's map O(n log n). Measured (`measure_build_scale`, unoptimized build): 100,000
+//! files in 5.2 s with +42 MiB peak; 1,000,000 files (152 MiB manifest, 128 MiB metadata) in 27 s with
+//! +284 MiB peak: ~300–450 bytes per file while building, then only the layout is kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;

@@ -147,3 +147,74 @@ fn store_failures_become_eio_never_zeros() {
     let at = (big.offset() + 65536) as usize;
     assert!(buf[..n] == expected[at..at + n]);
 }
+
+/// Peak resident memory of this process so far, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// How the build scales: a synthetic manifest of `dirs × per_dir` files (all distinct contents), its erofs
+/// image built and written, with time and peak memory. Run alone with `--ignored --nocapture`.
+#[test]
+#[ignore = "measurement: run explicitly and alone (peak RSS is per process)"]
+fn measure_build_scale() {
+    use hydrate_format::{
+        BlobId, ChunkId, ChunkRecord, ContentId, Digest, Manifest, ManifestWriter, NodeMeta,
+        COMPRESSION_NONE,
+    };
+    for (dirs, per_dir) in [(100u32, 1000u32), (1000, 1000)] {
+        let meta = |mode| NodeMeta {
+            mode,
+            uid: 1000,
+            gid: 1000,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 1,
+            xattrs: Vec::new(),
+        };
+        let mut w = ManifestWriter::new(meta(0o755));
+        let blob = w.add_blob(BlobId(Digest::of(b"blob")), 10_000);
+        let chunk = w.add_chunk(ChunkRecord::new(
+            ChunkId(Digest::of(b"chunk")),
+            blob,
+            COMPRESSION_NONE,
+            0,
+            10_000,
+            10_000,
+        ));
+        let root = w.root();
+        for d in 0..dirs {
+            let dir = w
+                .add_dir(root, format!("directory-{d:05}").as_bytes(), meta(0o755))
+                .unwrap();
+            for f in 0..per_dir {
+                let name = format!("some-file-name-{f:06}.txt");
+                let content = ContentId(Digest::of(&(d * per_dir + f).to_le_bytes()));
+                w.add_file(dir, name.as_bytes(), meta(0o644), content, vec![chunk])
+                    .unwrap();
+            }
+        }
+        let manifest = Manifest::parse(w.finish().unwrap()).unwrap();
+        let files = u64::from(dirs * per_dir);
+        let rss_before = peak_rss_kib();
+        let started = std::time::Instant::now();
+        let built = KernelImage::build(&manifest).unwrap();
+        let built_in = started.elapsed();
+        let mut out = std::io::sink();
+        let info = built.write(&mut std::io::BufWriter::new(&mut out)).unwrap();
+        let written_in = started.elapsed() - built_in;
+        let peak = peak_rss_kib();
+        let blob = built.into_blob();
+        eprintln!(
+            "{files} files: manifest {} MiB; build {built_in:?}, write {written_in:?}; metadata {} MiB; \
+             peak RSS +{} MiB ({} bytes/file); blob {} extents, {} GiB",
+            manifest.as_bytes().len() >> 20,
+            (info.blocks * 4096) >> 20,
+            peak.saturating_sub(rss_before) >> 10,
+            peak.saturating_sub(rss_before) * 1024 / files,
+            blob.extents().len(),
+            (blob.blocks() * 4096) >> 30,
+        );
+    }
+}
