@@ -32,6 +32,11 @@ pub type Blob = BlobLayout<Ino>;
 /// `device=` option, which ours always do.
 const BLOB_TAG: &[u8] = b"hydrate-blob";
 
+/// The version of what [`KernelImage::build`] makes of a manifest (walk order, blob placement, erofs
+/// options): bump it when any of that changes, so metadata files written by older code are not reused with
+/// a newer layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// Counts of what the build placed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BuildStats {
@@ -172,6 +177,11 @@ impl KernelImage {
             device,
             stats,
         })
+    }
+
+    /// The metadata file's name for `image`: the image id and [`LAYOUT_VERSION`].
+    pub fn metadata_file_name(image: &hydrate_format::ImageId) -> String {
+        format!("{image}.erofs-v{LAYOUT_VERSION}")
     }
 
     pub fn stats(&self) -> BuildStats {

@@ -44,9 +44,11 @@
 //!
 //! # What `hydrate mount --kernel` must do (supervisor and worker)
 //! 1. Load the manifest and open the Volume as for a FUSE mount.
-//! 2. `KernelImage::build(&manifest)`, then `write_metadata(<cache dir>/<image id>.erofs)`: on the local
-//!    disk, next to the cache (not on any FUSE mount). It is deterministic, so an existing file of that name
-//!    may be reused after checking its length (or simply rewritten).
+//! 2. `KernelImage::build(&manifest)`, then `write_metadata(<cache dir>/`[`KernelImage::metadata_file_name`]`)`:
+//!    on the local disk, next to the cache (not on any FUSE mount). The name carries the image id and
+//!    [`LAYOUT_VERSION`], and the build is deterministic, so an existing file of that name holds the same
+//!    bytes and may be reused; the blob layout BlobFs serves must come from the same build code (build it
+//!    anyway: the layout is not stored).
 //! 3. Mount BlobFs as the FUSE filesystem of the mount, at a private directory (e.g. under the runtime
 //!    dir), with [`BlobFs::session_config`]; the supervisor holds its /dev/fuse descriptor exactly as for
 //!    an ordinary FUSE mount, so a worker crash or upgrade is a takeover with RESEND (BlobFs has no handle
@@ -56,11 +58,13 @@
 //!    sequential read then costs one 1 MiB FUSE request per MiB instead of eight of 128 KiB.
 //! 5. Unmount in the other order: erofs first, then BlobFs (erofs holds the blob open; the FUSE mount is busy
 //!    until it is gone).
-//! 6. Notice the user's own `umount` of the erofs mount point (watch /proc/self/mountinfo with poll(POLLPRI),
-//!    as mountd does for FUSE mounts): then unmount BlobFs and end the mount. The blob's FUSE mount alone is
-//!    useless and should not outlive it.
+//! 6. Notice the user's own `umount` of the erofs mount point: for a FUSE mount the kernel ends the session
+//!    itself, but unmounting erofs tells BlobFs nothing (it only closes the blob). Watch /proc/self/mountinfo
+//!    with poll(POLLPRI) and `hydrate-mountinfo` for the target to stop being our erofs mount; then unmount
+//!    BlobFs and end the mount. The blob's FUSE mount alone is useless and should not outlive it.
 //! 7. Cache eviction needs nothing special: erofs asks BlobFs again for ranges it no longer caches, and
-//!    BlobFs asks the Volume, so an evicted range is a miss fetched again. BlobFs keeps at most
+//!    BlobFs asks the Volume, so an evicted range is a miss fetched again (the test evicts, drops erofs'
+//!    pages, and sees EIO while the store fails, then the bytes). BlobFs keeps at most
 //!    [`BlobFsConfig::open_files`] Volume handles open (an open handle pins its content).
 //!
 //! # Limits
@@ -77,5 +81,5 @@ mod mount;
 
 pub use blobfs::{BlobFs, BlobFsConfig, BlobFsStats, BLOB_INO, BLOB_NAME, ROOT_INO};
 pub use error::{KernelError, Result};
-pub use image::{Blob, BuildStats, KernelImage};
+pub use image::{Blob, BuildStats, KernelImage, LAYOUT_VERSION};
 pub use mount::{ErofsMount, READAHEAD_KB};

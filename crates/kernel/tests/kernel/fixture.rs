@@ -357,7 +357,10 @@ impl KernelMode {
         let base = image.dir.path();
         let built = KernelImage::build(vol.manifest()).unwrap();
         eprintln!("kernel image: {built:?}");
-        let metadata = base.join(format!("{name}.erofs"));
+        let metadata = base
+            .join(name)
+            .join(KernelImage::metadata_file_name(vol.image()));
+        std::fs::create_dir_all(metadata.parent().unwrap()).unwrap();
         let info = built.write_metadata(&metadata).unwrap();
         eprintln!("metadata image: {info:?}");
         let blob = Arc::new(built.into_blob());
