@@ -53,6 +53,8 @@ impl Default for BlobFsConfig {
 #[derive(Debug, Default)]
 pub struct BlobFsStats {
     pub reads: AtomicU64,
+    /// Reads that covered the data of more than one extent (erofs reads per file, so normally none).
+    pub multi_extent_reads: AtomicU64,
     pub bytes: AtomicU64,
     /// Reads answered with an error (the reader of the erofs file sees EIO).
     pub failed_reads: AtomicU64,
@@ -194,7 +196,13 @@ impl BlobFs {
         let len = (buf.len() as u64).min(self.size - offset) as usize;
         let buf = &mut buf[..len];
         let mut done = 0usize;
-        for piece in self.blob.pieces(offset, len as u64) {
+        let pieces = self.blob.pieces(offset, len as u64);
+        if pieces.len() > 1 {
+            self.stats
+                .multi_extent_reads
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for piece in pieces {
             let start = (piece.blob_offset - offset) as usize;
             let end = start + piece.len as usize;
             buf[done..start].fill(0);

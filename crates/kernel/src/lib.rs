@@ -87,9 +87,11 @@
 //!    [`BlobFsConfig::open_files`] Volume handles open (an open handle pins its content).
 //!
 //! # Limits
-//! One blob of at most 2^32 - 1 blocks (16 TiB of distinct file data). BlobFs reads the pieces of one
-//! request one after another; a request spanning many small cold files waits for their fetches in turn
-//! (the Volume's directory prefetch usually has them already).
+//! One blob of at most 2^32 - 1 blocks (16 TiB of distinct file data). erofs reads the blob for one file
+//! at a time (its readahead is per erofs inode), so a BlobFs request covers one file's extent and never
+//! waits for several files' fetches in turn (the test counts multi-extent requests: none); BlobFs still
+//! handles such ranges piece by piece. Small files are one round trip each, as through FUSE; the Volume's
+//! directory prefetch has their neighbours fetched meanwhile.
 
 #![forbid(unsafe_code)]
 

@@ -2,5 +2,6 @@
 //! mounted as erofs (root), plus BlobFs and the image builder without a kernel.
 
 mod fixture;
+mod golden;
 mod layout;
 mod mounted;

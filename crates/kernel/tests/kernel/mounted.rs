@@ -133,6 +133,11 @@ fn erofs_over_blobfs_serves_the_tree_and_fails_closed() {
         kernel.fs.open_files()
     );
     assert_eq!(stats.failed_reads.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        stats.multi_extent_reads.load(Ordering::Relaxed),
+        0,
+        "erofs asks for one file's data at a time"
+    );
 
     // Cache eviction: contents no BlobFs handle pins leave the cache (block.bin and the small files were read
     // before 256 later files took over the handle table). Once erofs drops its pages too, the next read is a
