@@ -169,39 +169,47 @@ impl Image {
 
     /// A Volume with its own fresh cache directory `name`.
     pub fn volume(&self, name: &str) -> Arc<Volume> {
-        let base = self.dir.path().join(name);
         let store: Arc<dyn BlobStore> = self.store.clone();
-        let manifest = self
-            .rt
-            .block_on(load_manifest(
-                store.as_ref(),
-                &self.image,
-                &base.join("manifests"),
-            ))
-            .unwrap();
-        let cache = DiskCache::open(CacheConfig {
-            dir: base.join("cache"),
-            quota_bytes: 4 << 30,
-            flush_interval: Duration::from_millis(200),
-        })
-        .unwrap();
-        let engine = FetchEngine::new(
-            store,
-            FetchConfig {
-                retries: 1,
-                backoff_base: Duration::from_millis(1),
-                ..FetchConfig::default()
-            },
-        );
-        Arc::new(Volume::new(
-            self.image,
-            manifest,
-            cache,
-            engine,
-            self.rt.handle().clone(),
-            VolumeConfig::default(),
-        ))
+        open_volume(&self.dir.path().join(name), store, self.image, &self.rt)
     }
+}
+
+/// A Volume on `image` in `store` with its manifest and cache under `base`.
+pub fn open_volume(
+    base: &Path,
+    store: Arc<dyn BlobStore>,
+    image: ImageId,
+    rt: &tokio::runtime::Runtime,
+) -> Arc<Volume> {
+    let manifest = rt
+        .block_on(load_manifest(
+            store.as_ref(),
+            &image,
+            &base.join("manifests"),
+        ))
+        .unwrap();
+    let cache = DiskCache::open(CacheConfig {
+        dir: base.join("cache"),
+        quota_bytes: 4 << 30,
+        flush_interval: Duration::from_millis(200),
+    })
+    .unwrap();
+    let engine = FetchEngine::new(
+        store,
+        FetchConfig {
+            retries: 1,
+            backoff_base: Duration::from_millis(1),
+            ..FetchConfig::default()
+        },
+    );
+    Arc::new(Volume::new(
+        image,
+        manifest,
+        cache,
+        engine,
+        rt.handle().clone(),
+        VolumeConfig::default(),
+    ))
 }
 
 /// A FUSE mount served by a thread of this process; unmounted on drop (lazily if the test is failing).
@@ -308,6 +316,15 @@ pub struct Erofs {
 }
 
 impl Erofs {
+    /// Mounts `mount` and guards it.
+    pub fn mount(mount: ErofsMount) -> Erofs {
+        mount.mount(nix::mount::MsFlags::empty()).unwrap();
+        Erofs {
+            mount,
+            mounted: true,
+        }
+    }
+
     pub fn unmount(&mut self) {
         if self.mounted {
             self.mount.unmount(false).unwrap();

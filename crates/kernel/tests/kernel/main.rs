@@ -3,5 +3,6 @@
 
 mod fixture;
 mod golden;
+mod killed;
 mod layout;
 mod mounted;
