@@ -28,9 +28,10 @@
 //! (seen by the erofs reader as an error, EIO or ENOTCONN): never zeros. While a holder keeps the /dev/fuse
 //! descriptor (hydrate's supervisor, or systemd's fd store), readers block instead, and a new worker can
 //! take the connection over as for the ordinary FUSE mount. Measured by the integration test (kernel 6.18):
-//! - connection aborted (`/sys/fs/fuse/connections/N/abort`, what the death of every holder does): reads
-//!   of data erofs had not cached fail with EIO within ~0.2 ms; stat, readdir and data erofs already had
-//!   keep working (they never reach BlobFs);
+//! - BlobFs served by a separate process that is then SIGKILLed (the only /dev/fuse holder), and likewise
+//!   the connection aborted through `/sys/fs/fuse/connections/N/abort`: reads of data erofs had not cached
+//!   fail with EIO (within ~0.2 ms); stat, readdir and data erofs already had keep working (they never
+//!   reach BlobFs);
 //! - worker stopped while the connection is held: a reader of unread data blocks (0.5 s checked) and gets
 //!   the right bytes ~40 ms after a new BlobFs resumes the connection ([`hydrate_fuse_transport::Session::resume`]).
 //!
