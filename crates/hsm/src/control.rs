@@ -25,7 +25,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Ping,
+    /// Archive with one thread per core (an older client's request).
     Archive(Vec<PathBuf>),
+    /// Archive with this many threads reading, chunking and compressing (0: one per core).
+    ArchiveWith {
+        paths: Vec<PathBuf>,
+        threads: usize,
+    },
     Release(Vec<PathBuf>),
     Recall(Vec<PathBuf>),
     Pin(Vec<PathBuf>),
@@ -120,7 +126,8 @@ pub fn serve(svc: Arc<Service>) -> Result<(), HsmError> {
 fn dispatch(svc: &Service, req: Request) -> Reply {
     match req {
         Request::Ping => Reply::ok(vec!["pong".into()]),
-        Request::Archive(p) => svc.archive(&p),
+        Request::Archive(p) => svc.archive(&p, 0),
+        Request::ArchiveWith { paths, threads } => svc.archive(&paths, threads),
         Request::Release(p) => svc.release(&p),
         Request::Recall(p) => svc.recall(&p),
         Request::Pin(p) => svc.pin(&p, true),

@@ -100,6 +100,11 @@ impl Service {
         self.rt.block_on(f)
     }
 
+    /// Runs `f` on the I/O runtime in the background (an archive's map uploads).
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.rt.spawn(f);
+    }
+
     /// Serializes fills, releases and recalls of one inode.
     pub(crate) fn file_lock(&self, ino: u64) -> Arc<Mutex<()>> {
         lock(&self.locks).entry(ino).or_default().clone()
@@ -180,21 +185,22 @@ impl Service {
         Ok(out)
     }
 
-    pub fn archive(&self, paths: &[PathBuf]) -> Reply {
+    /// Archives the files under `paths` with `threads` threads reading, chunking and compressing (0: one per
+    /// core).
+    pub fn archive(&self, paths: &[PathBuf], threads: usize) -> Reply {
         let run = || -> Result<Reply, HsmError> {
             let files = self.walk(paths)?;
-            let mut a = Archiver::new(self);
-            for f in &files {
-                if let Err(e) = a.file(f) {
-                    a.report.skipped += 1;
-                    a.lines.push(format!("error: {e}"));
-                }
-            }
+            let threads = match threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let a = Archiver::new(self);
+            a.files(&files, threads);
             let (report, lines) = a.finish()?;
             let mut reply = Reply::ok(lines);
             reply.lines.push(format!(
                 "archived {} files ({} unchanged, {} skipped): read {} bytes, {} new chunks, {} deduplicated, \
-                 {} bytes uploaded in {} blobs",
+                 {} bytes uploaded in {} blobs; {} threads",
                 report.archived,
                 report.unchanged,
                 report.skipped,
@@ -202,7 +208,8 @@ impl Service {
                 report.new_chunks,
                 report.dedup_chunks,
                 report.bytes_uploaded,
-                report.blobs
+                report.blobs,
+                report.threads
             ));
             reply.ok = report.skipped == 0;
             reply.archive = Some(report);
@@ -311,10 +318,14 @@ impl Service {
         let root = &self.layout.root;
         let root_dir = std::fs::File::open(root).map_err(|e| HsmError::io("open", root, e))?;
         let mut n = 0;
+        // Stubs found under another name than recorded: their paths are written in batches (a transaction per
+        // stub made a restart cost one journal sync per stub; the paths are only what reports show).
+        let mut moved: Vec<FileRecord> = Vec::new();
         for mut rec in self.journal.all()? {
             if !rec.is_stub() {
                 continue;
             }
+            let recorded_path = rec.path.clone();
             let by_handle = rec
                 .handle
                 .as_deref()
@@ -383,10 +394,19 @@ impl Service {
                     &[&rec],
                     &[("release", &rec, "completed after restart".into())],
                 )?;
-            } else {
-                self.journal.commit(&[&rec], &[])?;
+            } else if rec.path != recorded_path {
+                moved.push(rec);
+                if moved.len() >= 1024 {
+                    self.journal
+                        .commit(&moved.iter().collect::<Vec<_>>(), &[])?;
+                    moved.clear();
+                }
             }
             n += 1;
+        }
+        if !moved.is_empty() {
+            self.journal
+                .commit(&moved.iter().collect::<Vec<_>>(), &[])?;
         }
         Ok(n)
     }

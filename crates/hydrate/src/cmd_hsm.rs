@@ -28,7 +28,7 @@ pub enum HsmCommand {
     #[command(name = "__worker", hide = true)]
     Worker(RootArg),
     /// Copy files to the store (deduplicated, verified); the data stays local.
-    Archive(PathsArg),
+    Archive(ArchiveArgs),
     /// Free local space of archived, unchanged files (they become stubs, recalled on access).
     Release(PathsArg),
     /// Bring files back whole, ahead of use.
@@ -70,6 +70,15 @@ pub struct RootArg {
 pub struct PathsArg {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ArchiveArgs {
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Threads reading, chunking, hashing and compressing files in the daemon (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -194,7 +203,15 @@ pub fn run(args: HsmArgs) -> Result<()> {
         HsmCommand::Worker(a) => Ok(hydrate_hsm::run_worker(Layout::new(
             std::fs::canonicalize(&a.root)?,
         ))?),
-        HsmCommand::Archive(a) => request(&a.paths, Request::Archive),
+        HsmCommand::Archive(a) => {
+            hydrate_hsm::require_root()?;
+            let (layout, paths) = layout_of_all(&a.paths)?;
+            let req = Request::ArchiveWith {
+                paths,
+                threads: a.threads,
+            };
+            print(&hydrate_hsm::call(&layout, &req)?)
+        }
         HsmCommand::Release(a) => request(&a.paths, Request::Release),
         HsmCommand::Recall(a) => request(&a.paths, Request::Recall),
         HsmCommand::Pin(a) => request(&a.paths, Request::Pin),
