@@ -175,13 +175,17 @@ impl Scale {
             "CLI peak MiB"
         );
         for s in &self.steps {
+            let cli = match s.cli_peak_kib {
+                0 => "-".to_owned(),
+                kib => format!("{:.1}", kib as f64 / 1024.0),
+            };
             t += &format!(
-                "  {:<22} {:>10.1} {:>12.0} {:>16.1} {:>12.1}\n",
+                "  {:<22} {:>10.1} {:>12.0} {:>16.1} {:>12}\n",
                 s.name,
                 s.secs,
                 self.files as f64 / s.secs.max(1e-9),
                 s.worker_peak_kib as f64 / 1024.0,
-                s.cli_peak_kib as f64 / 1024.0
+                cli
             );
         }
         t

@@ -36,7 +36,13 @@ pub enum Request {
     Recall(Vec<PathBuf>),
     Pin(Vec<PathBuf>),
     Unpin(Vec<PathBuf>),
+    /// Totals and every file (an older client's request).
     Status(Vec<PathBuf>),
+    /// Totals, and every file only if `files` (a reply listing a million files is a few hundred MB).
+    StatusWith {
+        paths: Vec<PathBuf>,
+        files: bool,
+    },
     /// Watermarks in percent of the file system, minimum age in seconds, and how much may be archived first
     /// (absent from an older client: nothing).
     Policy {
@@ -132,7 +138,8 @@ fn dispatch(svc: &Service, req: Request) -> Reply {
         Request::Recall(p) => svc.recall(&p),
         Request::Pin(p) => svc.pin(&p, true),
         Request::Unpin(p) => svc.pin(&p, false),
-        Request::Status(p) => svc.status(&p),
+        Request::Status(p) => svc.status(&p, true),
+        Request::StatusWith { paths, files } => svc.status(&paths, files),
         Request::Policy {
             high,
             low,

@@ -262,12 +262,17 @@ fn status(a: StatusArgs) -> Result<()> {
         a.paths
     };
     let (layout, abs) = layout_of_all(&paths)?;
-    let reply = match hydrate_hsm::call(&layout, &Request::Status(abs.clone())) {
+    let list = a.long || a.json;
+    let req = Request::StatusWith {
+        paths: abs.clone(),
+        files: list,
+    };
+    let reply = match hydrate_hsm::call(&layout, &req) {
         Ok(r) => r,
         // No daemon: read the journal directly (it is only locked while a worker runs).
         Err(hydrate_hsm::HsmError::Daemon { .. }) => {
             let journal = hydrate_hsm::Journal::open(&layout.journal())?;
-            hydrate_hsm::service::status_of(&layout, &journal, &abs)?
+            hydrate_hsm::service::status_of(&layout, &journal, &abs, list)?
         }
         Err(e) => return Err(e.into()),
     };

@@ -988,6 +988,13 @@ fn parallel_archive_stores_shared_chunks_once() {
     assert_eq!(blobs, distinct, "blob bytes vs distinct chunks' bytes");
 
     hsm.ok(Request::Release(vec![root.clone()]));
+    // Totals alone do not carry every file (at a million files the listing is hundreds of MB).
+    let totals = hsm.ok(Request::StatusWith {
+        paths: vec![root.clone()],
+        files: false,
+    });
+    assert!(totals.files.is_empty());
+    assert_eq!(totals.totals.map(|t| (t.files, t.released)), Some((48, 48)));
     for (name, digest) in &want {
         assert_eq!(hsm.state(name), Residency::Released, "{name}");
         assert_eq!(&sha256sum(&root.join(name)), digest, "{name}");
