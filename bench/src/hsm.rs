@@ -1,11 +1,14 @@
-//! The HSM section: `hydrate hsm` on a directory of the work file system (ext4), driven through the CLI as a
-//! user would, with the daemon (holder + worker) started and stopped by PID.
+//! The HSM section: `hydrate hsm` driven through the CLI as a user would, with the daemon (holder + worker)
+//! started and stopped by PID, on a directory of the work file system (ext4) and on xfs and btrfs images the
+//! section formats and loop-mounts in its work directory (unmounted on drop, also on failure). The store is a
+//! directory of the work file system for all three, so only the managed root's file system differs.
+//! Archive throughput by thread count and the scale run (many small files) are in [`crate::hsm_scale`].
 //!
-//! Measured:
+//! Measured on each file system:
 //! - hot read of a fully recalled file vs a never-archived file of the same size next to it (goal ≥ 0.98:
 //!   a complete file carries no mark, so no event is raised);
 //! - recall throughput of a whole released file (`hydrate hsm recall`), from the local store and over the
-//!   emulated link (nginx serving the store, behind the latency/bandwidth proxy);
+//!   emulated link (nginx serving the store, behind the latency/bandwidth proxy; ext4 only);
 //! - per-event overhead while a file is partially recalled: 4 KiB preads of ranges already local in a file
 //!   still marked (every read raises FAN_PRE_ACCESS and waits for the daemon's answer) vs the same preads of
 //!   the never-archived file. This program is declared a lazy reader, so its opens do not recall whole files.
@@ -14,6 +17,7 @@ use crate::hydrate::Hydrate;
 use crate::reads::{self, drop_caches, mb_per_s, random_offsets, RANDOM_LEN};
 use crate::tree;
 use anyhow::{bail, Context, Result};
+use hydrate_testkit::loopfs::{FsKind, LoopFs};
 use hydrate_testkit::nginx::{Nginx, NginxMode};
 use hydrate_testkit::proxy::FaultProxy;
 use hydrate_units::human;
@@ -33,10 +37,13 @@ pub struct HsmPlan {
     pub seed: u64,
     /// Emulated link for the remote recall (one-way delay, bytes per second).
     pub link: Option<(Duration, u64)>,
+    /// File systems measured (ext4 is the work directory's; the others are loop-mounted images).
+    pub filesystems: Vec<FsKind>,
 }
 
 #[derive(Debug, Clone)]
 pub struct HsmResult {
+    pub fs: FsKind,
     pub size: u64,
     pub hot_native_mb_s: f64,
     pub hot_recalled_mb_s: f64,
@@ -62,7 +69,7 @@ impl HsmResult {
     }
 
     pub fn table(&self) -> String {
-        let mut t = format!("HSM ({} file, ext4)\n", human(self.size));
+        let mut t = format!("HSM ({} file, {})\n", human(self.size), self.fs.name());
         t += &format!(
             "  hot read, fully recalled vs never archived   {:>9.0} vs {:>9.0} MB/s   ratio {:.3} (goal >= 0.98)\n",
             self.hot_recalled_mb_s,
@@ -97,6 +104,7 @@ impl HsmResult {
 
     pub fn to_json(&self) -> Value {
         json!({
+            "fs": self.fs.name(),
             "size": self.size,
             "hot_native_mb_s": self.hot_native_mb_s,
             "hot_recalled_mb_s": self.hot_recalled_mb_s,
@@ -117,14 +125,30 @@ impl HsmResult {
 }
 
 /// The daemon of one managed root; stopped (SIGTERM to the holder, by PID) on drop.
-struct Daemon<'a> {
+pub(crate) struct Daemon<'a> {
     hydrate: &'a Hydrate,
     root: PathBuf,
     holder: Child,
 }
 
 impl<'a> Daemon<'a> {
-    fn start(hydrate: &'a Hydrate, bin: &Path, root: &Path, log: &Path) -> Result<Daemon<'a>> {
+    pub(crate) fn start(
+        hydrate: &'a Hydrate,
+        bin: &Path,
+        root: &Path,
+        log: &Path,
+    ) -> Result<Daemon<'a>> {
+        Daemon::start_within(hydrate, bin, root, log, Duration::from_secs(30))
+    }
+
+    /// Starts the daemon and waits up to `patience` for it to serve (a worker re-marks every stub first).
+    pub(crate) fn start_within(
+        hydrate: &'a Hydrate,
+        bin: &Path,
+        root: &Path,
+        log: &Path,
+        patience: Duration,
+    ) -> Result<Daemon<'a>> {
         let holder = Command::new(bin)
             .args(["hsm", "daemon"])
             .arg(root)
@@ -137,7 +161,7 @@ impl<'a> Daemon<'a> {
             root: root.to_owned(),
             holder,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patience;
         // `hsm log` needs the daemon (status would fall back to the journal).
         while d
             .hsm(&[
@@ -156,13 +180,13 @@ impl<'a> Daemon<'a> {
         Ok(d)
     }
 
-    fn hsm(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn hsm(&self, args: &[&str]) -> Result<String> {
         let mut all: Vec<&std::ffi::OsStr> = vec!["hsm".as_ref()];
         all.extend(args.iter().map(std::ffi::OsStr::new));
         self.hydrate.run(&all)
     }
 
-    fn path_op(&self, op: &str, path: &Path) -> Result<String> {
+    pub(crate) fn path_op(&self, op: &str, path: &Path) -> Result<String> {
         self.hsm(&[op, path.to_str().context("non-UTF-8 path")?])
     }
 }
@@ -206,9 +230,41 @@ fn pread_us(path: &Path, offsets: &[u64]) -> Result<(f64, f64)> {
     Ok((mean, p99))
 }
 
-pub fn run(hydrate: &Hydrate, work: &Path, plan: HsmPlan) -> Result<HsmResult> {
-    let dir = work.join("hsm");
-    let root = dir.join("data");
+/// The measurements on each file system of the plan, in its order.
+pub fn run(hydrate: &Hydrate, work: &Path, plan: &HsmPlan) -> Result<Vec<HsmResult>> {
+    let mut results = Vec::new();
+    for &fs in &plan.filesystems {
+        eprintln!("== hsm: on {}", fs.name());
+        let dir = work.join(format!("hsm-{}", fs.name()));
+        std::fs::create_dir_all(&dir)?;
+        let result = match fs {
+            FsKind::Ext4 => run_on(hydrate, fs, &dir, &dir.join("data"), plan, plan.link),
+            kind => {
+                // Both files, the small ones, and room for the file system's own metadata.
+                let mib = ((plan.size * 3) >> 20) + 512;
+                let mounted = LoopFs::new_in(&dir, kind, mib, &[])
+                    .with_context(|| format!("making a loop-mounted {}", kind.name()))?;
+                let r = run_on(hydrate, fs, &dir, &mounted.mnt.join("data"), plan, None);
+                drop(mounted);
+                r
+            }
+        };
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        results.push(result?);
+    }
+    Ok(results)
+}
+
+/// One file system's measurements: the managed root `root` (on that file system), the store in `dir`.
+fn run_on(
+    hydrate: &Hydrate,
+    fs: FsKind,
+    dir: &Path,
+    root: &Path,
+    plan: &HsmPlan,
+    link: Option<(Duration, u64)>,
+) -> Result<HsmResult> {
+    let root = root.to_owned();
     let store = dir.join("store");
     std::fs::create_dir_all(&root)?;
     let me = std::env::current_exe()?.canonicalize()?;
@@ -309,7 +365,7 @@ pub fn run(hydrate: &Hydrate, work: &Path, plan: HsmPlan) -> Result<HsmResult> {
 
     // Recall over the emulated link: the daemon restarted on the same store served by nginx behind the proxy.
     let mut recall_link_mb_s = None;
-    if let Some((one_way, bytes_per_sec)) = plan.link {
+    if let Some((one_way, bytes_per_sec)) = link {
         eprintln!("== hsm: recall over the emulated link");
         let nginx_bin =
             hydrate_testkit::find_binary("nginx").context("the link recall needs nginx")?;
@@ -334,14 +390,14 @@ pub fn run(hydrate: &Hydrate, work: &Path, plan: HsmPlan) -> Result<HsmResult> {
     } else {
         drop(daemon);
     }
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(HsmResult {
+        fs,
         size: plan.size,
         hot_native_mb_s: hot_native,
         hot_recalled_mb_s: hot_recalled,
         recall_local_mb_s,
         recall_link_mb_s,
-        link: plan.link,
+        link,
         native_pread_us,
         marked_pread_us,
         marked_p99_us,

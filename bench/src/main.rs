@@ -12,6 +12,7 @@ mod cancel;
 mod containerd;
 mod containers;
 mod hsm;
+mod hsm_scale;
 mod hydrate;
 mod link;
 mod phases;
@@ -111,6 +112,17 @@ struct Args {
     /// Size of the HSM section's files.
     #[arg(long, default_value = "256M")]
     hsm_size: String,
+    /// File systems of the HSM section's hot-read and recall measurements, comma separated (ext4 is the work
+    /// directory's; xfs and btrfs are images loop-mounted in the work directory).
+    #[arg(long, default_value = "ext4,xfs,btrfs")]
+    hsm_fs: String,
+    /// Data archived with one thread and with one per core in the HSM section (0 skips).
+    #[arg(long, default_value = "512M")]
+    hsm_archive_size: String,
+    /// Also run the HSM scale measurement on this many small files (archive, release, status, restart; long:
+    /// 0 skips it, the recorded figure uses 1000000).
+    #[arg(long, default_value_t = 0)]
+    hsm_scale_files: u64,
     /// Also measure start-up and scale: metadata walk vs ext4, mount time and RSS by image size, cold start of a
     /// Python workload over the emulated link without and with a learned prefetch plan vs a full download.
     #[arg(long)]
@@ -149,6 +161,62 @@ struct Args {
     /// target/bench/debian-bookworm-python.tar next to this program's target directory].
     #[arg(long)]
     real_image_tar: Option<PathBuf>,
+}
+
+/// The HSM section: per file system hot reads and recalls, archive threads, and the scale run if asked for.
+/// Returns the table and the JSON value.
+fn hsm_section(
+    args: &Args,
+    hydrate: &Hydrate,
+    bin: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<(String, serde_json::Value)> {
+    let filesystems = args
+        .hsm_fs
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            hydrate_testkit::loopfs::FsKind::from_name(name)
+                .with_context(|| format!("--hsm-fs: {name:?} is not ext4, xfs or btrfs"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = hsm::HsmPlan {
+        bin: bin.to_owned(),
+        size: parse_size(&args.hsm_size).context("--hsm-size")?,
+        repeats: args.repeats,
+        event_reads: args.random_reads,
+        seed: args.seed,
+        link: Some((
+            std::time::Duration::from_millis(args.link_latency_ms),
+            args.link_mbit * 1_000_000 / 8,
+        )),
+        filesystems,
+    };
+    let archive_size = parse_size(&args.hsm_archive_size).context("--hsm-archive-size")?;
+    let (mut text, mut value) = (String::new(), json!({}));
+    if archive_size > 0 {
+        let a = hsm_scale::archive_threads(
+            hydrate,
+            bin,
+            work,
+            archive_size,
+            args.repeats.min(3),
+            args.seed,
+        )?;
+        text += &a.table();
+        value["archive_threads"] = a.to_json();
+    }
+    let results = hsm::run(hydrate, work, &plan)?;
+    for r in &results {
+        text += &r.table();
+    }
+    value["filesystems"] = json!(results.iter().map(|r| r.to_json()).collect::<Vec<_>>());
+    if args.hsm_scale_files > 0 {
+        let s = hsm_scale::scale(hydrate, bin, work, args.hsm_scale_files, args.seed)?;
+        text += &s.table();
+        value["scale"] = s.to_json();
+    }
+    Ok((text, value))
 }
 
 fn main() -> ExitCode {
@@ -194,23 +262,12 @@ fn run(args: &Args) -> Result<()> {
         return takeover_only(args, &hydrate, work, big_size);
     }
     if args.hsm_only {
-        let plan = hsm::HsmPlan {
-            bin: bin.clone(),
-            size: parse_size(&args.hsm_size).context("--hsm-size")?,
-            repeats: args.repeats,
-            event_reads: args.random_reads,
-            seed: args.seed,
-            link: Some((
-                std::time::Duration::from_millis(args.link_latency_ms),
-                args.link_mbit * 1_000_000 / 8,
-            )),
-        };
-        let outcome = hsm::run(&hydrate, work.path(), plan);
+        let outcome = hsm_section(args, &hydrate, &bin, work.path());
         work.close().context("removing the work directory")?;
-        let result = outcome?;
-        print!("\n{}", result.table());
+        let (text, value) = outcome?;
+        print!("\n{text}");
         if let Some(path) = &args.json {
-            let text = serde_json::to_string_pretty(&json!({ "hsm": result.to_json() }))?;
+            let text = serde_json::to_string_pretty(&json!({ "hsm": value }))?;
             std::fs::write(path, text + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
         }

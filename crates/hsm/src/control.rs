@@ -25,12 +25,24 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Ping,
+    /// Archive with one thread per core (an older client's request).
     Archive(Vec<PathBuf>),
+    /// Archive with this many threads reading, chunking and compressing (0: one per core).
+    ArchiveWith {
+        paths: Vec<PathBuf>,
+        threads: usize,
+    },
     Release(Vec<PathBuf>),
     Recall(Vec<PathBuf>),
     Pin(Vec<PathBuf>),
     Unpin(Vec<PathBuf>),
+    /// Totals and every file (an older client's request).
     Status(Vec<PathBuf>),
+    /// Totals, and every file only if `files` (a reply listing a million files is a few hundred MB).
+    StatusWith {
+        paths: Vec<PathBuf>,
+        files: bool,
+    },
     /// Watermarks in percent of the file system, minimum age in seconds, and how much may be archived first
     /// (absent from an older client: nothing).
     Policy {
@@ -120,12 +132,14 @@ pub fn serve(svc: Arc<Service>) -> Result<(), HsmError> {
 fn dispatch(svc: &Service, req: Request) -> Reply {
     match req {
         Request::Ping => Reply::ok(vec!["pong".into()]),
-        Request::Archive(p) => svc.archive(&p),
+        Request::Archive(p) => svc.archive(&p, 0),
+        Request::ArchiveWith { paths, threads } => svc.archive(&paths, threads),
         Request::Release(p) => svc.release(&p),
         Request::Recall(p) => svc.recall(&p),
         Request::Pin(p) => svc.pin(&p, true),
         Request::Unpin(p) => svc.pin(&p, false),
-        Request::Status(p) => svc.status(&p),
+        Request::Status(p) => svc.status(&p, true),
+        Request::StatusWith { paths, files } => svc.status(&paths, files),
         Request::Policy {
             high,
             low,

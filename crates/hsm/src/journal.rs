@@ -30,6 +30,11 @@ pub(crate) const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::ne
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const SCHEMA_KEY: &str = "schema";
 
+/// redb's page cache for the journal. Its default (1 GiB) let the worker's memory grow with the journal, which
+/// grows with the files managed (about 1 KiB each with their log entries): 93 MiB at 30,000 files, most of a
+/// gigabyte at a million. Lookups beyond the cache are served from the kernel's page cache.
+const JOURNAL_CACHE: usize = 32 << 20;
+
 /// The archived copy of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveInfo {
@@ -274,6 +279,39 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// The iterator of [`Journal::records`].
+pub struct Records<'a> {
+    journal: &'a Journal,
+    page: std::vec::IntoIter<FileRecord>,
+    /// The next page's first inode; `None` once the table is exhausted or failed.
+    from: Option<u64>,
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<FileRecord, HsmError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(rec) = self.page.next() {
+            return Some(Ok(rec));
+        }
+        let from = self.from?;
+        match self.journal.page(from, RECORDS_PAGE) {
+            Err(e) => {
+                self.from = None;
+                Some(Err(e))
+            }
+            Ok(page) => {
+                self.from = page.last().and_then(|r| r.ino.checked_add(1));
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+        }
+    }
+}
+
+/// Records read per page by [`Journal::records`].
+const RECORDS_PAGE: usize = 4096;
+
 #[derive(Debug)]
 pub struct Journal {
     db: Database,
@@ -284,11 +322,14 @@ impl Journal {
     /// Opens or creates the journal at `path`; fails if another process has it open (one daemon per root).
     /// A version 1 journal is migrated to the current layout in the same transaction that checks it.
     pub fn open(path: &Path) -> Result<Journal, HsmError> {
-        let db = Database::create(path).map_err(|e| HsmError::Journal {
-            path: path.to_owned(),
-            op: "open",
-            detail: e.to_string(),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(JOURNAL_CACHE)
+            .create(path)
+            .map_err(|e| HsmError::Journal {
+                path: path.to_owned(),
+                op: "open",
+                detail: e.to_string(),
+            })?;
         let j = Journal {
             db,
             path: path.to_owned(),
@@ -400,6 +441,31 @@ impl Journal {
             out.push(self.decode_file(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// Up to `max` records in inode order, from inode `from` on: a scan of every file in bounded memory
+    /// (`from` = the last inode returned + 1 for the next page).
+    pub fn page(&self, from: u64, max: usize) -> Result<Vec<FileRecord>, HsmError> {
+        let table = self.read_table(FILES, "open files")?;
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(|e| self.err("scan files", e))? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err("scan files", e))?;
+            out.push(self.decode_file(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every record in inode order, read [`Journal::page`] by page (memory bounded whatever the file count;
+    /// each page is a consistent snapshot, writes between pages are seen by later pages).
+    pub fn records(&self) -> Records<'_> {
+        Records {
+            journal: self,
+            page: Vec::new().into_iter(),
+            from: Some(0),
+        }
     }
 
     /// Writes `records` and appends `log` entries (sequence numbers and times are filled in) in one durable
@@ -524,6 +590,29 @@ mod tests {
             plain_len: 20,
             compression: 1,
         }
+    }
+
+    /// A scan a page at a time returns every record once, in inode order, across page boundaries.
+    #[test]
+    fn records_are_scanned_page_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let n = RECORDS_PAGE as u64 * 2 + 7;
+        let recs: Vec<FileRecord> = (0..n)
+            .map(|i| {
+                FileRecord::new(
+                    n * 3 - i * 3,
+                    format!("f{i}").into(),
+                    Fingerprint::default(),
+                )
+            })
+            .collect();
+        j.commit(&recs.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let inos: Vec<u64> = j.records().map(|r| r.unwrap().ino).collect();
+        let want: Vec<u64> = (1..=n).map(|i| i * 3).collect();
+        assert_eq!(inos, want);
+        let empty = Journal::open(&dir.path().join("empty.redb")).unwrap();
+        assert_eq!(empty.records().count(), 0);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl ArchiveRun {
         to_free: u64,
         lines: &mut Vec<String>,
     ) -> Result<(), HsmError> {
-        let mut archiver = Archiver::new(svc);
+        let archiver = Archiver::new(svc);
         let (mut covered, mut chosen) = (0u64, Vec::new());
         for (i, c) in next.iter().enumerate() {
             if covered >= to_free {

@@ -100,6 +100,11 @@ impl Service {
         self.rt.block_on(f)
     }
 
+    /// Runs `f` on the I/O runtime in the background (an archive's map uploads).
+    pub(crate) fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.rt.spawn(f);
+    }
+
     /// Serializes fills, releases and recalls of one inode.
     pub(crate) fn file_lock(&self, ino: u64) -> Arc<Mutex<()>> {
         lock(&self.locks).entry(ino).or_default().clone()
@@ -180,21 +185,22 @@ impl Service {
         Ok(out)
     }
 
-    pub fn archive(&self, paths: &[PathBuf]) -> Reply {
+    /// Archives the files under `paths` with `threads` threads reading, chunking and compressing (0: one per
+    /// core).
+    pub fn archive(&self, paths: &[PathBuf], threads: usize) -> Reply {
         let run = || -> Result<Reply, HsmError> {
             let files = self.walk(paths)?;
-            let mut a = Archiver::new(self);
-            for f in &files {
-                if let Err(e) = a.file(f) {
-                    a.report.skipped += 1;
-                    a.lines.push(format!("error: {e}"));
-                }
-            }
+            let threads = match threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let a = Archiver::new(self);
+            a.files(&files, threads);
             let (report, lines) = a.finish()?;
             let mut reply = Reply::ok(lines);
             reply.lines.push(format!(
                 "archived {} files ({} unchanged, {} skipped): read {} bytes, {} new chunks, {} deduplicated, \
-                 {} bytes uploaded in {} blobs",
+                 {} bytes uploaded in {} blobs; {} threads",
                 report.archived,
                 report.unchanged,
                 report.skipped,
@@ -202,7 +208,8 @@ impl Service {
                 report.new_chunks,
                 report.dedup_chunks,
                 report.bytes_uploaded,
-                report.blobs
+                report.blobs,
+                report.threads
             ));
             reply.ok = report.skipped == 0;
             reply.archive = Some(report);
@@ -284,9 +291,10 @@ impl Service {
         run().unwrap_or_else(Reply::error)
     }
 
-    pub fn status(&self, paths: &[PathBuf]) -> Reply {
+    /// Totals of the files under `paths`, and each file's state if `list`.
+    pub fn status(&self, paths: &[PathBuf], list: bool) -> Reply {
         let run = || -> Result<Reply, HsmError> {
-            let mut reply = status_of(&self.layout, &self.journal, paths)?;
+            let mut reply = status_of(&self.layout, &self.journal, paths, list)?;
             let s = &self.stats;
             reply.lines.push(format!(
                 "events {} (open {}, range {}), recalled {} bytes, denied {}, replayed after restart {}",
@@ -311,10 +319,15 @@ impl Service {
         let root = &self.layout.root;
         let root_dir = std::fs::File::open(root).map_err(|e| HsmError::io("open", root, e))?;
         let mut n = 0;
-        for mut rec in self.journal.all()? {
+        // Stubs found under another name than recorded: their paths are written in batches (a transaction per
+        // stub made a restart cost one journal sync per stub; the paths are only what reports show).
+        let mut moved: Vec<FileRecord> = Vec::new();
+        for rec in self.journal.records() {
+            let mut rec = rec?;
             if !rec.is_stub() {
                 continue;
             }
+            let recorded_path = rec.path.clone();
             let by_handle = rec
                 .handle
                 .as_deref()
@@ -383,10 +396,19 @@ impl Service {
                     &[&rec],
                     &[("release", &rec, "completed after restart".into())],
                 )?;
-            } else {
-                self.journal.commit(&[&rec], &[])?;
+            } else if rec.path != recorded_path {
+                moved.push(rec);
+                if moved.len() >= 1024 {
+                    self.journal
+                        .commit(&moved.iter().collect::<Vec<_>>(), &[])?;
+                    moved.clear();
+                }
             }
             n += 1;
+        }
+        if !moved.is_empty() {
+            self.journal
+                .commit(&moved.iter().collect::<Vec<_>>(), &[])?;
         }
         Ok(n)
     }
@@ -420,57 +442,95 @@ fn walk_into(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), HsmError> {
     Ok(())
 }
 
-/// Per-file states and totals from the journal (used by the daemon, and directly when none runs).
-pub fn status_of(layout: &Layout, journal: &Journal, paths: &[PathBuf]) -> Result<Reply, HsmError> {
-    let records: HashMap<u64, FileRecord> =
-        journal.all()?.into_iter().map(|r| (r.ino, r)).collect();
-    let mut files = Vec::new();
-    let mut totals = Totals::default();
+/// Totals, and per-file states if `list`, from the journal (used by the daemon, and directly when none runs).
+/// The files found are matched with the journal in inode order, one pass over its records a page at a time:
+/// memory per file is its path and what `stat` said, not its journal record.
+pub fn status_of(
+    layout: &Layout,
+    journal: &Journal,
+    paths: &[PathBuf],
+    list: bool,
+) -> Result<Reply, HsmError> {
+    use std::os::unix::fs::MetadataExt;
+    /// One file found: what `stat` said, then what the journal says.
+    struct Seen {
+        fp: crate::journal::Fingerprint,
+        blocks_bytes: u64,
+        residency: Residency,
+        pinned: bool,
+        local: u64,
+    }
     let paths = if paths.is_empty() {
         vec![layout.root.clone()]
     } else {
         paths.to_vec()
     };
-    let mut list = Vec::new();
+    let mut found = Vec::new();
     for p in &paths {
         walk_into(
             &std::path::absolute(p).map_err(|e| HsmError::io("resolve", p, e))?,
-            &mut list,
+            &mut found,
         )?;
     }
-    list.sort();
-    for path in list {
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| HsmError::io("stat", &path, e))?;
-        let ino = std::os::unix::fs::MetadataExt::ino(&meta);
-        let rec = records.get(&ino);
-        let size = meta.len();
-        let residency = rec.map_or(Residency::Local, |r| {
-            r.residency(&crate::journal::Fingerprint::of(&meta))
+    found.sort();
+    let mut seen = Vec::with_capacity(found.len());
+    for path in &found {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| HsmError::io("stat", path, e))?;
+        seen.push(Seen {
+            fp: crate::journal::Fingerprint::of(&meta),
+            blocks_bytes: meta.blocks() * 512,
+            residency: Residency::Local,
+            pinned: false,
+            local: meta.len(),
         });
-        let local = match (residency, rec) {
-            (Residency::Partial | Residency::Released, Some(r)) => {
-                size - r.missing_bytes().min(size)
+    }
+    let mut by_ino: Vec<u32> = (0..seen.len() as u32).collect();
+    by_ino.sort_unstable_by_key(|&i| seen[i as usize].fp.ino);
+    let mut at = 0;
+    for rec in journal.records() {
+        let rec = rec?;
+        while at < by_ino.len() && seen[by_ino[at] as usize].fp.ino < rec.ino {
+            at += 1;
+        }
+        // Every name of the inode (hard links).
+        let mut j = at;
+        while j < by_ino.len() && seen[by_ino[j] as usize].fp.ino == rec.ino {
+            let s = &mut seen[by_ino[j] as usize];
+            s.residency = rec.residency(&s.fp);
+            s.pinned = rec.pinned;
+            if matches!(s.residency, Residency::Partial | Residency::Released) {
+                s.local = s.fp.size - rec.missing_bytes().min(s.fp.size);
             }
-            _ => size,
-        };
+            j += 1;
+        }
+        if at == by_ino.len() {
+            break;
+        }
+    }
+    drop(by_ino);
+    let mut files = Vec::new();
+    let mut totals = Totals::default();
+    for (path, s) in found.iter().zip(&seen) {
         totals.files += 1;
-        totals.size += size;
-        totals.local += local;
-        match residency {
+        totals.size += s.fp.size;
+        totals.local += s.local;
+        match s.residency {
             Residency::Released => totals.released += 1,
             Residency::Partial => totals.partial += 1,
             Residency::Archived => totals.archived += 1,
             Residency::Local => totals.local_only += 1,
         }
-        files.push(FileStatus {
-            path: layout.relative(&path),
-            // The control protocol carries the state by name (the JSON boundary).
-            state: residency,
-            pinned: rec.is_some_and(|r| r.pinned),
-            size,
-            local_bytes: local,
-            blocks_bytes: std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
-        });
+        if list {
+            files.push(FileStatus {
+                path: layout.relative(path),
+                // The control protocol carries the state by name (the JSON boundary).
+                state: s.residency,
+                pinned: s.pinned,
+                size: s.fp.size,
+                local_bytes: s.local,
+                blocks_bytes: s.blocks_bytes,
+            });
+        }
     }
     let mut reply = Reply::ok(vec![format!(
         "{} files, {} bytes: {} local only, {} archived, {} partial, {} released; {} bytes local",

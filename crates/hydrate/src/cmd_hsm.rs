@@ -28,7 +28,7 @@ pub enum HsmCommand {
     #[command(name = "__worker", hide = true)]
     Worker(RootArg),
     /// Copy files to the store (deduplicated, verified); the data stays local.
-    Archive(PathsArg),
+    Archive(ArchiveArgs),
     /// Free local space of archived, unchanged files (they become stubs, recalled on access).
     Release(PathsArg),
     /// Bring files back whole, ahead of use.
@@ -70,6 +70,15 @@ pub struct RootArg {
 pub struct PathsArg {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ArchiveArgs {
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Threads reading, chunking, hashing and compressing files in the daemon (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -194,7 +203,15 @@ pub fn run(args: HsmArgs) -> Result<()> {
         HsmCommand::Worker(a) => Ok(hydrate_hsm::run_worker(Layout::new(
             std::fs::canonicalize(&a.root)?,
         ))?),
-        HsmCommand::Archive(a) => request(&a.paths, Request::Archive),
+        HsmCommand::Archive(a) => {
+            hydrate_hsm::require_root()?;
+            let (layout, paths) = layout_of_all(&a.paths)?;
+            let req = Request::ArchiveWith {
+                paths,
+                threads: a.threads,
+            };
+            print(&hydrate_hsm::call(&layout, &req)?)
+        }
         HsmCommand::Release(a) => request(&a.paths, Request::Release),
         HsmCommand::Recall(a) => request(&a.paths, Request::Recall),
         HsmCommand::Pin(a) => request(&a.paths, Request::Pin),
@@ -245,12 +262,17 @@ fn status(a: StatusArgs) -> Result<()> {
         a.paths
     };
     let (layout, abs) = layout_of_all(&paths)?;
-    let reply = match hydrate_hsm::call(&layout, &Request::Status(abs.clone())) {
+    let list = a.long || a.json;
+    let req = Request::StatusWith {
+        paths: abs.clone(),
+        files: list,
+    };
+    let reply = match hydrate_hsm::call(&layout, &req) {
         Ok(r) => r,
         // No daemon: read the journal directly (it is only locked while a worker runs).
         Err(hydrate_hsm::HsmError::Daemon { .. }) => {
             let journal = hydrate_hsm::Journal::open(&layout.journal())?;
-            hydrate_hsm::service::status_of(&layout, &journal, &abs)?
+            hydrate_hsm::service::status_of(&layout, &journal, &abs, list)?
         }
         Err(e) => return Err(e.into()),
     };

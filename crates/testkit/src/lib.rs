@@ -14,6 +14,7 @@
 //! - [`proxy`]: a fault-injecting TCP proxy (latency, bandwidth, resets, stalls, truncation, bit flips, HTTP 500s).
 //! - `registry`: the OCI registry launcher (Debian `docker-registry`).
 //! - [`oci_image`]: OCI image layouts with hand-made layers (whiteouts, links, devices, xattrs) or host programs.
+//! - [`loopfs`]: loop-mounted ext4, xfs and btrfs images (HSM tests and benchmark).
 //! - [`rng`]: deterministic, incompressible test data (also used by the benchmark).
 //! - [`systemd`]: a stand-in service manager (notify socket, fd store, LISTEN_FDS) for the daemons' systemd paths.
 //! - [`containerd`]: containerd configurations for tests and the benchmark.
@@ -24,6 +25,7 @@
 
 pub mod containerd;
 pub mod garage;
+pub mod loopfs;
 pub mod nginx;
 pub mod oci_image;
 pub mod proxy;

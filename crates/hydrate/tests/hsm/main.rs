@@ -12,6 +12,7 @@ mod fdstore;
 mod support;
 mod thousand;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -447,7 +448,7 @@ fn store_unreachable_gives_eio_then_success() {
 #[test]
 fn disk_full_during_recall_gives_enospc() {
     require_root!();
-    let fs = LoopFs::new(FsKind::under_test(), 32);
+    let fs = LoopFs::new(FsKind::under_test(), 32).expect("loop-mounted file system");
     let store = tempfile::tempdir().unwrap();
     let root = fs.mnt.join("data");
     let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
@@ -938,4 +939,69 @@ fn the_daemon_notifies_readiness_and_stopping_as_systemd_expects() {
         "a stop empties the fd store: {:?}",
         systemd.store.keys().collect::<Vec<_>>()
     );
+}
+
+/// Archive on several threads: files read concurrently share most of their content. Every chunk is stored
+/// once (one location per chunk id across all file maps, and the blobs hold exactly the distinct chunks'
+/// bytes), the dedup is reported, and every file recalls byte for byte.
+#[test]
+fn parallel_archive_stores_shared_chunks_once() {
+    require_root!();
+    let (dir, root, hsm) = local_hsm("30s");
+    let shared_random = random_bytes(1, 3 << 19);
+    let shared_text = text_bytes(2, 1 << 20);
+    let mut want = BTreeMap::new();
+    for i in 0..48u64 {
+        // Files 40.. are exact copies of earlier ones: whole-file dedup too.
+        let seed = if i >= 40 { i - 40 } else { i };
+        let mut bytes = shared_random.clone();
+        bytes.extend(random_bytes(100 + seed, 200_000 + seed as usize * 1000));
+        bytes.extend(&shared_text);
+        let name = format!("f{i:02}");
+        std::fs::write(root.join(&name), &bytes).unwrap();
+        want.insert(name, sha256_digest(&bytes));
+    }
+    let report = hsm
+        .ok(Request::ArchiveWith {
+            paths: vec![root.clone()],
+            threads: 4,
+        })
+        .archive
+        .expect("archive report");
+    assert_eq!((report.archived, report.threads), (48, 4), "{report:?}");
+    assert!(
+        report.dedup_chunks > report.new_chunks,
+        "shared content must deduplicate: {report:?}"
+    );
+
+    let store = dir.path().join("store");
+    let mut located = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(store.join("hsm/maps")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for c in hydrate_hsm::FileMap::decode(&bytes).unwrap().chunks {
+            let at = (c.loc.blob, c.loc.blob_offset, c.loc.stored_len);
+            let first = *located.entry(c.loc.id).or_insert(at);
+            assert_eq!(first, at, "chunk {} stored twice", c.loc.id);
+        }
+    }
+    assert_eq!(located.len() as u64, report.new_chunks, "{report:?}");
+    let distinct: u64 = located.values().map(|&(_, _, len)| u64::from(len)).sum();
+    let blobs: u64 = std::fs::read_dir(store.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(blobs, distinct, "blob bytes vs distinct chunks' bytes");
+
+    hsm.ok(Request::Release(vec![root.clone()]));
+    // Totals alone do not carry every file (at a million files the listing is hundreds of MB).
+    let totals = hsm.ok(Request::StatusWith {
+        paths: vec![root.clone()],
+        files: false,
+    });
+    assert!(totals.files.is_empty());
+    assert_eq!(totals.totals.map(|t| (t.files, t.released)), Some((48, 48)));
+    for (name, digest) in &want {
+        assert_eq!(hsm.state(name), Residency::Released, "{name}");
+        assert_eq!(&sha256sum(&root.join(name)), digest, "{name}");
+    }
 }

@@ -87,114 +87,16 @@ pub fn days_ago(days: u64) -> filetime::FileTime {
     filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(days * 86400))
 }
 
-/// The file system the managed roots of this test run live on: `HYDRATE_HSM_FS` = `ext4` (the default: the
-/// root file system's temporary directory, plus small loop-mounted ext4 images where a test needs a full disk),
-/// `xfs` or `btrfs` (every managed root on a loop-mounted image of that type). `scripts/test.sh` runs the HSM
-/// tests once per file system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsKind {
-    Ext4,
-    Xfs,
-    Btrfs,
-}
-
-impl FsKind {
-    pub fn under_test() -> FsKind {
-        match std::env::var("HYDRATE_HSM_FS").as_deref() {
-            Err(_) | Ok("" | "ext4") => FsKind::Ext4,
-            Ok("xfs") => FsKind::Xfs,
-            Ok("btrfs") => FsKind::Btrfs,
-            Ok(other) => panic!("HYDRATE_HSM_FS={other:?}: expected ext4, xfs or btrfs"),
-        }
-    }
-
-    /// The smallest image `mkfs` accepts (xfs refuses file systems under 300 MiB; btrfs wants room for its
-    /// duplicated metadata).
-    fn min_mib(self) -> u64 {
-        match self {
-            FsKind::Ext4 => 8,
-            FsKind::Xfs => 300,
-            FsKind::Btrfs => 256,
-        }
-    }
-
-    fn mkfs(self, img: &Path) {
-        let img = img.as_os_str();
-        match self {
-            FsKind::Ext4 => sh(
-                "mkfs.ext4",
-                &[
-                    "-q".as_ref(),
-                    "-F".as_ref(),
-                    "-b".as_ref(),
-                    "4096".as_ref(),
-                    img,
-                ],
-            ),
-            FsKind::Xfs => sh("mkfs.xfs", &["-q".as_ref(), "-f".as_ref(), img]),
-            FsKind::Btrfs => sh("mkfs.btrfs", &["-q".as_ref(), "-f".as_ref(), img]),
-        };
-    }
-}
+/// The file system the managed roots of this test run live on (`HYDRATE_HSM_FS`, see `FsKind::under_test`): the
+/// root file system's temporary directory for ext4 (plus small loop-mounted ext4 images where a test needs a
+/// full disk), else loop-mounted images of that type.
+pub use hydrate_testkit::loopfs::{FsKind, LoopFs};
 
 /// `hydrate hsm policy ROOT ARGS…`; what it printed.
 pub fn policy(root: &Path, args: &[&str]) -> String {
     let mut all: Vec<&OsStr> = vec!["hsm".as_ref(), "policy".as_ref(), root.as_os_str()];
     all.extend(args.iter().map(OsStr::new));
     hydrate(&all)
-}
-
-/// A small file system image of `kind`, formatted and loop-mounted; unmounted and detached on drop.
-pub struct LoopFs {
-    dir: tempfile::TempDir,
-    device: String,
-    pub mnt: PathBuf,
-}
-
-impl LoopFs {
-    /// An image of `mib` MiB, or the smallest `kind` accepts if that is more.
-    pub fn new(kind: FsKind, mib: u64) -> LoopFs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("fs.img");
-        File::create(&img)
-            .unwrap()
-            .set_len(mib.max(kind.min_mib()) << 20)
-            .unwrap();
-        kind.mkfs(&img);
-        let device = sh(
-            "losetup",
-            &["-f".as_ref(), "--show".as_ref(), img.as_os_str()],
-        )
-        .trim()
-        .to_owned();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let guard = LoopFs { dir, device, mnt };
-        sh("mount", &[guard.device.as_ref(), guard.mnt.as_os_str()]);
-        guard
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        // A daemon stopped just before may still hold the file system for a moment (EBUSY): wait for it, then
-        // detach lazily rather than leave the mount and its loop device behind.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !Command::new("umount")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            if Instant::now() > deadline {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-        let _ = &self.dir;
-    }
 }
 
 /// A test's scratch directory on the file system under test: a temporary directory of the root file system
@@ -213,7 +115,7 @@ impl TestDir {
                 _fs: None,
             },
             kind => {
-                let fs = LoopFs::new(kind, 2048);
+                let fs = LoopFs::new(kind, 2048).expect("loop-mounted file system");
                 TestDir {
                     dir: tempfile::tempdir_in(&fs.mnt).unwrap(),
                     _fs: Some(fs),
@@ -238,7 +140,7 @@ pub struct SmallFs {
 
 impl SmallFs {
     pub fn new(mib: u64) -> SmallFs {
-        let fs = LoopFs::new(FsKind::under_test(), mib);
+        let fs = LoopFs::new(FsKind::under_test(), mib).expect("loop-mounted file system");
         let store = tempfile::tempdir().unwrap();
         let root = fs.mnt.join("data");
         let hsm = Hsm::init(&root, store.path().to_str().unwrap(), "30s");
