@@ -142,6 +142,10 @@ fn init_logging(verbose: u8) -> String {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log write that fails (the log file's disk is full) must cost only that line: by default the
+        // subscriber reports it with eprintln!, which panics when stderr is that same full file, and a
+        // panic in a FUSE thread ended the worker (seen when /var/tmp filled up under the test suite).
+        .log_internal_errors(false)
         .with_target(false)
         // The background daemon's stderr is its log file: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -662,3 +662,71 @@ fn directories_open_without_upcalls_across_takeovers() {
     assert_eq!((after_crash.0, after_crash.1), (0, 0));
     m.unmount();
 }
+
+/// A full disk under the log file costs log lines, never reads: the daemon logs every request (-vv) into a
+/// file on a 64 KiB tmpfs that fills at once, and every file still reads right, from one worker that never
+/// restarted. (The log subscriber used to report a failed write with eprintln!, which panics when stderr is
+/// that same full file: a FUSE thread died and the mount hung.)
+#[test]
+fn a_full_log_disk_costs_log_lines_not_reads() {
+    let env = Scratch::new("hydrate-test");
+    let (src, store) = (env.p("src"), env.p("store"));
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..20 {
+        write_random(&src.join(format!("f{i}")), 512 << 10, 300 + i);
+    }
+    build(&src, &store, "log:1");
+    let logs = env.p("logs");
+    fs::create_dir_all(&logs).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &logs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(logs.clone());
+    // Full before the daemon starts: every line it logs fails to be written.
+    let filler = logs.join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut f, &[0u8; 4096]).is_ok() {}
+    drop(f);
+    let log = logs.join("daemon.log");
+    let m = Mount::new(
+        &store,
+        "log:1",
+        &env.p("mnt"),
+        &env.p("cache"),
+        &[
+            "-vv",
+            "--log-file",
+            log.to_str().unwrap(),
+            "--fill-budget",
+            "0",
+        ],
+    );
+    for i in 0..20 {
+        let name = format!("f{i}");
+        assert_eq!(
+            fs::read(m.path(&name)).unwrap(),
+            fs::read(src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let free = nix::sys::statvfs::statvfs(&logs).unwrap();
+    assert!(
+        free.blocks_available() == 0,
+        "the log's disk is not full: the test proves nothing"
+    );
+    let info = mount_info(&m.mountpoint);
+    assert_eq!(info.supervisor.restarts, 0, "the worker died: {info:?}");
+    assert_eq!(info.supervisor.generation, 1);
+    m.unmount();
+}
