@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hydrate_erofs::{
     BlobLayout, DataLocation, DeviceId, Entry, EntryKind, ErofsOptions, ErofsWriter, Metadata,
@@ -386,4 +386,23 @@ pub fn write_blobs(built: &Built, items: &[Item], paths: &[&Path]) {
     for blob in &blobs {
         blob.sync_all().unwrap();
     }
+}
+
+/// The fixture's blobs and metadata image written under a fresh /var/tmp directory named `prefix…`: the
+/// directory (removed when dropped), the image and the two blobs.
+pub fn write(items: &[Item], prefix: &str) -> (tempfile::TempDir, PathBuf, [PathBuf; 2]) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let built = build(items);
+    let blobs = [dir.path().join("blob0"), dir.path().join("blob1")];
+    write_blobs(&built, items, &[&blobs[0], &blobs[1]]);
+    let image = dir.path().join("meta.erofs");
+    let info = built.writer.write_to_path(&image).unwrap();
+    eprintln!(
+        "metadata image: {info:?}, blobs of {:?} blocks",
+        built.layouts.iter().map(|l| l.blocks()).collect::<Vec<_>>()
+    );
+    (dir, image, blobs)
 }

@@ -36,20 +36,6 @@ fn items() -> Vec<Item> {
     items
 }
 
-/// The fixture's image and blobs under a fresh /var/tmp directory.
-fn write_fixture(items: &[Item]) -> (tempfile::TempDir, PathBuf, [PathBuf; 2]) {
-    let dir = tempfile::Builder::new()
-        .prefix("hydrate-erofs-fsck-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let built = fixture::build(items);
-    let blobs = [dir.path().join("blob0"), dir.path().join("blob1")];
-    fixture::write_blobs(&built, items, &[&blobs[0], &blobs[1]]);
-    let image = dir.path().join("meta.erofs");
-    built.writer.write_to_path(&image).unwrap();
-    (dir, image, blobs)
-}
-
 /// Runs fsck.erofs with both devices; its exit status and everything it printed.
 fn fsck(binary: &Path, blobs: &[PathBuf; 2], image: &Path, extra: &[String]) -> (bool, String) {
     let output = Command::new(binary)
@@ -73,7 +59,7 @@ fn fsck_erofs_accepts_the_image_and_its_devices() {
         return;
     };
     let items = items();
-    let (_dir, image, blobs) = write_fixture(&items);
+    let (_dir, image, blobs) = fixture::write(&items, "hydrate-erofs-fsck-");
     let (ok, report) = fsck(&binary, &blobs, &image, &[]);
     assert!(ok && !report.contains("<E>"), "fsck.erofs: {report}");
 
@@ -102,7 +88,7 @@ fn fsck_erofs_extracts_every_file_byte_for_byte() {
         return;
     }
     let items = items();
-    let (dir, image, blobs) = write_fixture(&items);
+    let (dir, image, blobs) = fixture::write(&items, "hydrate-erofs-fsck-");
     let out = dir.path().join("extracted");
     let (ok, report) = fsck(
         &binary,

@@ -28,19 +28,7 @@ impl Drop for Mounted {
 
 /// Writes the fixture's blobs and metadata image under a fresh /var/tmp directory and mounts it.
 fn mount_fixture(items: &[Item]) -> (tempfile::TempDir, Mounted) {
-    let dir = tempfile::Builder::new()
-        .prefix("hydrate-erofs-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let built = fixture::build(items);
-    let blobs = [dir.path().join("blob0"), dir.path().join("blob1")];
-    fixture::write_blobs(&built, items, &[&blobs[0], &blobs[1]]);
-    let image = dir.path().join("meta.erofs");
-    let info = built.writer.write_to_path(&image).unwrap();
-    eprintln!(
-        "metadata image: {info:?}, blobs of {:?} blocks",
-        built.layouts.iter().map(|l| l.blocks()).collect::<Vec<_>>()
-    );
+    let (dir, image, blobs) = fixture::write(items, "hydrate-erofs-");
     let target = dir.path().join("mnt");
     std::fs::create_dir(&target).unwrap();
     let options = format!(
