@@ -146,18 +146,23 @@ fn setup(test: &str) -> Option<Setup> {
     })
 }
 
+/// Copies tag `tag` of the OCI layout at `layout` to the registry as `library/NAME:TAG`; its reference.
+fn push_layout(t: &Setup, layout: &Path, name: &str, tag: &str) -> String {
+    let reference = format!("{}/library/{name}:{tag}", t.registry.host());
+    skopeo_copy(
+        &t.tools,
+        &t.s,
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{reference}"),
+    );
+    reference
+}
+
 /// The test image in the registry as `library/app:1`; its reference for containerd.
 fn push_test_image(t: &Setup) -> String {
     let mut layout = OciLayout::create(&t.s.p("layout")).unwrap();
     test_image(&mut layout, &t.s, "1");
-    let reference = format!("{}/library/app:1", t.registry.host());
-    skopeo_copy(
-        &t.tools,
-        &t.s,
-        &format!("oci:{}:1", t.s.s("layout")),
-        &format!("docker://{reference}"),
-    );
-    reference
+    push_layout(t, &t.s.p("layout"), "app", "1")
 }
 
 /// `hydrate convert` of `reference` into the same repository (`:1-hydrate`) with a containerd image
@@ -451,14 +456,7 @@ fn push_marker_image(t: &Setup, tag: &str, marker: &[u8]) -> String {
             },
         )
         .unwrap();
-    let reference = format!("{}/library/bad:{tag}", t.registry.host());
-    skopeo_copy(
-        &t.tools,
-        &t.s,
-        &format!("oci:{}:{tag}", dir.display()),
-        &format!("docker://{reference}"),
-    );
-    reference
+    push_layout(t, &dir, "bad", tag)
 }
 
 #[test]
@@ -574,14 +572,7 @@ fn push_pause_image(t: &Setup) -> String {
             },
         )
         .unwrap();
-    let reference = format!("{}/library/pause:1", t.registry.host());
-    skopeo_copy(
-        &t.tools,
-        &t.s,
-        &format!("oci:{}:1", dir.display()),
-        &format!("docker://{reference}"),
-    );
-    reference
+    push_layout(t, &dir, "pause", "1")
 }
 
 #[test]
