@@ -12,13 +12,22 @@
 //!    whether or not the holes were punched);
 //! 5. the blocks are punched (`PUNCH_HOLE | KEEP_SIZE`), mtime and atime restored, the result synced and
 //!    recorded as `Stub`.
+//!
+//! Files are released in batches of up to [`BATCH`]: every step above is taken for each file of the batch before
+//! the next step starts, so its four syncs (the intent's transaction, the xattrs, the punched blocks, the result's
+//! transaction) are paid once per batch instead of once per file. The order of steps for each file, and so what a
+//! crash leaves, is the same as for a batch of one. The two syncs of the files are `syncfs` of their file system:
+//! one journal commit instead of one per file (it also writes back other dirty data of that file system).
 
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use hydrate_format::hsm::{FileMapId, StubMark};
 
-use crate::journal::{FileState, Fingerprint};
+use crate::journal::{ArchiveInfo, FileRecord, FileState, Fingerprint};
 use crate::service::{NoAtime, Service};
 use crate::{sys, HsmError};
 
@@ -33,12 +42,81 @@ pub const SHARED_EXTENTS: &str =
     "its data shares extents with another file or a snapshot (reflink); releasing it \
      would free no space and a recall would un-share it; not released";
 
+/// How many files one release batch covers. Its files stay leased (an open of one waits) until the batch ends,
+/// so it is kept small enough to end within a fraction of a second.
+pub const BATCH: usize = 256;
+
 /// Releases `path`; returns the bytes of content released, or `None` if there was nothing to do.
 pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, HsmError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| HsmError::io("stat", path, e))?;
+    release_batch(svc, std::slice::from_ref(&path.to_owned()))
+        .pop()
+        .expect("one result per path")
+}
+
+/// Releases `paths` as one batch, returning each one's result in order (`Ok(None)`: nothing to do, e.g. a
+/// stub already, or a second name of a file released under another name in the same batch).
+pub(crate) fn release_batch(
+    svc: &Service,
+    paths: &[PathBuf],
+) -> Vec<Result<Option<u64>, HsmError>> {
+    let mut results: Vec<Result<Option<u64>, HsmError>> = paths.iter().map(|_| Ok(None)).collect();
+    let mut order: Vec<(usize, std::fs::Metadata)> = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => order.push((i, m)),
+            Err(e) => results[i] = Err(HsmError::io("stat", path, e)),
+        }
+    }
+    // Inodes are locked in ascending order, so that two batches (a release and the policy's) never deadlock.
+    order.sort_by_key(|(_, m)| m.ino());
+    order.dedup_by_key(|(_, m)| m.ino());
+    let locks: Vec<_> = order.iter().map(|(_, m)| svc.file_lock(m.ino())).collect();
+    let _guards: Vec<_> = locks
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+
+    let mut batch = Vec::new();
+    for (i, meta) in order {
+        match prepare(svc, &paths[i], meta) {
+            Ok(Some(p)) => batch.push((i, p)),
+            Ok(None) => {}
+            Err(e) => results[i] = Err(e),
+        }
+    }
+    for (i, r) in release_prepared(svc, batch) {
+        results[i] = r;
+    }
+    results
+}
+
+/// A file past the checks, leased and marked, whose release is about to be recorded.
+struct Prepared {
+    path: PathBuf,
+    file: File,
+    rec: FileRecord,
+    archive: ArchiveInfo,
+    mark: StubMark,
+    size: u64,
+    mtime_ns: i64,
+    atime_ns: i64,
+}
+
+impl Prepared {
+    /// Gives up before anything was recorded: the mark and the lease go, the file is as it was.
+    fn abandon(self, svc: &Service) {
+        let _ = sys::unmark_stub(svc.group.as_fd(), self.file.as_fd());
+        let _ = sys::drop_lease(self.file.as_fd());
+    }
+}
+
+/// Steps 1–3 for one file (its lock held): `None` if there is nothing to do.
+fn prepare(
+    svc: &Service,
+    path: &Path,
+    meta: std::fs::Metadata,
+) -> Result<Option<Prepared>, HsmError> {
     let fp = Fingerprint::of(&meta);
-    let lock = svc.file_lock(fp.ino);
-    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
     let Some(mut rec) = svc.journal.get(fp.ino)? else {
         return Err(HsmError::refused(
             path,
@@ -99,6 +177,15 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
             ));
         }
     }
+    let mark = StubMark {
+        map: FileMapId::from_hex(&archive.map).ok_or_else(|| {
+            HsmError::refused(
+                path,
+                format!("journal archive map id {:?} is not a digest", archive.map),
+            )
+        })?,
+        size: fp.size,
+    };
     let map_key = format!("{}{}", crate::filemap::MAPS_PREFIX, archive.map);
     if svc.block_on(svc.store.head(&map_key))?.is_none() {
         return Err(HsmError::refused(
@@ -107,7 +194,7 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
         ));
     }
 
-    let file = std::fs::File::options()
+    let file = File::options()
         .read(true)
         .write(true)
         .custom_flags_noatime()
@@ -122,7 +209,7 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
     if let Err(e) = sys::take_write_lease(file.as_fd()) {
         return Err(busy(&format!("open or mapped elsewhere: {e}")));
     }
-    let abandon = |file: &std::fs::File| {
+    let abandon = |file: &File| {
         let _ = sys::unmark_stub(svc.group.as_fd(), file.as_fd());
         let _ = sys::drop_lease(file.as_fd());
     };
@@ -137,12 +224,17 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
             return Err(busy("opened while being released"));
         }
     }
-    let now = Fingerprint::of(&file.metadata().map_err(|e| HsmError::io("stat", path, e))?);
+    let now = match file.metadata() {
+        Ok(m) => Fingerprint::of(&m),
+        Err(e) => {
+            abandon(&file);
+            return Err(HsmError::io("stat", path, e));
+        }
+    };
     if now.size != fp.size || now.mtime_ns != fp.mtime_ns {
         abandon(&file);
         return Err(HsmError::refused(path, "changed while being released"));
     }
-
     rec.handle = match sys::file_handle(path) {
         Ok(h) => Some(h),
         Err(e) => {
@@ -153,45 +245,145 @@ pub(crate) fn release_file(svc: &Service, path: &Path) -> Result<Option<u64>, Hs
     rec.state = FileState::Releasing;
     rec.present = Default::default();
     rec.horizon = fp.size;
-    let step = || -> Result<(), HsmError> {
-        svc.journal.commit(&[&rec], &[])?;
-        let mark = StubMark {
-            map: FileMapId::from_hex(&archive.map).ok_or_else(|| {
-                HsmError::refused(
-                    path,
-                    format!("journal archive map id {:?} is not a digest", archive.map),
-                )
-            })?,
-            size: fp.size,
-        };
-        xattr::FileExt::set_xattr(&file, STUB_XATTR, &mark.encode())
-            .map_err(|e| HsmError::io("set stub xattr on", path, e))?;
-        file.sync_all().map_err(|e| HsmError::io("sync", path, e))?;
-        let len = fp.size.div_ceil(4096) * 4096;
-        sys::punch_hole(file.as_fd(), 0, len)
-            .map_err(|e| HsmError::io("punch holes in", path, e))?;
-        let atime_ns = {
-            use std::os::unix::fs::MetadataExt;
-            meta.atime() * 1_000_000_000 + meta.atime_nsec()
-        };
-        sys::set_times(file.as_fd(), atime_ns, fp.mtime_ns)
-            .map_err(|e| HsmError::io("restore times of", path, e))?;
-        file.sync_all().map_err(|e| HsmError::io("sync", path, e))
-    };
-    if let Err(e) = step() {
-        // The intent is recorded and the file is marked: it is a valid stub whatever happened, and a read
-        // recalls whatever was punched. Leave it so rather than guess.
-        let _ = sys::drop_lease(file.as_fd());
-        return Err(e);
+    Ok(Some(Prepared {
+        path: path.to_owned(),
+        file,
+        rec,
+        archive,
+        mark,
+        size: fp.size,
+        mtime_ns: fp.mtime_ns,
+        atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
+    }))
+}
+
+/// Steps 4 and 5 for a batch of prepared files, each step for all of them before the next.
+fn release_prepared(
+    svc: &Service,
+    batch: Vec<(usize, Prepared)>,
+) -> Vec<(usize, Result<Option<u64>, HsmError>)> {
+    let mut out = Vec::new();
+    if batch.is_empty() {
+        return out;
     }
-    let _ = sys::drop_lease(file.as_fd());
-    rec.state = FileState::Stub;
-    rec.fingerprint = Fingerprint::of(&file.metadata().map_err(|e| HsmError::io("stat", path, e))?);
-    let detail = format!(
-        "map {} digest {} size {}",
-        archive.map, archive.digest, fp.size
-    );
-    svc.journal.commit(&[&rec], &[("release", &rec, detail)])?;
-    svc.forget_presence(fp.ino);
-    Ok(Some(fp.size))
+    // 4. The intent, durably: from here on each file is a stub whatever happens to it.
+    if let Err(e) = svc
+        .journal
+        .commit(&batch.iter().map(|(_, p)| &p.rec).collect::<Vec<_>>(), &[])
+    {
+        for (i, p) in batch {
+            let path = p.path.clone();
+            p.abandon(svc);
+            out.push((
+                i,
+                Err(HsmError::refused(path, format!("not released: {e}"))),
+            ));
+        }
+        return out;
+    }
+    // From here on a file that fails a step keeps its intent and mark: it is a valid stub whatever happened,
+    // and a read recalls whatever was punched. It is left so rather than guessed about.
+    let fail = |out: &mut Vec<_>, i, p: Prepared, e| {
+        let _ = sys::drop_lease(p.file.as_fd());
+        out.push((i, Err(e)));
+    };
+    let mut marked = Vec::with_capacity(batch.len());
+    for (i, p) in batch {
+        match xattr::FileExt::set_xattr(&p.file, STUB_XATTR, &p.mark.encode()) {
+            Ok(()) => marked.push((i, p)),
+            Err(e) => {
+                let e = HsmError::io("set stub xattr on", &p.path, e);
+                fail(&mut out, i, p, e);
+            }
+        }
+    }
+    // The xattrs must be on disk before any hole is: a restart takes a `Releasing` file without one as never
+    // punched.
+    let marked = sync_each_fs(marked, &mut |i, p, e| fail(&mut out, i, p, e));
+    let mut punched = Vec::with_capacity(marked.len());
+    for (i, p) in marked {
+        let len = p.size.div_ceil(4096) * 4096;
+        let step = sys::punch_hole(p.file.as_fd(), 0, len)
+            .map_err(|e| HsmError::io("punch holes in", &p.path, e))
+            .and_then(|()| {
+                sys::set_times(p.file.as_fd(), p.atime_ns, p.mtime_ns)
+                    .map_err(|e| HsmError::io("restore times of", &p.path, e))
+            });
+        match step {
+            Ok(()) => punched.push((i, p)),
+            Err(e) => fail(&mut out, i, p, e),
+        }
+    }
+    let punched = sync_each_fs(punched, &mut |i, p, e| fail(&mut out, i, p, e));
+    let mut done = Vec::with_capacity(punched.len());
+    for (i, mut p) in punched {
+        let _ = sys::drop_lease(p.file.as_fd());
+        match p.file.metadata() {
+            Ok(m) => {
+                p.rec.state = FileState::Stub;
+                p.rec.fingerprint = Fingerprint::of(&m);
+                done.push((i, p));
+            }
+            Err(e) => out.push((i, Err(HsmError::io("stat", &p.path, e)))),
+        }
+    }
+    let details: Vec<String> = done
+        .iter()
+        .map(|(_, p)| {
+            format!(
+                "map {} digest {} size {}",
+                p.archive.map, p.archive.digest, p.size
+            )
+        })
+        .collect();
+    let log: Vec<_> = done
+        .iter()
+        .zip(details)
+        .map(|((_, p), d)| ("release", &p.rec, d))
+        .collect();
+    let records: Vec<_> = done.iter().map(|(_, p)| &p.rec).collect();
+    match svc.journal.commit(&records, &log) {
+        Ok(()) => {
+            for (i, p) in done {
+                svc.forget_presence(p.rec.ino);
+                out.push((i, Ok(Some(p.size))));
+            }
+        }
+        Err(e) => {
+            // Recorded as releasing: a restart completes them.
+            for (i, p) in done {
+                let why = format!(
+                    "released, but its record failed ({e}); the daemon's restart completes it"
+                );
+                out.push((i, Err(HsmError::refused(&p.path, why))));
+            }
+        }
+    }
+    out
+}
+
+/// Makes what was written to the batch's files durable with one `syncfs` per file system; the files of a file
+/// system whose sync fails go to `fail`, the others are returned.
+fn sync_each_fs(
+    batch: Vec<(usize, Prepared)>,
+    fail: &mut dyn FnMut(usize, Prepared, HsmError),
+) -> Vec<(usize, Prepared)> {
+    let mut by_dev: BTreeMap<u64, Vec<(usize, Prepared)>> = BTreeMap::new();
+    for (i, p) in batch {
+        let dev = p.file.metadata().map(|m| m.dev()).unwrap_or(0);
+        by_dev.entry(dev).or_default().push((i, p));
+    }
+    let mut out = Vec::new();
+    for (_, files) in by_dev {
+        match nix::unistd::syncfs(&files[0].1.file) {
+            Ok(()) => out.extend(files),
+            Err(e) => {
+                for (i, p) in files {
+                    let err = HsmError::io("sync", &p.path, e.into());
+                    fail(i, p, err);
+                }
+            }
+        }
+    }
+    out
 }

@@ -225,8 +225,11 @@ impl Service {
         };
         let mut reply = Reply::ok(Vec::new());
         let (mut released, mut freed) = (0u64, 0u64);
-        for f in &files {
-            match crate::release::release_file(self, f) {
+        let results = files
+            .chunks(crate::release::BATCH)
+            .flat_map(|batch| crate::release::release_batch(self, batch));
+        for r in results {
+            match r {
                 Ok(Some(bytes)) => {
                     released += 1;
                     freed += bytes;

@@ -1005,3 +1005,60 @@ fn parallel_archive_stores_shared_chunks_once() {
         assert_eq!(&sha256sum(&root.join(name)), digest, "{name}");
     }
 }
+
+/// Release works in batches (one set of syncs per batch of files): files that cannot be released in a batch
+/// (open elsewhere, never archived) are refused with their reason while the rest of the batch is released;
+/// a file and its hard link in the same batch are released once; everything reads back right.
+#[test]
+fn a_release_batch_refuses_single_files_and_releases_the_rest() {
+    require_root!();
+    let (_dir, root, hsm) = local_hsm("30s");
+    let n = 300u64; // more than one batch (256)
+    let want = |i: u64| random_bytes(7000 + i, 4096 + (i as usize % 7) * 1024);
+    for i in 0..n {
+        std::fs::write(root.join(format!("f{i:03}")), want(i)).unwrap();
+    }
+    std::fs::write(root.join("held"), want(1000)).unwrap();
+    std::fs::write(root.join("h1"), want(1001)).unwrap();
+    std::fs::hard_link(root.join("h1"), root.join("h2")).unwrap();
+    hsm.ok(Request::Archive(vec![root.clone()]));
+    std::fs::write(root.join("new"), want(1002)).unwrap();
+
+    let held = File::open(root.join("held")).unwrap();
+    let r = hsm.req(Request::Release(vec![root.clone()]));
+    let text = r.lines.join("\n");
+    assert!(!r.ok, "{text}");
+    let errors: Vec<_> = r.lines.iter().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 2, "{text}");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("/held") && l.contains("in use")),
+        "{text}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("/new") && l.contains("never archived")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("released {} files", n + 1)), "{text}");
+    for i in 0..n {
+        assert_eq!(hsm.state(&format!("f{i:03}")), Residency::Released, "f{i:03}");
+    }
+    assert_eq!(hsm.state("h1"), Residency::Released);
+    assert_eq!(hsm.state("held"), Residency::Archived);
+    assert_eq!(hsm.state("new"), Residency::Local);
+    for i in 0..n {
+        assert!(
+            std::fs::read(root.join(format!("f{i:03}"))).unwrap() == want(i),
+            "f{i:03} reads wrong"
+        );
+    }
+    assert!(std::fs::read(root.join("h2")).unwrap() == want(1001));
+    // Once closed, the held file is released like any other.
+    drop(held);
+    hsm.ok(Request::Release(vec![root.join("held")]));
+    assert_eq!(hsm.state("held"), Residency::Released);
+    assert!(std::fs::read(root.join("held")).unwrap() == want(1000));
+}
