@@ -4,5 +4,6 @@
 mod fixture;
 mod fsck;
 mod golden;
+mod hostile;
 mod mount;
 mod validation;
