@@ -84,6 +84,35 @@ pub struct Totals {
     pub released: u64,
 }
 
+impl Totals {
+    /// Counts one more file.
+    pub fn add(&mut self, f: &FileStatus) {
+        self.files += 1;
+        self.size += f.size;
+        self.local += f.local_bytes;
+        match f.state {
+            Residency::Released => self.released += 1,
+            Residency::Partial => self.partial += 1,
+            Residency::Archived => self.archived += 1,
+            Residency::Local => self.local_only += 1,
+        }
+    }
+
+    /// The one-line summary `hydrate hsm status` prints.
+    pub fn line(&self) -> String {
+        format!(
+            "{} files, {} bytes: {} local only, {} archived, {} partial, {} released; {} bytes local",
+            self.files,
+            self.size,
+            self.local_only,
+            self.archived,
+            self.partial,
+            self.released,
+            self.local
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,

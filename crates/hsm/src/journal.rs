@@ -433,6 +433,19 @@ impl Journal {
         self.decode_file(ino, v.value()).map(Some)
     }
 
+    /// The records of `inos` (in that order), read in one transaction.
+    pub fn get_many(&self, inos: &[u64]) -> Result<Vec<Option<FileRecord>>, HsmError> {
+        let table = self.read_table(FILES, "open files")?;
+        inos.iter()
+            .map(
+                |&ino| match table.get(ino).map_err(|e| self.err("read file", e))? {
+                    Some(v) => self.decode_file(ino, v.value()).map(Some),
+                    None => Ok(None),
+                },
+            )
+            .collect()
+    }
+
     pub fn all(&self) -> Result<Vec<FileRecord>, HsmError> {
         let table = self.read_table(FILES, "open files")?;
         let mut out = Vec::new();

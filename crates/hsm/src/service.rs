@@ -170,15 +170,20 @@ impl Service {
         Ok(map)
     }
 
+    /// `path` made absolute, if it is under the managed root.
+    fn managed(&self, path: &Path) -> Result<PathBuf, HsmError> {
+        let p = std::path::absolute(path).map_err(|e| HsmError::io("resolve", path, e))?;
+        if !p.starts_with(&self.layout.root) {
+            return Err(HsmError::NotManaged { path: p });
+        }
+        Ok(p)
+    }
+
     /// The regular files under `paths` (recursively, same file system, skipping the state directory).
     pub fn walk(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, HsmError> {
         let mut out = Vec::new();
         for p in paths {
-            let p = std::path::absolute(p).map_err(|e| HsmError::io("resolve", p, e))?;
-            if !p.starts_with(&self.layout.root) {
-                return Err(HsmError::NotManaged { path: p });
-            }
-            walk_into(&p, &mut out)?;
+            walk_into(&self.managed(p)?, &mut out)?;
         }
         out.sort();
         out.dedup();
@@ -218,29 +223,42 @@ impl Service {
         run().unwrap_or_else(Reply::error)
     }
 
+    /// Releases the files under `paths`, a batch ([`crate::release::BATCH`]) at a time as the walk finds them.
     pub fn release(&self, paths: &[PathBuf]) -> Reply {
-        let files = match self.walk(paths) {
-            Ok(f) => f,
-            Err(e) => return Reply::error(e),
-        };
         let mut reply = Reply::ok(Vec::new());
         let (mut released, mut freed) = (0u64, 0u64);
-        let results = files
-            .chunks(crate::release::BATCH)
-            .flat_map(|batch| crate::release::release_batch(self, batch));
-        for r in results {
-            match r {
-                Ok(Some(bytes)) => {
-                    released += 1;
-                    freed += bytes;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    reply.ok = false;
-                    reply.lines.push(format!("error: {e}"));
+        let mut batch = Vec::with_capacity(crate::release::BATCH);
+        let mut release = |batch: &mut Vec<PathBuf>, reply: &mut Reply| {
+            for r in crate::release::release_batch(self, batch) {
+                match r {
+                    Ok(Some(bytes)) => {
+                        released += 1;
+                        freed += bytes;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        reply.ok = false;
+                        reply.lines.push(format!("error: {e}"));
+                    }
                 }
             }
+            batch.clear();
+        };
+        for p in paths {
+            let walked = self.managed(p).and_then(|p| {
+                for_each_file(&p, &mut |path, _| {
+                    batch.push(path.to_owned());
+                    if batch.len() >= crate::release::BATCH {
+                        release(&mut batch, &mut reply);
+                    }
+                    Ok(())
+                })
+            });
+            if let Err(e) = walked {
+                return Reply::error(e);
+            }
         }
+        release(&mut batch, &mut reply);
         reply.lines.push(format!(
             "released {released} files, {freed} bytes of content"
         ));
@@ -445,106 +463,117 @@ fn walk_into(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), HsmError> {
     Ok(())
 }
 
+/// Files whose journal records one status step reads in one transaction.
+const STATUS_BATCH: usize = 4096;
+
+/// Calls `each` for every regular file at or below `path` (the state directory excluded), directories in name
+/// order, without listing the whole tree first: memory is one directory's names per level.
+pub fn for_each_file(
+    path: &Path,
+    each: &mut dyn FnMut(&Path, &std::fs::Metadata) -> Result<(), HsmError>,
+) -> Result<(), HsmError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| HsmError::io("stat", path, e))?;
+    if meta.is_file() {
+        return each(path, &meta);
+    }
+    if !meta.is_dir() || path.file_name().is_some_and(|n| n == STATE_DIR) {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(|e| HsmError::io("list", path, e))? {
+        names.push(
+            entry
+                .map_err(|e| HsmError::io("list", path, e))?
+                .file_name(),
+        );
+    }
+    names.sort_unstable();
+    for name in names {
+        for_each_file(&path.join(name), each)?;
+    }
+    Ok(())
+}
+
+/// The state of every file at or below `paths` (the root if empty), handed to `each` in walk order
+/// ([`for_each_file`]); the journal is read [`STATUS_BATCH`] files at a time, so memory stays bounded whatever the
+/// number of files (a million-file tree used to be held whole: paths, what `stat` said and the listing).
+pub fn status_walk(
+    layout: &Layout,
+    journal: &Journal,
+    paths: &[PathBuf],
+    each: &mut dyn FnMut(FileStatus),
+) -> Result<(), HsmError> {
+    use std::os::unix::fs::MetadataExt;
+    let paths = if paths.is_empty() {
+        vec![layout.root.clone()]
+    } else {
+        paths.to_vec()
+    };
+    let mut batch: Vec<(PathBuf, crate::journal::Fingerprint, u64)> = Vec::new();
+    let mut flush = |batch: &mut Vec<(PathBuf, crate::journal::Fingerprint, u64)>| {
+        let inos: Vec<u64> = batch.iter().map(|(_, fp, _)| fp.ino).collect();
+        let records = journal.get_many(&inos)?;
+        for ((path, fp, blocks_bytes), rec) in batch.drain(..).zip(records) {
+            let (state, pinned, local_bytes) = match rec {
+                Some(rec) => {
+                    let state = rec.residency(&fp);
+                    let local = match state {
+                        Residency::Partial | Residency::Released => {
+                            fp.size - rec.missing_bytes().min(fp.size)
+                        }
+                        _ => fp.size,
+                    };
+                    (state, rec.pinned, local)
+                }
+                None => (Residency::Local, false, fp.size),
+            };
+            each(FileStatus {
+                path: layout.relative(&path),
+                // The control protocol carries the state by name (the JSON boundary).
+                state,
+                pinned,
+                size: fp.size,
+                local_bytes,
+                blocks_bytes,
+            });
+        }
+        Ok::<(), HsmError>(())
+    };
+    for p in &paths {
+        let p = std::path::absolute(p).map_err(|e| HsmError::io("resolve", p, e))?;
+        for_each_file(&p, &mut |path, meta| {
+            batch.push((
+                path.to_owned(),
+                crate::journal::Fingerprint::of(meta),
+                meta.blocks() * 512,
+            ));
+            if batch.len() >= STATUS_BATCH {
+                flush(&mut batch)?;
+            }
+            Ok(())
+        })?;
+    }
+    flush(&mut batch)
+}
+
 /// Totals, and per-file states if `list`, from the journal (used by the daemon, and directly when none runs).
-/// The files found are matched with the journal in inode order, one pass over its records a page at a time:
-/// memory per file is its path and what `stat` said, not its journal record.
+/// Without `list`, memory does not grow with the files; a listing of many files is asked for a batch of paths
+/// at a time (`hydrate hsm status -l/--json` does so).
 pub fn status_of(
     layout: &Layout,
     journal: &Journal,
     paths: &[PathBuf],
     list: bool,
 ) -> Result<Reply, HsmError> {
-    use std::os::unix::fs::MetadataExt;
-    /// One file found: what `stat` said, then what the journal says.
-    struct Seen {
-        fp: crate::journal::Fingerprint,
-        blocks_bytes: u64,
-        residency: Residency,
-        pinned: bool,
-        local: u64,
-    }
-    let paths = if paths.is_empty() {
-        vec![layout.root.clone()]
-    } else {
-        paths.to_vec()
-    };
-    let mut found = Vec::new();
-    for p in &paths {
-        walk_into(
-            &std::path::absolute(p).map_err(|e| HsmError::io("resolve", p, e))?,
-            &mut found,
-        )?;
-    }
-    found.sort();
-    let mut seen = Vec::with_capacity(found.len());
-    for path in &found {
-        let meta = std::fs::symlink_metadata(path).map_err(|e| HsmError::io("stat", path, e))?;
-        seen.push(Seen {
-            fp: crate::journal::Fingerprint::of(&meta),
-            blocks_bytes: meta.blocks() * 512,
-            residency: Residency::Local,
-            pinned: false,
-            local: meta.len(),
-        });
-    }
-    let mut by_ino: Vec<u32> = (0..seen.len() as u32).collect();
-    by_ino.sort_unstable_by_key(|&i| seen[i as usize].fp.ino);
-    let mut at = 0;
-    for rec in journal.records() {
-        let rec = rec?;
-        while at < by_ino.len() && seen[by_ino[at] as usize].fp.ino < rec.ino {
-            at += 1;
-        }
-        // Every name of the inode (hard links).
-        let mut j = at;
-        while j < by_ino.len() && seen[by_ino[j] as usize].fp.ino == rec.ino {
-            let s = &mut seen[by_ino[j] as usize];
-            s.residency = rec.residency(&s.fp);
-            s.pinned = rec.pinned;
-            if matches!(s.residency, Residency::Partial | Residency::Released) {
-                s.local = s.fp.size - rec.missing_bytes().min(s.fp.size);
-            }
-            j += 1;
-        }
-        if at == by_ino.len() {
-            break;
-        }
-    }
-    drop(by_ino);
     let mut files = Vec::new();
     let mut totals = Totals::default();
-    for (path, s) in found.iter().zip(&seen) {
-        totals.files += 1;
-        totals.size += s.fp.size;
-        totals.local += s.local;
-        match s.residency {
-            Residency::Released => totals.released += 1,
-            Residency::Partial => totals.partial += 1,
-            Residency::Archived => totals.archived += 1,
-            Residency::Local => totals.local_only += 1,
-        }
+    status_walk(layout, journal, paths, &mut |f| {
+        totals.add(&f);
         if list {
-            files.push(FileStatus {
-                path: layout.relative(path),
-                // The control protocol carries the state by name (the JSON boundary).
-                state: s.residency,
-                pinned: s.pinned,
-                size: s.fp.size,
-                local_bytes: s.local,
-                blocks_bytes: s.blocks_bytes,
-            });
+            files.push(f);
         }
-    }
-    let mut reply = Reply::ok(vec![format!(
-        "{} files, {} bytes: {} local only, {} archived, {} partial, {} released; {} bytes local",
-        totals.files,
-        totals.size,
-        totals.local_only,
-        totals.archived,
-        totals.partial,
-        totals.released,
-        totals.local
-    )]);
+    })?;
+    let mut reply = Reply::ok(vec![totals.line()]);
     reply.files = files;
     reply.totals = Some(totals);
     Ok(reply)

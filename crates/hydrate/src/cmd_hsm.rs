@@ -6,6 +6,7 @@
 
 use hydrate_units::{parse_duration, parse_size};
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -255,6 +256,10 @@ fn request(paths: &[PathBuf], make: fn(Vec<PathBuf>) -> Request) -> Result<()> {
     print(&hydrate_hsm::call(&layout, &make(abs))?)
 }
 
+/// Paths of files sent per status request when every file is listed: the reply stays a few MB (its limit is
+/// 64 MiB) and neither side holds the whole listing of a large tree.
+const LIST_BATCH: usize = 8192;
+
 fn status(a: StatusArgs) -> Result<()> {
     let paths = if a.paths.is_empty() {
         vec![PathBuf::from(".")]
@@ -262,37 +267,146 @@ fn status(a: StatusArgs) -> Result<()> {
         a.paths
     };
     let (layout, abs) = layout_of_all(&paths)?;
-    let list = a.long || a.json;
-    let req = Request::StatusWith {
-        paths: abs.clone(),
-        files: list,
-    };
-    let reply = match hydrate_hsm::call(&layout, &req) {
-        Ok(r) => r,
-        // No daemon: read the journal directly (it is only locked while a worker runs).
-        Err(hydrate_hsm::HsmError::Daemon { .. }) => {
-            let journal = hydrate_hsm::Journal::open(&layout.journal())?;
-            hydrate_hsm::service::status_of(&layout, &journal, &abs, list)?
+    if !(a.long || a.json) {
+        let req = Request::StatusWith {
+            paths: abs.clone(),
+            files: false,
+        };
+        let reply = match hydrate_hsm::call(&layout, &req) {
+            Ok(r) => r,
+            // No daemon: read the journal directly (it is only locked while a worker runs).
+            Err(hydrate_hsm::HsmError::Daemon { .. }) => {
+                let journal = hydrate_hsm::Journal::open(&layout.journal())?;
+                hydrate_hsm::service::status_of(&layout, &journal, &abs, false)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        return print(&reply);
+    }
+    // Every file: this process walks the tree and asks for the files' states a batch at a time, printing as
+    // they come (the daemon, or the journal itself when no daemon runs, answers for each batch).
+    let mut source = StatusSource::Daemon;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut totals = hydrate_hsm::Totals::default();
+    let mut last = Reply::ok(Vec::new());
+    let mut listed = 0u64;
+    if a.json {
+        write!(out, "{{\n  \"files\": [")?;
+    }
+    let mut emit = |reply: Reply, out: &mut dyn Write| -> Result<()> {
+        for f in &reply.files {
+            totals.add(f);
+            if a.json {
+                let sep = if listed == 0 { "" } else { "," };
+                write!(out, "{sep}\n    {}", serde_json::to_string(f)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<9} {}{:>14} {:>14}  {}",
+                    f.state,
+                    if f.pinned { "P" } else { " " },
+                    f.size,
+                    f.local_bytes,
+                    f.path.display()
+                )?;
+            }
+            listed += 1;
         }
-        Err(e) => return Err(e.into()),
+        last = reply;
+        Ok(())
+    };
+    let mut batch: Vec<PathBuf> = Vec::with_capacity(LIST_BATCH);
+    let mut asked = false;
+    for p in &abs {
+        hydrate_hsm::service::for_each_file(p, &mut |path, _| {
+            batch.push(path.to_owned());
+            if batch.len() >= LIST_BATCH {
+                asked = true;
+                let reply = source.status(&layout, std::mem::take(&mut batch))?;
+                emit(reply, &mut out).map_err(|e| hydrate_hsm::HsmError::Refused {
+                    path: path.to_owned(),
+                    reason: format!("printing the status: {e:#}"),
+                })?;
+            }
+            Ok(())
+        })?;
+    }
+    if !batch.is_empty() {
+        let reply = source.status(&layout, batch)?;
+        emit(reply, &mut out)?;
+    } else if !asked {
+        // No file at all: still one request, for the daemon's own lines (an empty list would mean the root).
+        let reply = source.ask(&layout, abs.clone(), false)?;
+        emit(reply, &mut out)?;
+    }
+    // The summary: totals of every batch, and what else the daemon said (its event counters) with the last one.
+    let mut lines = vec![totals.line()];
+    lines.extend(last.lines.iter().skip(1).cloned());
+    let summary = Reply {
+        ok: true,
+        lines,
+        totals: Some(totals),
+        ..Reply::default()
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        write!(out, "\n  ]")?;
+        let value = serde_json::to_value(&summary)?;
+        for (key, v) in value.as_object().into_iter().flatten() {
+            if key != "files" {
+                write!(out, ",\n  {}: {}", serde_json::to_string(key)?, v)?;
+            }
+        }
+        writeln!(out, "\n}}")?;
+        out.flush()?;
         return Ok(());
     }
-    if a.long {
-        for f in &reply.files {
-            println!(
-                "{:<9} {}{:>14} {:>14}  {}",
-                f.state,
-                if f.pinned { "P" } else { " " },
-                f.size,
-                f.local_bytes,
-                f.path.display()
-            );
+    out.flush()?;
+    drop(out);
+    print(&summary)
+}
+
+/// Who answers `status` for a batch of files: the daemon, or the journal read directly once no daemon is found.
+enum StatusSource {
+    Daemon,
+    Journal(hydrate_hsm::Journal),
+}
+
+impl StatusSource {
+    /// The states of the files `paths` (never empty: that would ask for the whole root).
+    fn status(
+        &mut self,
+        layout: &Layout,
+        paths: Vec<PathBuf>,
+    ) -> Result<Reply, hydrate_hsm::HsmError> {
+        self.ask(layout, paths, true)
+    }
+
+    fn ask(
+        &mut self,
+        layout: &Layout,
+        paths: Vec<PathBuf>,
+        files: bool,
+    ) -> Result<Reply, hydrate_hsm::HsmError> {
+        if let StatusSource::Daemon = self {
+            let req = Request::StatusWith {
+                paths: paths.clone(),
+                files,
+            };
+            match hydrate_hsm::call(layout, &req) {
+                Ok(reply) => return Ok(reply),
+                Err(hydrate_hsm::HsmError::Daemon { .. }) => {
+                    *self = StatusSource::Journal(hydrate_hsm::Journal::open(&layout.journal())?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self {
+            StatusSource::Journal(journal) => {
+                hydrate_hsm::service::status_of(layout, journal, &paths, files)
+            }
+            StatusSource::Daemon => unreachable!("switched to the journal above"),
         }
     }
-    print(&reply)
 }
 
 #[cfg(test)]

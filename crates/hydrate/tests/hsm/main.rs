@@ -1042,9 +1042,16 @@ fn a_release_batch_refuses_single_files_and_releases_the_rest() {
             .any(|l| l.contains("/new") && l.contains("never archived")),
         "{text}"
     );
-    assert!(text.contains(&format!("released {} files", n + 1)), "{text}");
+    assert!(
+        text.contains(&format!("released {} files", n + 1)),
+        "{text}"
+    );
     for i in 0..n {
-        assert_eq!(hsm.state(&format!("f{i:03}")), Residency::Released, "f{i:03}");
+        assert_eq!(
+            hsm.state(&format!("f{i:03}")),
+            Residency::Released,
+            "f{i:03}"
+        );
     }
     assert_eq!(hsm.state("h1"), Residency::Released);
     assert_eq!(hsm.state("held"), Residency::Archived);
@@ -1061,4 +1068,83 @@ fn a_release_batch_refuses_single_files_and_releases_the_rest() {
     hsm.ok(Request::Release(vec![root.join("held")]));
     assert_eq!(hsm.state("held"), Residency::Released);
     assert!(std::fs::read(root.join("held")).unwrap() == want(1000));
+}
+
+/// `hydrate hsm status -l` and `--json` list every file of a tree larger than one listing batch (8,192 files)
+/// with the right states and totals, from the daemon and, once it is stopped, from the journal; the JSON is one
+/// valid document.
+#[test]
+fn status_lists_a_tree_larger_than_a_batch() {
+    require_root!();
+    let (_dir, root, mut hsm) = local_hsm("30s");
+    let n = 8_300usize;
+    for d in 0..9 {
+        std::fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..n {
+        std::fs::write(root.join(format!("d{}/f{i:05}", i % 9)), format!("{i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(root.join("cold")).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            root.join(format!("cold/c{i}")),
+            random_bytes(300 + i, 200_000),
+        )
+        .unwrap();
+    }
+    hsm.ok(Request::Archive(vec![root.join("cold")]));
+    hsm.ok(Request::Release(vec![
+        root.join("cold/c0"),
+        root.join("cold/c1"),
+    ]));
+
+    let check_json = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let files = v["files"].as_array().unwrap();
+        assert_eq!(files.len(), n + 3);
+        let state = |p: &str| {
+            files
+                .iter()
+                .find(|f| f["path"] == p)
+                .unwrap_or_else(|| panic!("{p} not listed"))["state"]
+                .clone()
+        };
+        assert_eq!(state("cold/c0"), "released");
+        assert_eq!(state("cold/c2"), "archived");
+        assert_eq!(state("d4/f00004"), "local");
+        let totals = &v["totals"];
+        assert_eq!(totals["files"], (n + 3) as u64);
+        assert_eq!(totals["released"], 2);
+        assert_eq!(totals["archived"], 1);
+        assert_eq!(totals["local_only"], n as u64);
+        assert_eq!(v["ok"], true);
+    };
+    let rootarg = root.as_os_str();
+    check_json(&hydrate(&[
+        "hsm".as_ref(),
+        "status".as_ref(),
+        "--json".as_ref(),
+        rootarg,
+    ]));
+    let long = hydrate(&["hsm".as_ref(), "status".as_ref(), "-l".as_ref(), rootarg]);
+    let listed = long
+        .lines()
+        .filter(|l| {
+            l.starts_with("local") || l.starts_with("archived") || l.starts_with("released")
+        })
+        .count();
+    assert_eq!(listed, n + 3, "{}", &long[long.len().saturating_sub(500)..]);
+    assert!(
+        long.contains(&format!("{} files", n + 3)) && long.contains("2 released"),
+        "{}",
+        &long[long.len().saturating_sub(500)..]
+    );
+    // Without a daemon the journal answers, batch by batch as well.
+    hsm.terminate();
+    check_json(&hydrate(&[
+        "hsm".as_ref(),
+        "status".as_ref(),
+        "--json".as_ref(),
+        rootarg,
+    ]));
 }
