@@ -275,7 +275,7 @@ fn status(a: StatusArgs) -> Result<()> {
         let reply = match hydrate_hsm::call(&layout, &req) {
             Ok(r) => r,
             // No daemon: read the journal directly (it is only locked while a worker runs).
-            Err(hydrate_hsm::HsmError::Daemon { .. }) => {
+            Err(hydrate_hsm::HsmError::Daemon { .. }) if !daemon_listens(&layout) => {
                 let journal = hydrate_hsm::Journal::open(&layout.journal())?;
                 hydrate_hsm::service::status_of(&layout, &journal, &abs, false)?
             }
@@ -365,6 +365,12 @@ fn status(a: StatusArgs) -> Result<()> {
     print(&summary)
 }
 
+/// Whether a daemon accepts connections on the root's control socket: only when none does may `status` read the
+/// journal itself (a daemon that answered with an error holds the journal, and its error is the one to report).
+fn daemon_listens(layout: &Layout) -> bool {
+    std::os::unix::net::UnixStream::connect(layout.socket()).is_ok()
+}
+
 /// Who answers `status` for a batch of files: the daemon, or the journal read directly once no daemon is found.
 enum StatusSource {
     Daemon,
@@ -394,7 +400,7 @@ impl StatusSource {
             };
             match hydrate_hsm::call(layout, &req) {
                 Ok(reply) => return Ok(reply),
-                Err(hydrate_hsm::HsmError::Daemon { .. }) => {
+                Err(hydrate_hsm::HsmError::Daemon { .. }) if !daemon_listens(layout) => {
                     *self = StatusSource::Journal(hydrate_hsm::Journal::open(&layout.journal())?);
                 }
                 Err(e) => return Err(e),
