@@ -227,10 +227,14 @@ fn timed_cli(bin: &Path, args: &[&str]) -> Result<(f64, u64, String)> {
         .context("running /usr/bin/time (GNU time) for the CLI's peak memory")?;
     let secs = t.elapsed().as_secs_f64();
     if !out.status.success() {
+        // Per-file errors are on stdout, the summary on stderr: the first few of each.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let errors: Vec<&str> = stdout.lines().filter(|l| l.starts_with("error")).take(5).collect();
         bail!(
-            "hydrate {args:?} failed ({}): {}",
+            "hydrate {args:?} failed ({}): {}; {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim(),
+            errors.join("; ")
         );
     }
     let text = std::fs::read_to_string(report.path())?;
