@@ -159,6 +159,19 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     keyed_socket_path(Path::new(RUN_DIR), mountpoint, "")
 }
 
+/// Where the supervisor `supervisor_pid` of a kernel-mode mount of `mountpoint` mounts its private blob
+/// filesystem (crate `hydrate-kernel`): `RUN_DIR/kernel/<key of the mount point>-<pid>`. The pid keeps a
+/// daemon still exiting apart from a new mount of the same mount point; the key lets `hydrate umount` find
+/// what a killed daemon left.
+pub fn kernel_blob_dir(mountpoint: &Path, supervisor_pid: u32) -> PathBuf {
+    Path::new(RUN_DIR)
+        .join(KERNEL_BLOB_DIRS)
+        .join(format!("{}-{supervisor_pid}", wire::path_key(mountpoint)))
+}
+
+/// The directory under RUN_DIR holding kernel-mode blob mounts.
+pub const KERNEL_BLOB_DIRS: &str = "kernel";
+
 /// The socket of the worker of `generation` run by supervisor `supervisor_pid` for `mountpoint`.
 pub fn worker_socket_path(mountpoint: &Path, supervisor_pid: u32, generation: u64) -> PathBuf {
     keyed_socket_path(

@@ -1,0 +1,158 @@
+//! The worker's side of kernel mode (crate `hydrate-kernel`): the erofs metadata file in the cache directory,
+//! and [`BlobFront`], the FUSE filesystem the worker serves instead of the image's tree: [`BlobFs`] over the
+//! mount's Volume (so verification, plans, readahead, directory heuristics, metrics, quota, eviction and trace
+//! recording are the same as in FUSE mode), plus what the worker needs of any front end: a hook run once the
+//! connection is initialized (or resumed) and the requests in flight for `hydrate status`.
+
+use anyhow::{Context, Result};
+use hydrate_core::{MappedManifest, Volume};
+use hydrate_format::ImageId;
+use hydrate_fuse::InFlight;
+use hydrate_fuse_transport::{
+    AttrOut, DirFiller, EntryOut, Errno, Filesystem, Negotiated, OpenOut, RequestCtx, StatfsOut,
+};
+use hydrate_kernel::{Blob, BlobFs, BlobFsConfig, KernelImage};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What a kernel-mode worker prepares before it gets the connection.
+pub(crate) struct KernelPrepared {
+    /// The erofs metadata file (the supervisor mounts it).
+    pub metadata: PathBuf,
+    pub blob: Arc<Blob>,
+}
+
+/// Builds the image's erofs layout and writes its metadata file into `cache_dir`, or reuses the file a
+/// previous worker or mount wrote: its name carries the image id and the layout version, and the build is
+/// deterministic, so a file of that name holds these very bytes (written by temp file, fsync and rename, it is
+/// never partial). The layout is built anyway: BlobFs serves from it, and it is not stored.
+pub(crate) fn prepare(
+    manifest: &MappedManifest,
+    image: &ImageId,
+    cache_dir: &Path,
+) -> Result<KernelPrepared> {
+    let started = Instant::now();
+    let built = KernelImage::build(manifest)
+        .with_context(|| format!("laying out image {image} as erofs for --kernel"))?;
+    let metadata = cache_dir.join(KernelImage::metadata_file_name(image));
+    let reused = metadata.is_file();
+    if !reused {
+        built
+            .write_metadata(&metadata)
+            .context("writing the erofs metadata file")?;
+    }
+    tracing::info!(
+        metadata = %metadata.display(),
+        reused,
+        stats = ?built.stats(),
+        blob_bytes = built.blob_size(),
+        ms = started.elapsed().as_millis() as u64,
+        "kernel mode: erofs image ready"
+    );
+    Ok(KernelPrepared {
+        metadata,
+        blob: Arc::new(built.into_blob()),
+    })
+}
+
+type InitHook = Box<dyn FnOnce(&Negotiated) + Send>;
+
+/// [`BlobFs`] as the worker serves it (see the module doc).
+pub(crate) struct BlobFront {
+    fs: BlobFs,
+    in_flight: InFlight,
+    on_init: Mutex<Option<InitHook>>,
+}
+
+impl BlobFront {
+    pub(crate) fn new(vol: Arc<Volume>, blob: Arc<Blob>) -> Self {
+        BlobFront {
+            fs: BlobFs::new(vol, blob, BlobFsConfig::default()),
+            in_flight: InFlight::default(),
+            on_init: Mutex::new(None),
+        }
+    }
+
+    /// Runs `hook` once the kernel's INIT is answered, or once serving starts on a resumed connection.
+    pub(crate) fn on_init(&self, hook: impl FnOnce(&Negotiated) + Send + 'static) {
+        *self.on_init.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    pub(crate) fn blobfs(&self) -> &BlobFs {
+        &self.fs
+    }
+
+    pub(crate) fn in_flight(&self) -> &InFlight {
+        &self.in_flight
+    }
+}
+
+impl Filesystem for BlobFront {
+    fn init(&self, negotiated: &Negotiated) {
+        tracing::info!(
+            minor = negotiated.minor,
+            blob_bytes = self.fs.size(),
+            "blob connection initialized"
+        );
+        let hook = self
+            .on_init
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook(negotiated);
+        }
+    }
+
+    fn lookup(&self, ctx: &RequestCtx, parent: u64, name: &[u8]) -> Result<EntryOut, Errno> {
+        self.fs.lookup(ctx, parent, name)
+    }
+
+    fn getattr(&self, ctx: &RequestCtx, ino: u64, fh: Option<u64>) -> Result<AttrOut, Errno> {
+        self.fs.getattr(ctx, ino, fh)
+    }
+
+    fn open(&self, ctx: &RequestCtx, ino: u64, flags: u32) -> Result<OpenOut, Errno> {
+        self.fs.open(ctx, ino, flags)
+    }
+
+    fn read(
+        &self,
+        ctx: &RequestCtx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, Errno> {
+        let _busy = self.in_flight.enter(ctx.unique);
+        self.fs.read(ctx, ino, fh, offset, buf)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &RequestCtx,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        out: &mut DirFiller,
+    ) -> Result<(), Errno> {
+        self.fs.readdir(ctx, ino, fh, offset, out)
+    }
+
+    fn statfs(&self, ctx: &RequestCtx, ino: u64) -> Result<StatfsOut, Errno> {
+        self.fs.statfs(ctx, ino)
+    }
+
+    fn getxattr(&self, ctx: &RequestCtx, ino: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        self.fs.getxattr(ctx, ino, name)
+    }
+
+    fn listxattr(&self, ctx: &RequestCtx, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.fs.listxattr(ctx, ino)
+    }
+
+    fn access(&self, ctx: &RequestCtx, ino: u64, mask: u32) -> Result<(), Errno> {
+        self.fs.access(ctx, ino, mask)
+    }
+}
