@@ -14,7 +14,7 @@ use hydrate_fuse_transport::{
 use hydrate_kernel::{Blob, BlobFs, BlobFsConfig, KernelImage};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a kernel-mode worker prepares before it gets the connection.
 pub(crate) struct KernelPrepared {
@@ -58,6 +58,9 @@ pub(crate) fn prepare(
 
 type InitHook = Box<dyn FnOnce(&Negotiated) + Send>;
 
+/// How often idle Volume handles are looked for.
+const IDLE_SWEEP: Duration = Duration::from_millis(500);
+
 /// [`BlobFs`] as the worker serves it (see the module doc).
 pub(crate) struct BlobFront {
     fs: BlobFs,
@@ -77,6 +80,27 @@ impl BlobFront {
     /// Runs `hook` once the kernel's INIT is answered, or once serving starts on a resumed connection.
     pub(crate) fn on_init(&self, hook: impl FnOnce(&Negotiated) + Send + 'static) {
         *self.on_init.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// Releases BlobFs' idle Volume handles every half second (see [`BlobFs::release_idle`]: without it,
+    /// the contents of the files erofs read last stay pinned and the cache quota cannot be kept). The
+    /// thread ends with the filesystem.
+    pub(crate) fn spawn_idle_release(self: &Arc<Self>) -> Result<()> {
+        let front = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("blob-handles".into())
+            .spawn(move || loop {
+                std::thread::sleep(IDLE_SWEEP);
+                let Some(front) = front.upgrade() else {
+                    return;
+                };
+                let released = front.fs.release_idle();
+                if released > 0 {
+                    tracing::debug!(released, "released idle blob handles");
+                }
+            })
+            .context("starting the blob handle thread")?;
+        Ok(())
     }
 
     pub(crate) fn blobfs(&self) -> &BlobFs {

@@ -405,6 +405,7 @@ fn serve(
         Some(kernel) => {
             let fs = Arc::new(BlobFront::new(Arc::clone(&vol), kernel.blob));
             fs.on_init(on_init);
+            fs.spawn_idle_release()?;
             (
                 Front::Kernel(fs),
                 BlobFs::session_config(spec.threads as usize),
