@@ -412,6 +412,30 @@ impl Drop for Mount {
     }
 }
 
+/// Reads 4 KiB of `rel` at `offset` through `m` (checked against `src`, the same file in the source tree) and
+/// asserts that it moved at most a few chunks from the store; returns (store requests, bytes) it cost.
+pub fn assert_small_read_is_lazy(m: &Mount, rel: &str, src: &Path, offset: u64) -> (u64, u64) {
+    let start = m.metrics();
+    let got = pread(&m.path(rel), offset, 4096).unwrap();
+    assert_eq!(
+        got,
+        pread(src, offset, 4096).unwrap(),
+        "bytes of {rel} at {offset}"
+    );
+    let after = m.metrics();
+    let requests = after["store_range_requests"] - start["store_range_requests"];
+    let bytes = after["store_bytes_read"] - start["store_bytes_read"];
+    assert!(
+        (1..=2).contains(&requests),
+        "{requests} store requests for one 4 KiB read"
+    );
+    assert!(
+        bytes <= 3 * 256 * 1024,
+        "{bytes} bytes fetched for one 4 KiB read"
+    );
+    (requests, bytes)
+}
+
 /// pread of exactly `len` bytes at `offset` (or the error).
 pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let f = File::open(path)?;
