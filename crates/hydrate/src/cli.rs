@@ -96,6 +96,11 @@ pub struct SnapshotterArgs {
     /// default]. With it, an image's command and its libraries start arriving as soon as the pull mounts it.
     #[arg(long)]
     pub elf_prefetch: Option<String>,
+    /// Mount the lazy images in kernel mode, as `hydrate mount --kernel`: erofs, whose reads of data not yet
+    /// fetched block while only a mount's worker is restarted and fail with EIO (never zeros) if every process
+    /// of the mount is killed.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 #[derive(ClapArgs, Debug)]

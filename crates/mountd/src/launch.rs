@@ -129,6 +129,12 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     Ok(())
 }
 
+/// Detaches the blob mounts (kernel mode) of `mountpoint` whose daemon was killed; returns how many. For a
+/// caller that removed such a mount itself; [`unmount`] does it anyway.
+pub fn detach_orphan_blob_mounts(mountpoint: &Path) -> usize {
+    crate::kernel_mount::detach_orphan_blob_mounts(mountpoint)
+}
+
 /// Ends a stuck mount's FUSE connection (as /sys/fs/fuse/connections/N/abort): every waiting access fails.
 /// Returns the connection's number. Never touches the mount point itself: on a stuck connection even a stat can
 /// hang.
