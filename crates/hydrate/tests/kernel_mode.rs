@@ -151,6 +151,9 @@ fn kernel_mount_is_an_exact_erofs_tree_with_status_and_unmounts() {
     let info = mount_info(&m.mountpoint);
     let worker = info.worker.expect("the worker answers");
     assert_eq!(worker.cache_dir, m.cache_dir);
+    assert!(worker.kernel);
+    let status = hydrate_ok(&["status", m.mountpoint.to_str().unwrap()]);
+    assert!(status.contains("\nmode=kernel\n"), "{status}");
     let metrics = m.metrics();
     assert!(metrics["blobfs_reads"] > 0, "{metrics:?}");
     assert_eq!(metrics["blobfs_failed_reads"], 0);

@@ -110,6 +110,7 @@ impl WorkerStatus {
             cache_used_bytes: cache.used_bytes,
             cache_quota_bytes: cache.quota_bytes,
             cache_files: cache.files,
+            kernel: matches!(self.front, Front::Kernel(_)),
         }
     }
 
