@@ -137,6 +137,16 @@ impl<'scope> KernelMount<'scope> {
                         target: mountpoint,
                     };
                     match mount_erofs(erofs) {
+                        // A stop signal detached the blob mount while erofs was being mounted: the
+                        // supervisor's hook found no erofs to detach, so this thread does.
+                        Ok(ours) if !blob_mounted(&blob_dir) => {
+                            ours.detach("the mount was stopped while erofs was being mounted");
+                            *lock(&failed) = Some(anyhow!(
+                                "stopped while erofs was being mounted on {}",
+                                ours.erofs.target.display()
+                            ));
+                            return;
+                        }
                         Ok(ours) => {
                             tracing::info!(mountpoint = %ours.erofs.target.display(), blob = %ours.erofs.blob.display(), "kernel mode: erofs mounted; mount ready");
                             *lock(&mounted) = Some(ours);
@@ -292,6 +302,10 @@ fn watch(mounted: &Mutex<Option<Mounted>>, blob_dir: &Path, wake: OwnedFd) {
             return;
         }
     }
+}
+
+fn blob_mounted(blob_dir: &Path) -> bool {
+    MountInfo::read_self().is_ok_and(|info| info.at(blob_dir).any(|m| m.is_fuse()))
 }
 
 fn detach_blob(blob_dir: &Path) {

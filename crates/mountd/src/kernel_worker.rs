@@ -4,7 +4,7 @@
 //! recording are the same as in FUSE mode), plus what the worker needs of any front end: a hook run once the
 //! connection is initialized (or resumed) and the requests in flight for `hydrate status`.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hydrate_core::{MappedManifest, Volume};
 use hydrate_format::ImageId;
 use hydrate_fuse::InFlight;
@@ -27,15 +27,22 @@ pub(crate) struct KernelPrepared {
 /// previous worker or mount wrote: its name carries the image id and the layout version, and the build is
 /// deterministic, so a file of that name holds these very bytes (written by temp file, fsync and rename, it is
 /// never partial). The layout is built anyway: BlobFs serves from it, and it is not stored.
+///
+/// `mounted`: the metadata file the mount's erofs was mounted with, when this worker takes over. A worker
+/// whose layout version differs (an upgrade to a hydrate that lays images out differently) would serve the
+/// blob at other offsets than erofs reads them, so it refuses: the running worker keeps serving.
 pub(crate) fn prepare(
     manifest: &MappedManifest,
     image: &ImageId,
     cache_dir: &Path,
+    mounted: Option<&str>,
 ) -> Result<KernelPrepared> {
+    let name = KernelImage::metadata_file_name(image);
+    check_layout(mounted, &name)?;
     let started = Instant::now();
     let built = KernelImage::build(manifest)
         .with_context(|| format!("laying out image {image} as erofs for --kernel"))?;
-    let metadata = cache_dir.join(KernelImage::metadata_file_name(image));
+    let metadata = cache_dir.join(name);
     let reused = metadata.is_file();
     if !reused {
         built
@@ -54,6 +61,21 @@ pub(crate) fn prepare(
         metadata,
         blob: Arc::new(built.into_blob()),
     })
+}
+
+/// Refuses to serve a mount whose erofs metadata file is not the one this worker would write (see
+/// [`prepare`]).
+fn check_layout(mounted: Option<&str>, name: &str) -> Result<()> {
+    let Some(mounted) = mounted else {
+        return Ok(());
+    };
+    if Path::new(mounted).file_name().and_then(|n| n.to_str()) != Some(name) {
+        bail!(
+            "the mount's erofs uses {mounted}, but this hydrate lays the image out as {name} (another layout \
+             version): it cannot serve this mount; unmount and mount again to use it"
+        );
+    }
+    Ok(())
 }
 
 type InitHook = Box<dyn FnOnce(&Negotiated) + Send>;
@@ -178,5 +200,30 @@ impl Filesystem for BlobFront {
 
     fn access(&self, ctx: &RequestCtx, ino: u64, mask: u32) -> Result<(), Errno> {
         self.fs.access(ctx, ino, mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_of_another_layout_version_refuses_the_mount() {
+        let image: ImageId = "ab".repeat(32).parse().unwrap();
+        let name = KernelImage::metadata_file_name(&image);
+        check_layout(None, &name).unwrap();
+        check_layout(Some(&format!("/var/cache/hydrate/x/{name}")), &name).unwrap();
+        let older = name.replace(
+            &format!("erofs-v{}", hydrate_kernel::LAYOUT_VERSION),
+            "erofs-v0",
+        );
+        assert_ne!(older, name);
+        let err = check_layout(Some(&format!("/c/{older}")), &name)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layout version") && err.contains(&older),
+            "{err}"
+        );
     }
 }

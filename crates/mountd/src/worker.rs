@@ -229,7 +229,8 @@ fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result
     // Kernel mode: the erofs metadata is laid out while a predecessor may still serve.
     let kernel = match spec.kernel {
         true => {
-            let prepared = kernel_worker::prepare(&manifest, &image, &cache_dir)?;
+            let mounted = state.note(KERNEL_METADATA_NOTE);
+            let prepared = kernel_worker::prepare(&manifest, &image, &cache_dir, mounted)?;
             note(
                 link,
                 KERNEL_METADATA_NOTE,
