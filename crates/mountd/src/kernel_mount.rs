@@ -266,11 +266,28 @@ fn watch(mounted: &Mutex<Option<Mounted>>, blob_dir: &Path, wake: OwnedFd) {
     let table = match File::open("/proc/self/mountinfo") {
         Ok(file) => file,
         Err(error) => {
-            tracing::error!(%error, "cannot watch /proc/self/mountinfo: a plain umount of the erofs mount will leave the daemon running until `hydrate umount`");
+            tracing::error!(%error, "cannot watch /proc/self/mountinfo: after a plain umount of erofs the daemon runs on until it gets SIGTERM");
             return;
         }
     };
+    // Checked before the first wait too: an unmount between the erofs mount and the open of the table would
+    // not wake the poll (it reports changes after the open).
     loop {
+        if let Ok(info) = MountInfo::read_self() {
+            let mut guard = lock(mounted);
+            let gone = match guard.as_ref() {
+                Some(ours) => !ours.still_there(&info),
+                None => true,
+            };
+            if gone {
+                if let Some(ours) = guard.take() {
+                    tracing::info!(mountpoint = %ours.erofs.target.display(), "erofs unmounted; ending the blob mount");
+                }
+                drop(guard);
+                detach_blob(blob_dir);
+                return;
+            }
+        }
         let mut fds = [
             PollFd::new(table.as_fd(), PollFlags::POLLPRI),
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
@@ -283,22 +300,6 @@ fn watch(mounted: &Mutex<Option<Mounted>>, blob_dir: &Path, wake: OwnedFd) {
             }
         }
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        let Ok(info) = MountInfo::read_self() else {
-            continue;
-        };
-        let mut guard = lock(mounted);
-        let gone = match guard.as_ref() {
-            Some(ours) => !ours.still_there(&info),
-            None => true,
-        };
-        if gone {
-            if let Some(ours) = guard.take() {
-                tracing::info!(mountpoint = %ours.erofs.target.display(), "erofs unmounted; ending the blob mount");
-            }
-            drop(guard);
-            detach_blob(blob_dir);
             return;
         }
     }

@@ -6,6 +6,9 @@
 //! answers the mount's control socket, merging in its worker's answers. See docs/supervisor.md for what it
 //! guarantees.
 //!
+//! In kernel mode (`MountSpec::kernel`) the connection is mounted at a private directory and serves the blob of
+//! an erofs mount on the mount point, which `kernel_mount.rs` makes, watches and removes.
+//!
 //! A mount point whose previous daemon is still exiting (unmounted with a plain `umount`, still flushing its
 //! cache) is free: the socket is only refused while its owner's FUSE connection is still mounted there.
 
@@ -148,7 +151,12 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
                     }
                 }
             },
-            systemd::store_state,
+            // Kernel mode keeps nothing in systemd's fd store (a restarted service could not adopt erofs).
+            |state| {
+                if !spec.kernel {
+                    systemd::store_state(state)
+                }
+            },
         );
         let kernel = kernel.map(KernelMount::finish);
         Ok((exit, kernel))
