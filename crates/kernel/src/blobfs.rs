@@ -22,7 +22,7 @@ use hydrate_fuse_transport::{
     StatfsOut,
 };
 
-use crate::image::Blob;
+use crate::image::{Blob, FileParents};
 
 /// The inode of BlobFs' root directory.
 pub const ROOT_INO: u64 = 1;
@@ -150,6 +150,7 @@ impl Handles {
 pub struct BlobFs {
     vol: Arc<Volume>,
     blob: Arc<Blob>,
+    parents: FileParents,
     size: u64,
     config: BlobFsConfig,
     handles: Mutex<Handles>,
@@ -162,11 +163,20 @@ impl BlobFs {
         BlobFs {
             vol,
             blob,
+            parents: FileParents::new(),
             size,
             config,
             handles: Mutex::default(),
             stats: BlobFsStats::default(),
         }
+    }
+
+    /// Where the blob's files are named ([`crate::KernelImage::into_parts`]): before BlobFs opens a file in
+    /// the Volume, it looks the file up there as FUSE would have, so the Volume's directory prefetch and ELF
+    /// dependency search know its directory. Without it they see no directory (erofs does every lookup).
+    pub fn with_parents(mut self, parents: FileParents) -> Self {
+        self.parents = parents;
+        self
     }
 
     /// The session settings BlobFs wants: no directory opens, no readdirplus (one file), the transport's
@@ -216,6 +226,12 @@ impl BlobFs {
     fn handle(&self, ino: Ino) -> Result<Arc<VolHandle>, CoreError> {
         if let Some(handle) = self.lock().get(ino) {
             return Ok(handle);
+        }
+        if let Some(&(dir, index)) = self.parents.get(&ino) {
+            if let Some((name, _)) = self.vol.manifest().dir_entry(dir, index as usize) {
+                // Only the side effect matters: the Volume notes where the file is named.
+                let _ = self.vol.lookup(dir, name);
+            }
         }
         let opened = self.vol.open(ino)?;
         self.stats.volume_opens.fetch_add(1, Ordering::Relaxed);

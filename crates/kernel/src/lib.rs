@@ -121,5 +121,5 @@ mod mount;
 
 pub use blobfs::{BlobFs, BlobFsConfig, BlobFsStats, BLOB_INO, BLOB_NAME, ROOT_INO};
 pub use error::{KernelError, Result};
-pub use image::{Blob, BuildStats, KernelImage, LAYOUT_VERSION};
+pub use image::{Blob, BuildStats, FileParents, KernelImage, LAYOUT_VERSION};
 pub use mount::{ErofsMount, READAHEAD_KB};

@@ -11,7 +11,7 @@ use hydrate_fuse::InFlight;
 use hydrate_fuse_transport::{
     AttrOut, DirFiller, EntryOut, Errno, Filesystem, Negotiated, OpenOut, RequestCtx, StatfsOut,
 };
-use hydrate_kernel::{Blob, BlobFs, BlobFsConfig, KernelImage};
+use hydrate_kernel::{Blob, BlobFs, BlobFsConfig, FileParents, KernelImage};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ pub(crate) struct KernelPrepared {
     /// The erofs metadata file (the supervisor mounts it).
     pub metadata: PathBuf,
     pub blob: Arc<Blob>,
+    /// Where the blob's files are named, for the Volume's heuristics.
+    pub parents: FileParents,
 }
 
 /// Builds the image's erofs layout and writes its metadata file into `cache_dir`, or reuses the file a
@@ -57,9 +59,11 @@ pub(crate) fn prepare(
         ms = started.elapsed().as_millis() as u64,
         "kernel mode: erofs image ready"
     );
+    let (blob, parents) = built.into_parts();
     Ok(KernelPrepared {
         metadata,
-        blob: Arc::new(built.into_blob()),
+        blob: Arc::new(blob),
+        parents,
     })
 }
 
@@ -91,9 +95,9 @@ pub(crate) struct BlobFront {
 }
 
 impl BlobFront {
-    pub(crate) fn new(vol: Arc<Volume>, blob: Arc<Blob>) -> Self {
+    pub(crate) fn new(vol: Arc<Volume>, kernel: KernelPrepared) -> Self {
         BlobFront {
-            fs: BlobFs::new(vol, blob, BlobFsConfig::default()),
+            fs: BlobFs::new(vol, kernel.blob, BlobFsConfig::default()).with_parents(kernel.parents),
             in_flight: InFlight::default(),
             on_init: Mutex::new(None),
         }

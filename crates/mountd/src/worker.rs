@@ -404,7 +404,7 @@ fn serve(
         // Kernel mode: the connection serves the blob erofs reads its file data from; BlobFs opens nothing
         // worth journaling (one file, fh 0), so a successor resumes with the negotiated state alone.
         Some(kernel) => {
-            let fs = Arc::new(BlobFront::new(Arc::clone(&vol), kernel.blob));
+            let fs = Arc::new(BlobFront::new(Arc::clone(&vol), kernel));
             fs.on_init(on_init);
             fs.spawn_idle_release()?;
             (

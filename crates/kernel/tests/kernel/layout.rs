@@ -118,6 +118,24 @@ fn the_blob_reads_as_file_bytes_with_zeros_between() {
 }
 
 #[test]
+fn every_file_in_the_blob_knows_where_it_is_named() {
+    let image = Image::build(None);
+    let vol = image.volume("parents");
+    let manifest = vol.manifest();
+    let (blob, parents) = KernelImage::build(manifest).unwrap().into_parts();
+    let mut files = 0;
+    for extent in blob.extents() {
+        for ino in &extent.files {
+            let &(dir, index) = parents.get(ino).expect("a placed file without a parent");
+            let (_, named) = manifest.dir_entry(dir, index as usize).unwrap();
+            assert_eq!(named, *ino);
+            files += 1;
+        }
+    }
+    assert!(files >= fixture::MANY, "{files}");
+}
+
+#[test]
 fn idle_handles_are_released_so_their_contents_can_be_evicted() {
     let image = Image::build(None);
     let vol = image.volume("idle");
