@@ -228,6 +228,39 @@ fn a_small_read_is_lazy_and_a_never_read_file_maps() {
 }
 
 #[test]
+fn the_first_read_of_a_small_file_prefetches_its_directory() {
+    let env = Env::new(60);
+    let m = env.mount(&["--fill-budget", "0", "--elf-prefetch", "0"]);
+    assert_eq!(m.metric("volume_dir_prefetch_windows"), 0);
+    // Small files of `many` have their neighbours fetched when erofs first asks for one of them.
+    // (f00000 is empty: erofs reads no data for it.)
+    let first = fs::read(m.path("many/f00001")).unwrap();
+    assert_eq!(first, fs::read(env.src("many/f00001")).unwrap());
+    wait_until("directory prefetch", Duration::from_secs(10), || {
+        m.metric("volume_dir_prefetch_chunks") > 0
+    });
+    assert!(m.metric("volume_dir_prefetch_windows") >= 1);
+    // A neighbour is then read without fetching.
+    let fetched = m.metric("store_range_requests");
+    wait_until("prefetch done", Duration::from_secs(10), || {
+        let before = m.metric("store_range_requests");
+        std::thread::sleep(Duration::from_millis(200));
+        m.metric("store_range_requests") == before
+    });
+    let before = m.metric("store_range_requests");
+    assert!(before >= fetched);
+    assert_eq!(
+        fs::read(m.path("many/f00002")).unwrap(),
+        fs::read(env.src("many/f00002")).unwrap()
+    );
+    assert_eq!(
+        m.metric("store_range_requests"),
+        before,
+        "the neighbour was fetched again"
+    );
+}
+
+#[test]
 fn a_corrupt_store_fails_reads_with_eio_never_wrong_bytes() {
     let env = Env::new(10);
     // Flip a byte in the middle of every blob: every chunk read from them fails verification.
