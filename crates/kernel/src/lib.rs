@@ -69,8 +69,10 @@
 //!    `KernelImage::build(&manifest)` and writes `<cache dir>/`[`KernelImage::metadata_file_name`] with
 //!    [`KernelImage::write_metadata`], or reuses that file when it exists (the name carries the image id and
 //!    [`LAYOUT_VERSION`], the build is deterministic, the write is temp file + fsync + rename). It keeps the
-//!    blob layout (built anyway: the layout is not stored) and reports the metadata path to the supervisor
-//!    in the hand-over state (note `kernel_metadata`).
+//!    blob layout (built anyway: the layout is not stored) and where each file is named
+//!    ([`KernelImage::into_parts`], [`BlobFs::with_parents`]: erofs answers lookups itself, so BlobFs tells
+//!    the Volume a file's name before opening it, for its directory and ELF heuristics), and reports the
+//!    metadata path to the supervisor in the hand-over state (note `kernel_metadata`).
 //! 3. The supervisor mounts the connection at a private directory,
 //!    `/run/hydrate/kernel/<key of the mount point>-<supervisor pid>` (`hydrate_control::mount::kernel_blob_dir`),
 //!    fsname `hydrate-blob:<image>`, no `allow_other`, and holds its /dev/fuse descriptor exactly as for an
