@@ -426,6 +426,7 @@ fn serve(
             (Front::Fuse(fs), fuse_config)
         }
     };
+    let resuming = resumed.is_some();
     let session = match resumed {
         Some(negotiated) => Session::resume(dev, config, negotiated),
         None => Session::new(dev, config),
@@ -465,7 +466,7 @@ fn serve(
         crate::alloc::spawn_idle_trimmer(move || vol.engine().stats().bytes_fetched)
             .context("starting the memory trimmer thread")?;
     }
-    tracing::info!(image = %image, generation, kernel = spec.kernel, mountpoint = %mountpoint.display(), "serving");
+    tracing::info!(image = %image, generation, resumed = resuming, kernel = spec.kernel, mountpoint = %mountpoint.display(), "serving");
     let served = match front {
         Front::Fuse(fs) => session.serve(fs),
         Front::Kernel(fs) => session.serve(fs),
