@@ -101,6 +101,9 @@ pub struct WorkerInfo {
     pub cache_used_bytes: u64,
     pub cache_quota_bytes: u64,
     pub cache_files: u64,
+    /// Kernel mode: the mount point is erofs, the worker serves its blob (absent from older workers: FUSE).
+    #[serde(default)]
+    pub kernel: bool,
 }
 
 impl MountInfo {
@@ -136,6 +139,7 @@ impl MountInfo {
         if let Some(w) = &self.worker {
             lines.extend([
                 ("image", w.image.clone()),
+                ("mode", if w.kernel { "kernel" } else { "fuse" }.to_owned()),
                 ("store", w.store.clone()),
                 ("cache_dir", w.cache_dir.display().to_string()),
                 ("worker_generation", w.generation.to_string()),
@@ -158,6 +162,19 @@ impl MountInfo {
 pub fn socket_path(mountpoint: &Path) -> PathBuf {
     keyed_socket_path(Path::new(RUN_DIR), mountpoint, "")
 }
+
+/// Where the supervisor `supervisor_pid` of a kernel-mode mount of `mountpoint` mounts its private blob
+/// filesystem (crate `hydrate-kernel`): `RUN_DIR/kernel/<key of the mount point>-<pid>`. The pid keeps a
+/// daemon still exiting apart from a new mount of the same mount point; the key lets `hydrate umount` find
+/// what a killed daemon left.
+pub fn kernel_blob_dir(mountpoint: &Path, supervisor_pid: u32) -> PathBuf {
+    Path::new(RUN_DIR)
+        .join(KERNEL_BLOB_DIRS)
+        .join(format!("{}-{supervisor_pid}", wire::path_key(mountpoint)))
+}
+
+/// The directory under RUN_DIR holding kernel-mode blob mounts.
+pub const KERNEL_BLOB_DIRS: &str = "kernel";
 
 /// The socket of the worker of `generation` run by supervisor `supervisor_pid` for `mountpoint`.
 pub fn worker_socket_path(mountpoint: &Path, supervisor_pid: u32, generation: u64) -> PathBuf {
@@ -317,6 +334,27 @@ mod tests {
         assert!(w1.starts_with(RUN_DIR) && sup.starts_with(RUN_DIR));
         assert!(!sup.file_stem().unwrap().to_string_lossy().contains('-'));
         assert!(w1.file_stem().unwrap().to_string_lossy().contains('-'));
+    }
+
+    #[test]
+    fn kernel_blob_dirs_are_keyed_by_mount_point_and_pid() {
+        let mp = Path::new("/mnt/a b");
+        let dir = kernel_blob_dir(mp, 42);
+        assert!(dir.starts_with(Path::new(RUN_DIR).join(KERNEL_BLOB_DIRS)));
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, format!("{}-42", wire::path_key(mp)));
+        assert_ne!(kernel_blob_dir(mp, 43), dir);
+        assert_ne!(kernel_blob_dir(Path::new("/mnt/b"), 42), dir);
+        // No comma: the path goes into erofs' `device=` option.
+        assert!(!dir.to_str().unwrap().contains(','));
+    }
+
+    #[test]
+    fn a_worker_info_without_the_mode_is_fuse_mode() {
+        let old = r#"{"pid":1,"image":"i","store":"s","cache_dir":"/c","generation":1,"requests_in_flight":0,
+            "oldest_request_ms":0,"open_handles":0,"cache_used_bytes":0,"cache_quota_bytes":1,"cache_files":0}"#;
+        let info: WorkerInfo = serde_json::from_str(old).unwrap();
+        assert!(!info.kernel);
     }
 
     #[test]

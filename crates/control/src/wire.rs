@@ -323,8 +323,13 @@ fn decode_request<Req: DeserializeOwned>(line: &[u8]) -> Result<Req, RemoteError
 
 /// The socket of a mount, derived from its mount point alone so any client finds it: `dir/<hash>.sock`.
 pub fn keyed_socket_path(dir: &Path, key: &Path, suffix: &str) -> PathBuf {
-    let hash = blake3::hash(key.as_os_str().as_encoded_bytes());
-    dir.join(format!("{}{suffix}.sock", &hash.to_hex()[..24]))
+    dir.join(format!("{}{suffix}.sock", path_key(key)))
+}
+
+/// A short name derived from a path (24 hex digits of its BLAKE3 hash): what files named after a mount point
+/// are called, whatever bytes the mount point's path holds.
+pub fn path_key(key: &Path) -> String {
+    blake3::hash(key.as_os_str().as_encoded_bytes()).to_hex()[..24].to_owned()
 }
 
 #[cfg(test)]

@@ -96,6 +96,11 @@ pub struct SnapshotterArgs {
     /// default]. With it, an image's command and its libraries start arriving as soon as the pull mounts it.
     #[arg(long)]
     pub elf_prefetch: Option<String>,
+    /// Mount the lazy images in kernel mode, as `hydrate mount --kernel`: erofs, whose reads of data not yet
+    /// fetched block while only a mount's worker is restarted and fail with EIO (never zeros) if every process
+    /// of the mount is killed.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -204,6 +209,16 @@ pub struct MountArgs {
     /// Serve every read in user space (do not hand complete files to the kernel with FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Kernel mode: mount the image as erofs. The kernel serves lookups, stat, readdir, xattrs and cached reads
+    /// itself; data it has not cached is read from a blob file on a private FUSE mount (under
+    /// /run/hydrate/kernel), fetched and verified as in FUSE mode. Fails closed: a read of data that cannot be
+    /// had fails with EIO, never shows zeros or wrong bytes; if only the worker dies, readers block and resume
+    /// when its successor takes over (as in FUSE mode); if every hydrate process is killed, reads of uncached
+    /// data fail with EIO. There is no window in which unfetched data reads as zeros. Needs erofs with
+    /// file-backed mounts (Linux 6.12+). Passthrough does not apply, and --private is refused (erofs has no
+    /// allow_other: the image's file modes decide who may read).
+    #[arg(long)]
+    pub kernel: bool,
     /// Only the mounting user may access the mount (default: everyone, with permissions checked by the kernel).
     #[arg(long)]
     pub private: bool,

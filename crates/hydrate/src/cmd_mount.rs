@@ -23,7 +23,9 @@ pub fn spec_from_args(a: &MountArgs) -> Result<MountSpec> {
     };
     spec.log_file = a.log_file.clone();
     spec.threads = a.threads;
-    spec.passthrough = !a.no_passthrough;
+    // Kernel mode has no passthrough (erofs caches the data); the flag is implied.
+    spec.passthrough = !a.no_passthrough && !a.kernel;
+    spec.kernel = a.kernel;
     spec.private = a.private;
     spec.fetch = FetchSpec {
         timeout: duration("--fetch-timeout", &a.fetch_timeout)?,
@@ -183,6 +185,15 @@ mod tests {
     }
 
     #[test]
+    fn kernel_mode_implies_no_passthrough() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = parse(&["--kernel"], dir.path()).unwrap();
+        assert!(spec.kernel);
+        assert!(!spec.passthrough);
+        assert!(!parse(&[], dir.path()).unwrap().kernel);
+    }
+
+    #[test]
     fn bad_options_name_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         for (args, want) in [
@@ -191,6 +202,7 @@ mod tests {
             (&["--memory-limit", "1M"][..], "--memory-limit"),
             (&["--metrics", "localhost"][..], "--metrics"),
             (&["--readahead", "x"][..], "--readahead"),
+            (&["--kernel", "--private"][..], "--private"),
         ] {
             let err = format!("{:#}", parse(args, dir.path()).unwrap_err());
             assert!(err.contains(want), "{want} not in {err}");

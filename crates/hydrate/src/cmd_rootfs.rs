@@ -5,7 +5,7 @@
 //! ```text
 //! BUNDLE/config.json          runtime spec derived from the image's OCI config (crate hydrate-runtime-spec)
 //! BUNDLE/rootfs               overlayfs: the lazily fetched image below, a writable directory above
-//! BUNDLE/.hydrate/lower       the image's hydrate FUSE mount (a `hydrate mount` daemon serves it)
+//! BUNDLE/.hydrate/lower       the image's hydrate mount (FUSE, or erofs with --kernel; a `hydrate mount` daemon serves it)
 //! BUNDLE/.hydrate/upper, work the container's writes (or --upper DIR and DIR.work beside it)
 //! BUNDLE/.hydrate/state.json  what was set up, so --remove undoes exactly that
 //! ```
@@ -99,6 +99,10 @@ pub struct RootfsArgs {
     /// As `hydrate mount --read-deadline`.
     #[arg(long)]
     pub read_deadline: Option<String>,
+    /// As `hydrate mount --kernel`: the lower is an erofs mount (reads of data not yet fetched block while
+    /// only the worker is restarted, and fail with EIO, never zeros, if every hydrate process is killed).
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 pub fn run(args: RootfsArgs) -> Result<()> {
@@ -316,6 +320,9 @@ fn mount_options(cache_dir: Option<&Path>, args: &RootfsArgs) -> Vec<std::ffi::O
     }
     if args.no_prefetch {
         out.push("--no-prefetch".into());
+    }
+    if args.kernel {
+        out.push("--kernel".into());
     }
     out
 }

@@ -124,6 +124,7 @@ fn snapshotter(a: cli::SnapshotterArgs) -> anyhow::Result<()> {
             fetch_timeout,
             fill_budget,
             elf_prefetch,
+            kernel: a.kernel,
         },
     })
 }

@@ -8,8 +8,8 @@ use common::*;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIG: u64 = 96 << 20;
@@ -64,75 +64,6 @@ impl Env {
 
 fn info(m: &Mount) -> hydrate_control::MountInfo {
     mount_info(&m.mountpoint)
-}
-
-#[derive(Default)]
-struct Tally {
-    reads: AtomicU64,
-    failures: AtomicU64,
-    wrong: AtomicU64,
-    enotconn: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
-}
-
-impl Tally {
-    fn check(&self, what: &str, got: std::io::Result<Vec<u8>>, want: &[u8], took: Duration) {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.latencies_us
-            .lock()
-            .unwrap()
-            .push(took.as_micros() as u64);
-        match got {
-            Ok(bytes) if bytes == want => {}
-            Ok(bytes) => {
-                self.wrong.fetch_add(1, Ordering::Relaxed);
-                eprintln!("WRONG BYTES {what}: got {} bytes", bytes.len());
-            }
-            Err(e) => {
-                if e.raw_os_error() == Some(libc::ENOTCONN) {
-                    self.enotconn.fetch_add(1, Ordering::Relaxed);
-                }
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                eprintln!("FAILED {what}: {e}");
-            }
-        }
-    }
-
-    fn assert_clean(&self, label: &str) {
-        let mut lat = self.latencies_us.lock().unwrap().clone();
-        lat.sort_unstable();
-        let pct = |p: f64| {
-            lat.get(((lat.len() as f64 - 1.0) * p) as usize)
-                .copied()
-                .unwrap_or(0)
-        };
-        eprintln!(
-            "{label}: reads={} failures={} wrong={} enotconn={} latency p50={}us p99={}us max={}us",
-            self.reads.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-            self.wrong.load(Ordering::Relaxed),
-            self.enotconn.load(Ordering::Relaxed),
-            pct(0.5),
-            pct(0.99),
-            lat.last().copied().unwrap_or(0)
-        );
-        assert!(self.reads.load(Ordering::Relaxed) > 0);
-        assert_eq!(
-            self.failures.load(Ordering::Relaxed),
-            0,
-            "{label}: failed reads"
-        );
-        assert_eq!(
-            self.wrong.load(Ordering::Relaxed),
-            0,
-            "{label}: wrong bytes"
-        );
-        assert_eq!(
-            self.enotconn.load(Ordering::Relaxed),
-            0,
-            "{label}: ENOTCONN"
-        );
-    }
 }
 
 /// Reader threads verifying content until `stop`: cold random ranges of the big file (fresh opens and a

@@ -7,11 +7,14 @@
 //! Volume handles are opened lazily, one per extent read, and kept in a bounded table (least recently used
 //! out): a handle carries the Volume's sequential-read detection, so erofs' readahead of a file turns into
 //! Volume readahead, and an open handle pins its content against cache eviction, so the table is small.
+//! erofs never says when a reader closes a file, so handles are also released once idle
+//! ([`BlobFsConfig::idle_release`], by [`BlobFs::release_idle`]): otherwise the contents of the last 256 files
+//! read would stay pinned, and a cache quota smaller than they are could never be kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hydrate_core::{CoreError, Ino, Volume};
 use hydrate_fuse_transport::{
@@ -19,7 +22,7 @@ use hydrate_fuse_transport::{
     StatfsOut,
 };
 
-use crate::image::Blob;
+use crate::image::{Blob, FileParents};
 
 /// The inode of BlobFs' root directory.
 pub const ROOT_INO: u64 = 1;
@@ -38,6 +41,8 @@ pub struct BlobFsConfig {
     /// Open the blob with FOPEN_DIRECT_IO: erofs keeps the one page cache of the data, and the FUSE blob
     /// file keeps none (otherwise every byte read would be cached twice).
     pub direct_io: bool,
+    /// [`BlobFs::release_idle`] releases Volume handles unused this long (their contents become evictable).
+    pub idle_release: Duration,
 }
 
 impl Default for BlobFsConfig {
@@ -45,6 +50,7 @@ impl Default for BlobFsConfig {
         BlobFsConfig {
             open_files: 256,
             direct_io: true,
+            idle_release: Duration::from_secs(2),
         }
     }
 }
@@ -73,9 +79,12 @@ impl Drop for VolHandle {
     }
 }
 
+/// A table entry: the handle, its use tick (the key in `by_use`) and when it was last used.
+type Entry = (Arc<VolHandle>, u64, Instant);
+
 #[derive(Default)]
 struct Handles {
-    open: HashMap<Ino, (Arc<VolHandle>, u64)>,
+    open: HashMap<Ino, Entry>,
     by_use: BTreeMap<u64, Ino>,
     tick: u64,
 }
@@ -84,11 +93,29 @@ impl Handles {
     fn get(&mut self, ino: Ino) -> Option<Arc<VolHandle>> {
         self.tick += 1;
         let tick = self.tick;
-        let (handle, used) = self.open.get_mut(&ino)?;
+        let (handle, used, at) = self.open.get_mut(&ino)?;
         self.by_use.remove(used);
         *used = tick;
+        *at = Instant::now();
         self.by_use.insert(tick, ino);
         Some(Arc::clone(handle))
+    }
+
+    /// Removes the entries unused since `cutoff`; returns them (to be dropped outside the lock).
+    fn take_idle(&mut self, cutoff: Instant) -> Vec<Arc<VolHandle>> {
+        let mut idle = Vec::new();
+        // `by_use` is in use order, so the idle ones come first.
+        while let Some((&tick, &ino)) = self.by_use.first_key_value() {
+            match self.open.get(&ino) {
+                Some((_, _, at)) if *at >= cutoff => break,
+                _ => {}
+            }
+            self.by_use.remove(&tick);
+            if let Some((handle, _, _)) = self.open.remove(&ino) {
+                idle.push(handle);
+            }
+        }
+        idle
     }
 
     /// Keeps `handle` (or an equal one another thread inserted meanwhile); returns what to use and what
@@ -103,14 +130,15 @@ impl Handles {
             return (existing, vec![handle]);
         }
         self.tick += 1;
-        self.open.insert(ino, (Arc::clone(&handle), self.tick));
+        self.open
+            .insert(ino, (Arc::clone(&handle), self.tick, Instant::now()));
         self.by_use.insert(self.tick, ino);
         let mut evicted = Vec::new();
         while self.open.len() > capacity.max(1) {
             let Some((_, oldest)) = self.by_use.pop_first() else {
                 break;
             };
-            if let Some((old, _)) = self.open.remove(&oldest) {
+            if let Some((old, _, _)) = self.open.remove(&oldest) {
                 evicted.push(old);
             }
         }
@@ -122,6 +150,7 @@ impl Handles {
 pub struct BlobFs {
     vol: Arc<Volume>,
     blob: Arc<Blob>,
+    parents: FileParents,
     size: u64,
     config: BlobFsConfig,
     handles: Mutex<Handles>,
@@ -134,11 +163,20 @@ impl BlobFs {
         BlobFs {
             vol,
             blob,
+            parents: FileParents::new(),
             size,
             config,
             handles: Mutex::default(),
             stats: BlobFsStats::default(),
         }
+    }
+
+    /// Where the blob's files are named ([`crate::KernelImage::into_parts`]): before BlobFs opens a file in
+    /// the Volume, it looks the file up there as FUSE would have, so the Volume's directory prefetch and ELF
+    /// dependency search know its directory. Without it they see no directory (erofs does every lookup).
+    pub fn with_parents(mut self, parents: FileParents) -> Self {
+        self.parents = parents;
+        self
     }
 
     /// The session settings BlobFs wants: no directory opens, no readdirplus (one file), the transport's
@@ -167,6 +205,19 @@ impl BlobFs {
         self.lock().open.len()
     }
 
+    /// Releases the Volume handles unused for [`BlobFsConfig::idle_release`] (a reader still using one
+    /// keeps it until its read is done); returns how many. Call it periodically: erofs never says when a
+    /// file is closed, and an open handle keeps its content from being evicted.
+    pub fn release_idle(&self) -> usize {
+        let Some(cutoff) = Instant::now().checked_sub(self.config.idle_release) else {
+            return 0;
+        };
+        let idle = self.lock().take_idle(cutoff);
+        let released = idle.len();
+        drop(idle);
+        released
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Handles> {
         // Every critical section leaves the table consistent before anything can panic.
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
@@ -175,6 +226,12 @@ impl BlobFs {
     fn handle(&self, ino: Ino) -> Result<Arc<VolHandle>, CoreError> {
         if let Some(handle) = self.lock().get(ino) {
             return Ok(handle);
+        }
+        if let Some(&(dir, index)) = self.parents.get(&ino) {
+            if let Some((name, _)) = self.vol.manifest().dir_entry(dir, index as usize) {
+                // Only the side effect matters: the Volume notes where the file is named.
+                let _ = self.vol.lookup(dir, name);
+            }
         }
         let opened = self.vol.open(ino)?;
         self.stats.volume_opens.fetch_add(1, Ordering::Relaxed);

@@ -50,11 +50,18 @@ pub struct BuildStats {
     pub hard_links: u64,
 }
 
+/// Where each regular file with data is named: its directory and the entry's index in it (the first name of
+/// a hard-linked file). erofs answers lookups itself, so the Volume never sees one; [`crate::BlobFs`] tells
+/// it the name before it opens a file, which is what its directory and ELF heuristics key on. About 40
+/// bytes per file.
+pub type FileParents = HashMap<Ino, (Ino, u32)>;
+
 /// An image as erofs sees it: the metadata (not yet written) and the blob layout.
 pub struct KernelImage {
     image: String,
     writer: ErofsWriter,
     blob: Blob,
+    parents: FileParents,
     device: DeviceId,
     stats: BuildStats,
 }
@@ -88,6 +95,7 @@ impl KernelImage {
         })
         .map_err(erofs)?;
         let mut blob = Blob::new();
+        let mut parents = FileParents::new();
         let mut stats = BuildStats::default();
         // First path of every multiply-linked non-directory, for its later names.
         let mut first_name: HashMap<Ino, Vec<u8>> = HashMap::new();
@@ -140,6 +148,10 @@ impl KernelImage {
                         if let Some(placed) = placed {
                             stats.files += 1;
                             stats.shared += u64::from(placed.shared);
+                            let index = u32::try_from(index).map_err(|_| {
+                                broken(format!("directory {} has over 2^32 entries", dir.0))
+                            })?;
+                            parents.insert(ino, (dir, index));
                         }
                         regular.push((path, attr, placed.map(|p| p.block)));
                         continue;
@@ -174,6 +186,7 @@ impl KernelImage {
             image,
             writer,
             blob,
+            parents,
             device,
             stats,
         })
@@ -196,6 +209,11 @@ impl KernelImage {
     /// Keeps only the blob layout (the metadata writer and its paths are dropped).
     pub fn into_blob(self) -> Blob {
         self.blob
+    }
+
+    /// Keeps the blob layout and where its files are named (for [`crate::BlobFs::with_parents`]).
+    pub fn into_parts(self) -> (Blob, FileParents) {
+        (self.blob, self.parents)
     }
 
     /// The blob file's length in bytes: whole 4 KiB blocks.

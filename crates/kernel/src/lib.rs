@@ -62,30 +62,50 @@
 //! FUSE page cache of the blob kept nothing, so direct I/O costs no caching and makes request sizes follow
 //! the readahead setting.
 //!
-//! # What `hydrate mount --kernel` must do (supervisor and worker)
-//! 1. Load the manifest and open the Volume as for a FUSE mount.
-//! 2. `KernelImage::build(&manifest)`, then `write_metadata(<cache dir>/`[`KernelImage::metadata_file_name`]`)`:
-//!    on the local disk, next to the cache (not on any FUSE mount). The name carries the image id and
-//!    [`LAYOUT_VERSION`], and the build is deterministic, so an existing file of that name holds the same
-//!    bytes and may be reused; the blob layout BlobFs serves must come from the same build code (build it
-//!    anyway: the layout is not stored).
-//! 3. Mount BlobFs as the FUSE filesystem of the mount, at a private directory (e.g. under the runtime
-//!    dir), with [`BlobFs::session_config`]; the supervisor holds its /dev/fuse descriptor exactly as for
-//!    an ordinary FUSE mount, so a worker crash or upgrade is a takeover with RESEND (BlobFs has no handle
-//!    state worth journaling: its only open is the blob, fh 0, and Volume handles are reopened lazily).
-//! 4. Mount erofs on the user's mount point with [`ErofsMount::mount`] (`MS_NOSUID`/`MS_NODEV` as the user
-//!    asked), and raise its readahead to [`READAHEAD_KB`] with [`ErofsMount::set_readahead`]: a cold
-//!    sequential read then costs one 1 MiB FUSE request per MiB instead of eight of 128 KiB.
-//! 5. Unmount in the other order: erofs first, then BlobFs (erofs holds the blob open; the FUSE mount is busy
-//!    until it is gone).
-//! 6. Notice the user's own `umount` of the erofs mount point: for a FUSE mount the kernel ends the session
-//!    itself, but unmounting erofs tells BlobFs nothing (it only closes the blob). Watch /proc/self/mountinfo
-//!    with poll(POLLPRI) and `hydrate-mountinfo` for the target to stop being our erofs mount; then unmount
-//!    BlobFs and end the mount. The blob's FUSE mount alone is useless and should not outlive it.
+//! # How `hydrate mount --kernel` uses this crate (crate `hydrate-mountd`)
+//! User guide: docs/kernel-mode.md. The supervisor and worker of a kernel-mode mount do this:
+//! 1. The worker loads the manifest and opens the Volume as for a FUSE mount (`MountSpec::kernel`).
+//! 2. Before it takes the connection (while a predecessor may still serve), it runs
+//!    `KernelImage::build(&manifest)` and writes `<cache dir>/`[`KernelImage::metadata_file_name`] with
+//!    [`KernelImage::write_metadata`], or reuses that file when it exists (the name carries the image id and
+//!    [`LAYOUT_VERSION`], the build is deterministic, the write is temp file + fsync + rename). It keeps the
+//!    blob layout (built anyway: the layout is not stored) and where each file is named
+//!    ([`KernelImage::into_parts`], [`BlobFs::with_parents`]: erofs answers lookups itself, so BlobFs tells
+//!    the Volume a file's name before opening it, for its directory and ELF heuristics), and reports the
+//!    metadata path to the supervisor in the hand-over state (note `kernel_metadata`).
+//! 3. The supervisor mounts the connection at a private directory,
+//!    `/run/hydrate/kernel/<key of the mount point>-<supervisor pid>` (`hydrate_control::mount::kernel_blob_dir`),
+//!    fsname `hydrate-blob:<image>`, no `allow_other`, and holds its /dev/fuse descriptor exactly as for an
+//!    ordinary FUSE mount; the worker serves [`BlobFs`] (with [`BlobFs::session_config`]) wrapped for its
+//!    init hook and in-flight tracking (`mountd::kernel_worker::BlobFront`). A worker crash or upgrade is a
+//!    takeover with RESEND: BlobFs has no handle state to journal (its only open is the blob, fh 0; Volume
+//!    handles are reopened lazily), so the successor resumes with the negotiated state alone.
+//! 4. Once the first worker serves, a thread of the supervisor (the supervisor loop must keep restarting
+//!    workers meanwhile: erofs' mount(2) waits for the blob's LOOKUP and OPEN) mounts erofs on the user's
+//!    mount point with [`ErofsMount::mount`] (`MS_NOSUID | MS_NODEV`, as FUSE mounts of images are), raises
+//!    its readahead to [`READAHEAD_KB`] with [`ErofsMount::set_readahead`], and only then reports the mount
+//!    ready. A kernel without erofs (ENODEV) or without file-backed erofs (ENOTBLK) is named in the error.
+//! 5. Unmounting goes in the other order: erofs first, then BlobFs (erofs holds the blob open; the FUSE mount
+//!    is busy until it is gone). On a stop signal the supervisor detaches erofs before the blob mount.
+//! 6. The same thread watches /proc/self/mountinfo with poll(POLLPRI) (`hydrate-mountinfo`): when the mount
+//!    id of our erofs mount is no longer at the mount point (`hydrate umount`, a plain `umount`,
+//!    `umount -l`), it detaches the blob mount, so the connection ends once erofs releases the blob and the
+//!    daemon exits as after a FUSE unmount. `hydrate umount` also detaches blob mounts whose supervisor was
+//!    killed, and `hydrate abort` aborts the blob connection.
 //! 7. Cache eviction needs nothing special: erofs asks BlobFs again for ranges it no longer caches, and
 //!    BlobFs asks the Volume, so an evicted range is a miss fetched again (the test evicts, drops erofs'
 //!    pages, and sees EIO while the store fails, then the bytes). BlobFs keeps at most
-//!    [`BlobFsConfig::open_files`] Volume handles open (an open handle pins its content).
+//!    [`BlobFsConfig::open_files`] Volume handles open (an open handle pins its content), and the worker
+//!    releases those idle for [`BlobFsConfig::idle_release`] ([`BlobFs::release_idle`]): erofs never says
+//!    when a file is closed, and without it kernel mode could not keep its quota (measured: 48 MiB cached
+//!    under an 8 MiB quota, nothing evicted; with it, evicted on the next write).
+//!
+//! `crates/hydrate/tests/kernel_mode.rs` checks all of it with real mounts: the tree against its source,
+//! laziness, mmap of a never-read file, a corrupt store (EIO), plain and lazy `umount`, SIGTERM and
+//! `hydrate abort`, the cache quota and trace recording, 40 SIGKILLs of the worker and an upgrade under
+//! verifying readers (no failed read), SIGKILL of every hydrate process (reads of uncached data fail, none
+//! returns wrong bytes), and runc on a `hydrate rootfs --kernel` bundle; the containerd tests run a
+//! converted image through `hydrate snapshotter --kernel`.
 //!
 //! # Limits
 //! One blob of at most 2^32 - 1 blocks (16 TiB of distinct file data). erofs reads the blob for one file
@@ -103,5 +123,5 @@ mod mount;
 
 pub use blobfs::{BlobFs, BlobFsConfig, BlobFsStats, BLOB_INO, BLOB_NAME, ROOT_INO};
 pub use error::{KernelError, Result};
-pub use image::{Blob, BuildStats, KernelImage, LAYOUT_VERSION};
+pub use image::{Blob, BuildStats, FileParents, KernelImage, LAYOUT_VERSION};
 pub use mount::{ErofsMount, READAHEAD_KB};

@@ -118,7 +118,21 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // A kernel-mode mount whose daemon was killed left its blob mount (a dead FUSE connection) behind.
+    let orphans = crate::kernel_mount::detach_orphan_blob_mounts(&mp);
+    if orphans > 0 {
+        tracing::info!(
+            orphans,
+            "detached the blob mounts a killed kernel-mode daemon left"
+        );
+    }
     Ok(())
+}
+
+/// Detaches the blob mounts (kernel mode) of `mountpoint` whose daemon was killed; returns how many. For a
+/// caller that removed such a mount itself; [`unmount`] does it anyway.
+pub fn detach_orphan_blob_mounts(mountpoint: &Path) -> usize {
+    crate::kernel_mount::detach_orphan_blob_mounts(mountpoint)
 }
 
 /// Ends a stuck mount's FUSE connection (as /sys/fs/fuse/connections/N/abort): every waiting access fails.
@@ -126,7 +140,26 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
 /// hang.
 pub fn abort(mountpoint: &Path) -> Result<(PathBuf, u32)> {
     let mp = resolve_mountpoint(mountpoint)?;
-    let id = hydrate_supervisor::abort_connection(&mp)
-        .with_context(|| format!("aborting the FUSE connection of {}", mp.display()))?;
+    let aborted = hydrate_supervisor::abort_connection(&mp);
+    // Kernel mode: erofs is on the mount point; the connection is the blob's, at its private directory.
+    let blobs = crate::kernel_mount::blob_mounts(&mp);
+    if aborted.is_err() && !blobs.is_empty() {
+        let mut first = None;
+        for (dir, _) in blobs {
+            let id = hydrate_supervisor::abort_connection(&dir).with_context(|| {
+                format!(
+                    "aborting the blob connection of {} at {}",
+                    mp.display(),
+                    dir.display()
+                )
+            })?;
+            first.get_or_insert(id);
+        }
+        if let Some(id) = first {
+            return Ok((mp, id));
+        }
+    }
+    let id =
+        aborted.with_context(|| format!("aborting the FUSE connection of {}", mp.display()))?;
     Ok((mp, id))
 }

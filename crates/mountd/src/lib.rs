@@ -9,10 +9,14 @@
 //!   crashed one, swapping one on upgrade; crate `hydrate-supervisor`) and answers the mount's control socket.
 //! - `worker.rs` (+ `worker_status.rs`): the worker process, which wires store → fetch engine → cache → core
 //!   volume → FUSE adapter → kernel session and answers the supervisor's status questions.
+//! - `kernel_mount.rs` (supervisor) and `kernel_worker.rs` (worker): kernel mode (`MountSpec::kernel`,
+//!   crate `hydrate-kernel`): the erofs mount on the mount point over the blob the worker serves on the
+//!   connection, which the supervisor mounts at a private directory (docs/kernel-mode.md).
 //! - `process.rs`: what a daemon process gets from its parent (spec, readiness pipe, log file).
 //! - `metrics_http.rs`: the optional Prometheus endpoint; `alloc.rs`: the daemon's malloc settings.
 //!
-//! Module dependencies run one way: launch → supervise → process ← worker → worker_status, metrics_http.
+//! Module dependencies run one way: launch → supervise → kernel_mount, process ← worker → kernel_worker,
+//! worker_status, metrics_http (launch also uses kernel_mount, to clean up after killed kernel-mode daemons).
 //!
 //! The control protocol itself (messages, framing, the client) is crate `hydrate-control`, so that clients do
 //! not link the runtime. Errors inside the daemon processes are `anyhow` chains that end in the log and, before
@@ -20,6 +24,8 @@
 //! ([`SpecError`], `hydrate_control::ControlError`).
 
 pub mod alloc;
+mod kernel_mount;
+mod kernel_worker;
 pub mod launch;
 mod metrics_http;
 mod process;

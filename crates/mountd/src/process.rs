@@ -16,6 +16,8 @@ use std::sync::Mutex;
 pub(crate) const SPEC_NOTE: &str = "spec";
 /// The note that tells workers the mount runs in the background (so they log to the log file).
 pub(crate) const BACKGROUND_NOTE: &str = "background";
+/// Kernel mode: the note in which the worker names the erofs metadata file it wrote (the supervisor mounts it).
+pub(crate) const KERNEL_METADATA_NOTE: &str = "kernel_metadata";
 
 /// The write end of the readiness pipe to `launch::mount`; written at most once.
 pub(crate) struct ReadyPipe(Mutex<Option<OwnedFd>>);

@@ -60,6 +60,10 @@ pub struct MountSpec {
     /// Testing only: delay every store read by this many milliseconds.
     #[serde(default)]
     pub test_store_latency_ms: u64,
+    /// Kernel mode: the image is mounted as erofs, its file data read from a blob on a private FUSE mount
+    /// that the worker serves (crate `hydrate-kernel`). Absent in specs of older supervisors: FUSE mode.
+    #[serde(default)]
+    pub kernel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +182,7 @@ impl MountSpec {
             metrics: None,
             record_trace: None,
             test_store_latency_ms: 0,
+            kernel: false,
         })
     }
 
@@ -240,6 +245,7 @@ impl MountSpec {
                 }
             }
         }
+        self.check_kernel_mode()?;
         check_image_name(&self.image)?;
         hydrate_store::check_address(&self.store, &self.remote_options()).map_err(|e| {
             SpecError::Store {
@@ -247,6 +253,35 @@ impl MountSpec {
                 reason: e.to_string(),
             }
         })?;
+        Ok(())
+    }
+
+    /// Kernel mode refuses the options that only mean something for a FUSE mount of the image, rather than
+    /// ignoring them silently:
+    /// - passthrough: erofs serves every read from its own page cache, and the blob is read through FUSE
+    ///   with direct I/O; there is no file to hand over. Front ends set `passthrough: false` with `kernel`.
+    /// - private: `allow_other` is a FUSE option; erofs has no such thing and lets everyone in whom the
+    ///   image's file modes let in. A mount only its user may enter must be FUSE (or sit below a directory
+    ///   others cannot traverse).
+    fn check_kernel_mode(&self) -> Result<(), SpecError> {
+        if !self.kernel {
+            return Ok(());
+        }
+        if self.passthrough {
+            return Err(option(
+                "--kernel",
+                "with passthrough",
+                "erofs serves reads from its own page cache; FUSE passthrough does not apply (turn it off)",
+            ));
+        }
+        if self.private {
+            return Err(option(
+                "--kernel",
+                "with --private",
+                "erofs has no allow_other: everyone the image's file modes admit can read it; mount without \
+                 --kernel for a private mount, or put the mount point in a directory only you can enter",
+            ));
+        }
         Ok(())
     }
 
@@ -318,7 +353,7 @@ impl MountSpec {
 
     /// Whether reads are handed to the kernel: not while a trace records (those reads would go unseen).
     pub fn serves_passthrough(&self) -> bool {
-        self.passthrough && self.record_trace.is_none()
+        self.passthrough && self.record_trace.is_none() && !self.kernel
     }
 
     /// The cache directory once the image's digest is known.
@@ -459,5 +494,31 @@ mod tests {
         assert_eq!(s.fetch_config().min_request_bytes, S3_MIN_REQUEST);
         s.record_trace = Some(dir.path().join("t"));
         assert!(!s.serves_passthrough());
+    }
+
+    #[test]
+    fn kernel_mode_refuses_fuse_only_options_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.kernel = true;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--kernel") && err.contains("passthrough"),
+            "{err}"
+        );
+        s.passthrough = false;
+        s.validate().unwrap();
+        assert!(!s.serves_passthrough());
+        assert_eq!(MountSpec::from_json(&s.to_json()).unwrap(), s);
+        s.private = true;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--private") && err.contains("allow_other"),
+            "{err}"
+        );
+        // A spec written by an older supervisor has no `kernel` field: FUSE mode.
+        let mut old: serde_json::Value = serde_json::from_str(&spec(dir.path()).to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("kernel");
+        assert!(!MountSpec::from_json(&old.to_string()).unwrap().kernel);
     }
 }

@@ -6,10 +6,16 @@
 //! answers the mount's control socket, merging in its worker's answers. See docs/supervisor.md for what it
 //! guarantees.
 //!
+//! In kernel mode (`MountSpec::kernel`) the connection is mounted at a private directory and serves the blob of
+//! an erofs mount on the mount point, which `kernel_mount.rs` makes, watches and removes.
+//!
 //! A mount point whose previous daemon is still exiting (unmounted with a plain `umount`, still flushing its
 //! cache) is free: the socket is only refused while its owner's FUSE connection is still mounted there.
 
-use crate::process::{redirect_stderr, ReadyPipe, BACKGROUND_NOTE, SPEC_NOTE};
+use crate::kernel_mount::{self, KernelMount};
+use crate::process::{
+    redirect_stderr, ReadyPipe, BACKGROUND_NOTE, KERNEL_METADATA_NOTE, SPEC_NOTE,
+};
 use crate::spec::MountSpec;
 use anyhow::{bail, Context, Result};
 use hydrate_control::mount::{
@@ -36,6 +42,12 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
         nix::unistd::setsid().context("detaching the daemon from the terminal")?;
     }
     let inherited = systemd::inherited_connection().context("systemd fd store")?;
+    if spec.kernel && inherited.is_some() {
+        bail!(
+            "kernel mode cannot resume a connection from systemd's fd store (the erofs mount on top of it is not \
+             kept there); remove the stored descriptors (systemctl clean --what=fdstore) or mount without --kernel"
+        );
+    }
     // A connection kept by systemd is served by nobody until this service takes it over: anything that stats the
     // mount point now would wait for itself (a test found this hanging).
     if inherited.is_none() {
@@ -44,11 +56,25 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
     let mountpoint = spec.mountpoint.clone();
     let socket = claim_socket(&mountpoint)?;
     let program = std::env::current_exe().context("locating the hydrate binary")?;
+    // Kernel mode: the FUSE connection serves the blob at a private directory; erofs goes on the mount point.
+    let blob_dir = match spec.kernel {
+        true => Some(kernel_mount::prepare_blob_dir(&mountpoint)?),
+        false => None,
+    };
+    let erofs = kernel_mount::ErofsSlot::default();
     let connection = match inherited {
         Some((dev, state)) => {
             tracing::info!("resuming the FUSE connection kept by systemd");
             Connection::Inherited { dev, state }
         }
+        // Only the supervisor (root) opens the blob, to mount erofs: no allow_other.
+        None if spec.kernel => Connection::Mount(MountOptions {
+            fsname: format!("hydrate-blob:{}", spec.image),
+            subtype: "hydrate-blob".into(),
+            read_only: true,
+            allow_other: false,
+            default_permissions: true,
+        }),
         None => Connection::Mount(MountOptions {
             fsname: format!("hydrate:{}", spec.image),
             subtype: "hydrate".into(),
@@ -59,7 +85,7 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
     };
     let supervisor_pid = std::process::id();
     let config = SupervisorConfig {
-        mountpoint: mountpoint.clone(),
+        mountpoint: blob_dir.clone().unwrap_or_else(|| mountpoint.clone()),
         program,
         worker_args: Box::new(worker_args),
         policy: RestartPolicy::default(),
@@ -79,6 +105,7 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
             .chain(daemonized.then(|| (BACKGROUND_NOTE, "1".to_owned())))
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+        before_unmount: spec.kernel.then(|| erofs.hook()),
     };
     // Must come before any other thread exists: it blocks the signals the supervisor waits for.
     let (supervisor, handle) = Supervisor::new(config, connection)?;
@@ -91,28 +118,54 @@ pub(crate) fn run(spec: MountSpec, ready: &ReadyPipe, daemonized: bool) -> Resul
         Arc::new(move |request, _peer| answers.answer(request));
     wire::serve(listener, "control", handler).context("starting the control thread")?;
     let explicit_log = spec.log_file.clone();
-    let exit = supervisor.run(
-        |dev, state| {
-            if daemonized {
-                let log = explicit_log
-                    .clone()
-                    .or_else(|| state.note("log_file").map(PathBuf::from));
-                if let Some(log) = log {
-                    if let Err(error) = redirect_stderr(&log) {
-                        tracing::warn!(error = %format!("{error:#}"), "no log file for the supervisor");
+    let (exit, kernel) = std::thread::scope(|scope| -> Result<_> {
+        let kernel = match &blob_dir {
+            Some(dir) => Some(KernelMount::start(
+                scope,
+                mountpoint.clone(),
+                dir.clone(),
+                &erofs,
+                ready,
+            )?),
+            None => None,
+        };
+        let exit = supervisor.run(
+            |dev, state| {
+                if daemonized {
+                    let log = explicit_log
+                        .clone()
+                        .or_else(|| state.note("log_file").map(PathBuf::from));
+                    if let Some(log) = log {
+                        if let Err(error) = redirect_stderr(&log) {
+                            tracing::warn!(error = %format!("{error:#}"), "no log file for the supervisor");
+                        }
                     }
                 }
-            }
-            tracing::info!(mountpoint = %mountpoint.display(), "mount ready");
-            systemd::notify_ready(dev, state);
-            ready.send("ready");
-        },
-        systemd::store_state,
-    );
+                match &kernel {
+                    // Ready once erofs is mounted on top (the erofs thread reports it).
+                    Some(kernel) => kernel.serving(state.note(KERNEL_METADATA_NOTE)),
+                    None => {
+                        tracing::info!(mountpoint = %mountpoint.display(), "mount ready");
+                        systemd::notify_ready(dev, state);
+                        ready.send("ready");
+                    }
+                }
+            },
+            // Kernel mode keeps nothing in systemd's fd store (a restarted service could not adopt erofs).
+            |state| {
+                if !spec.kernel {
+                    systemd::store_state(state)
+                }
+            },
+        );
+        let kernel = kernel.map(KernelMount::finish);
+        Ok((exit, kernel))
+    })?;
     socket.remove();
     systemd::notify_stopping();
     let exit = exit?;
     tracing::info!(?exit, mountpoint = %mountpoint.display(), "supervisor exiting");
+    kernel.transpose()?;
     Ok(())
 }
 
@@ -124,7 +177,14 @@ fn claim_socket(mountpoint: &Path) -> Result<(std::os::unix::net::UnixListener, 
     let path = socket_path(mountpoint);
     if let Ok(info) = MountClient::at_socket(path.clone()).info() {
         let mounted = hydrate_supervisor::fuse_connection_id(mountpoint).ok();
-        if mounted.is_some() && mounted == info.supervisor.connection {
+        // A kernel-mode daemon's connection is its blob's, at a private directory: while an erofs mount sits
+        // on the mount point and its daemon answers, the mount point is served.
+        let erofs_on_top = hydrate_mountinfo::MountInfo::read_self().is_ok_and(|table| {
+            table
+                .top_at(mountpoint)
+                .is_some_and(|m| m.fs_type == "erofs")
+        });
+        if (mounted.is_some() && mounted == info.supervisor.connection) || erofs_on_top {
             bail!(
                 "another hydrate daemon (pid {}) already serves {}; unmount it first",
                 info.supervisor.pid,

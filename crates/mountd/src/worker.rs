@@ -1,5 +1,7 @@
 //! The worker: the process that serves a mount's FUSE connection for its supervisor (`supervise.rs`). Wires
 //! store → fetch engine → cache → core volume → FUSE adapter → kernel session, and serves its control socket.
+//! In kernel mode the FUSE adapter is `kernel_worker::BlobFront` (the blob erofs reads) instead of HydrateFs,
+//! over the same volume, and the worker writes the erofs metadata file before it accepts the hand-over.
 //!
 //! Life of a worker: take the supervisor's offer of the hand-over state (refusing a version it does not know),
 //! prepare what does not need the cache (store, image, manifest) while a predecessor may still serve, accept,
@@ -9,9 +11,10 @@
 //! kernel sees it. On `Stop` it finishes the requests it has read and exits; when the supervisor disappears it
 //! exits at once, so the kernel ends the connection instead of leaving readers hanging.
 
-use crate::process::{redirect_stderr, BACKGROUND_NOTE, SPEC_NOTE};
+use crate::kernel_worker::{self, BlobFront, KernelPrepared};
+use crate::process::{redirect_stderr, BACKGROUND_NOTE, KERNEL_METADATA_NOTE, SPEC_NOTE};
 use crate::spec::MountSpec;
-use crate::worker_status::WorkerStatus;
+use crate::worker_status::{Front, WorkerStatus};
 use anyhow::{bail, Context, Result};
 use hydrate_cache::{CacheConfig, CacheError, DiskCache};
 use hydrate_control::mount::{socket_path, worker_socket_path, WorkerReply, WorkerRequest};
@@ -24,6 +27,7 @@ use hydrate_fuse::{FileHandle, HandleRecord, HydrateFs, IoEvent, IoJournal, Rest
 use hydrate_fuse_transport::{
     BackingId, FuseDev, Negotiated, Session, SessionConfig, SessionEnd, StopHandle,
 };
+use hydrate_kernel::BlobFs;
 use hydrate_store::{BlobStore, CountingStore, FaultyStore};
 use hydrate_supervisor::{Event, HandoverState, OfferError, OpenRecord, Start, WorkerLink};
 use std::path::{Path, PathBuf};
@@ -145,6 +149,8 @@ struct Prepared {
     manifest: hydrate_core::MappedManifest,
     /// The cache, opened while the manifest loaded, when no predecessor can hold it.
     cache: Option<Arc<DiskCache>>,
+    /// Kernel mode: the erofs metadata file and the blob layout.
+    kernel: Option<KernelPrepared>,
 }
 
 fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result<Prepared> {
@@ -220,6 +226,20 @@ fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result
     });
     // A bad image is the error to report, whatever the cache did meanwhile.
     let manifest = manifest?;
+    // Kernel mode: the erofs metadata is laid out while a predecessor may still serve.
+    let kernel = match spec.kernel {
+        true => {
+            let mounted = state.note(KERNEL_METADATA_NOTE);
+            let prepared = kernel_worker::prepare(&manifest, &image, &cache_dir, mounted)?;
+            note(
+                link,
+                KERNEL_METADATA_NOTE,
+                &prepared.metadata.display().to_string(),
+            )?;
+            Some(prepared)
+        }
+        false => None,
+    };
     let cache = match opened.transpose()? {
         None => None,
         Some(Ok(cache)) => Some(cache),
@@ -237,6 +257,7 @@ fn prepare(spec: &MountSpec, state: &HandoverState, link: &WorkerLink) -> Result
         quota,
         manifest,
         cache,
+        kernel,
     })
 }
 
@@ -305,6 +326,7 @@ fn serve(
         quota,
         manifest,
         cache,
+        kernel,
     } = prepared;
     let mountpoint = spec.mountpoint.clone();
     let cache = match cache {
@@ -348,16 +370,11 @@ fn serve(
         );
     }
     let dev = FuseDev::from_fd(start.dev);
-    let fs = Arc::new(
-        HydrateFs::new(
-            Arc::clone(&vol),
-            dev.try_clone().context("cloning the FUSE descriptor")?,
-            passthrough,
-        )
-        .with_journal(Arc::new(LinkJournal(Arc::clone(&link))))
-        .with_restored(&restored_io(&start.state)),
-    );
-    let config = SessionConfig {
+    let resumed = match &start.state.negotiated {
+        Some(bytes) => Some(Negotiated::from_bytes(bytes).context("negotiated state")?),
+        None => None,
+    };
+    let fuse_config = SessionConfig {
         threads: spec.threads as usize,
         want_passthrough: passthrough,
         // Directory handles carry nothing (HydrateFs::opendir answers fh 0): let the kernel open directories
@@ -365,24 +382,51 @@ fn serve(
         stateless_dirs: true,
         ..SessionConfig::default()
     };
-    let resumed = match &start.state.negotiated {
-        Some(bytes) => Some(Negotiated::from_bytes(bytes).context("negotiated state")?),
-        None => None,
-    };
-    {
+    let on_init = {
         let link = Arc::clone(&link);
         let mountpoint = mountpoint.clone();
+        let first = resumed.is_none();
         // The kernel offers its bdi default (128 KiB) at INIT, so the negotiated value is no guide: ask for the
-        // window this server is configured for.
-        let readahead = config.max_readahead;
-        fs.on_init(move |negotiated| {
-            if resumed.is_none() {
+        // window this server is configured for. Not in kernel mode: the mount point is erofs, whose readahead
+        // the supervisor sets, and the blob is read with direct I/O.
+        let readahead = (!spec.kernel).then_some(fuse_config.max_readahead);
+        move |negotiated: &Negotiated| {
+            if first {
                 let _ = link.event(&Event::Negotiated(negotiated.to_bytes()));
             }
             let _ = link.serving();
-            raise_readahead(&mountpoint, readahead);
-        });
-    }
+            if let Some(readahead) = readahead {
+                raise_readahead(&mountpoint, readahead);
+            }
+        }
+    };
+    let (front, config) = match kernel {
+        // Kernel mode: the connection serves the blob erofs reads its file data from; BlobFs opens nothing
+        // worth journaling (one file, fh 0), so a successor resumes with the negotiated state alone.
+        Some(kernel) => {
+            let fs = Arc::new(BlobFront::new(Arc::clone(&vol), kernel));
+            fs.on_init(on_init);
+            fs.spawn_idle_release()?;
+            (
+                Front::Kernel(fs),
+                BlobFs::session_config(spec.threads as usize),
+            )
+        }
+        None => {
+            let fs = Arc::new(
+                HydrateFs::new(
+                    Arc::clone(&vol),
+                    dev.try_clone().context("cloning the FUSE descriptor")?,
+                    passthrough,
+                )
+                .with_journal(Arc::new(LinkJournal(Arc::clone(&link))))
+                .with_restored(&restored_io(&start.state)),
+            );
+            fs.on_init(on_init);
+            (Front::Fuse(fs), fuse_config)
+        }
+    };
+    let resuming = resumed.is_some();
     let session = match resumed {
         Some(negotiated) => Session::resume(dev, config, negotiated),
         None => Session::new(dev, config),
@@ -393,7 +437,7 @@ fn serve(
         generation,
         vol: Arc::clone(&vol),
         store,
-        fs: Arc::clone(&fs),
+        front: front.clone(),
         ops: session.stats(),
     });
     if let Some(addr) = spec.metrics {
@@ -422,8 +466,11 @@ fn serve(
         crate::alloc::spawn_idle_trimmer(move || vol.engine().stats().bytes_fetched)
             .context("starting the memory trimmer thread")?;
     }
-    tracing::info!(image = %image, generation, resumed = resumed.is_some(), mountpoint = %mountpoint.display(), "serving");
-    let served = session.serve(fs);
+    tracing::info!(image = %image, generation, resumed = resuming, kernel = spec.kernel, mountpoint = %mountpoint.display(), "serving");
+    let served = match front {
+        Front::Fuse(fs) => session.serve(fs),
+        Front::Kernel(fs) => session.serve(fs),
+    };
     if let Some(socket) = socket {
         socket.remove();
     }

@@ -1,11 +1,12 @@
 //! What a worker reports about itself: [`WorkerInfo`] for `hydrate status` and its metrics (volume, fetch
 //! engine, store, FUSE opcodes, cache) as a [`MetricSet`], which the supervisor merges into its own answers.
 
+use crate::kernel_worker::BlobFront;
 use hydrate_cache::DiskCache;
 use hydrate_control::{Histogram, Metric, MetricSet, WorkerInfo};
 use hydrate_core::Volume;
 use hydrate_fetch::LatencyHistogram;
-use hydrate_fuse::HydrateFs;
+use hydrate_fuse::{HydrateFs, InFlight};
 use hydrate_fuse_transport::{abi, OpStats};
 use hydrate_store::{BlobStore, CountingStore};
 use std::path::PathBuf;
@@ -31,19 +32,71 @@ const SERVED_OPCODES: [u32; 14] = [
     abi::FUSE_LISTXATTR,
 ];
 
+/// What the worker serves on the connection: the image's tree (FUSE mode), or the blob erofs reads (kernel
+/// mode).
+#[derive(Clone)]
+pub(crate) enum Front {
+    Fuse(Arc<HydrateFs>),
+    Kernel(Arc<BlobFront>),
+}
+
+impl Front {
+    fn in_flight(&self) -> &InFlight {
+        match self {
+            Front::Fuse(fs) => fs.in_flight(),
+            Front::Kernel(fs) => fs.in_flight(),
+        }
+    }
+
+    /// Handles the kernel holds open: HydrateFs' table, or BlobFs' Volume handles (each pins its content).
+    fn open_handles(&self) -> usize {
+        match self {
+            Front::Fuse(fs) => fs.open_handles(),
+            Front::Kernel(fs) => fs.blobfs().open_files(),
+        }
+    }
+
+    /// The front end's own counters, as (metric name, value).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        match self {
+            Front::Fuse(fs) => {
+                let a = fs.stats();
+                vec![
+                    ("fuse_passthrough_opens", get(&a.passthrough_opens)),
+                    ("fuse_cached_opens", get(&a.cached_opens)),
+                    ("fuse_backing_open_failures", get(&a.backing_open_failures)),
+                    ("fuse_handles_rebuilt", get(&a.handles_rebuilt)),
+                    ("fuse_resent_opens_matched", get(&a.resent_opens_matched)),
+                ]
+            }
+            Front::Kernel(fs) => {
+                let b = fs.blobfs().stats();
+                vec![
+                    ("blobfs_reads", get(&b.reads)),
+                    ("blobfs_read_bytes", get(&b.bytes)),
+                    ("blobfs_failed_reads", get(&b.failed_reads)),
+                    ("blobfs_multi_extent_reads", get(&b.multi_extent_reads)),
+                    ("blobfs_volume_opens", get(&b.volume_opens)),
+                ]
+            }
+        }
+    }
+}
+
 pub(crate) struct WorkerStatus {
     pub store_addr: String,
     pub cache_dir: PathBuf,
     pub generation: u64,
     pub vol: Arc<Volume>,
     pub store: Arc<CountingStore<Arc<dyn BlobStore>>>,
-    pub fs: Arc<HydrateFs>,
+    pub front: Front,
     pub ops: Arc<OpStats>,
 }
 
 impl WorkerStatus {
     pub fn info(&self) -> WorkerInfo {
-        let (in_flight, oldest) = self.fs.in_flight().snapshot();
+        let (in_flight, oldest) = self.front.in_flight().snapshot();
         let cache = self.cache().stats();
         WorkerInfo {
             pid: std::process::id(),
@@ -53,10 +106,11 @@ impl WorkerStatus {
             generation: self.generation,
             requests_in_flight: in_flight as u64,
             oldest_request_ms: oldest.as_millis() as u64,
-            open_handles: self.fs.open_handles() as u64,
+            open_handles: self.front.open_handles() as u64,
             cache_used_bytes: cache.used_bytes,
             cache_quota_bytes: cache.quota_bytes,
             cache_files: cache.files,
+            kernel: matches!(self.front, Front::Kernel(_)),
         }
     }
 
@@ -98,17 +152,10 @@ impl WorkerStatus {
                 self.ops.get(op),
             ));
         }
-        let a = self.fs.stats();
-        for (name, v) in [
-            ("passthrough_opens", &a.passthrough_opens),
-            ("cached_opens", &a.cached_opens),
-            ("backing_open_failures", &a.backing_open_failures),
-            ("handles_rebuilt", &a.handles_rebuilt),
-            ("resent_opens_matched", &a.resent_opens_matched),
-        ] {
-            out.push(prefixed("fuse", (name, v.load(Ordering::Relaxed))));
+        for (name, value) in self.front.counters() {
+            out.push(Metric::counter(name, value));
         }
-        let (in_flight, oldest) = self.fs.in_flight().snapshot();
+        let (in_flight, oldest) = self.front.in_flight().snapshot();
         out.push(Metric::gauge("fuse_requests_in_flight", in_flight as u64));
         out.push(Metric::gauge(
             "fuse_oldest_request_ms",

@@ -39,6 +39,8 @@ pub struct LazyOptions {
     /// Largest ELF file the mounts fetch whole, with the libraries it names and, at mount, the image's command
     /// (0: off), if not the default.
     pub elf_prefetch: Option<u64>,
+    /// Mount images in kernel mode (erofs over a private blob FUSE mount; `hydrate mount --kernel`).
+    pub kernel: bool,
 }
 
 /// What is at an image's mount point.
@@ -131,6 +133,8 @@ impl LazyMounts {
                 tracing::warn!(image = %lazy.name, id = %lazy.image, mountpoint = %mnt.display(),
                     "the image's mount daemon is gone; detaching its mount and mounting it again");
                 detach(&mnt);
+                // A kernel-mode mount's dead blob mount goes with it.
+                hydrate_mountd::launch::detach_orphan_blob_mounts(&mnt);
             }
             MountState::Absent => {}
         }
@@ -155,6 +159,10 @@ impl LazyMounts {
         }
         if let Some(max) = self.opts.elf_prefetch {
             spec.volume.elf_prefetch = max;
+        }
+        if self.opts.kernel {
+            spec.kernel = true;
+            spec.passthrough = false;
         }
         tracing::info!(image = %lazy.name, id = %lazy.image, store = %lazy.store, mountpoint = %mnt.display(), "mounting");
         if let Err(err) = hydrate_mountd::launch::mount(&spec, &self.opts.program, &[]) {

@@ -19,6 +19,7 @@ fn open(root: &Path) -> Snapshots {
             fetch_timeout: Some(Duration::from_secs(1)),
             fill_budget: None,
             elf_prefetch: None,
+            kernel: false,
         },
     );
     Snapshots::open(layout, lazy).unwrap()

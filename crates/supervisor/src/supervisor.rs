@@ -47,6 +47,10 @@ pub struct SupervisorConfig {
     /// Notes put into the hand-over state before the first worker starts, replacing inherited notes of the
     /// same keys (for `hydrate`: the mount's spec, which every worker serves).
     pub notes: Vec<(String, String)>,
+    /// Called on a stop signal just before the connection's mount is detached: for a mount that holds this
+    /// one busy and must go first (kernel mode's erofs reads its blob from this FUSE mount; while erofs is
+    /// mounted, detaching the FUSE mount would not end the connection).
+    pub before_unmount: Option<Box<dyn Fn() + Send>>,
 }
 
 /// Where the connection comes from.
@@ -328,10 +332,15 @@ impl Supervisor {
                     } else if self.gone() {
                         // Already unmounted (the worker finishes and the loop ends): the mount point may hold
                         // another mount by now (see finish_unmount), which is not ours to detach.
-                    } else if let Err(error) =
-                        hydrate_fuse_transport::unmount(&self.cfg.mountpoint, true)
-                    {
-                        tracing::error!(%error, "unmount on signal failed");
+                    } else {
+                        if let Some(hook) = &self.cfg.before_unmount {
+                            hook();
+                        }
+                        if let Err(error) =
+                            hydrate_fuse_transport::unmount(&self.cfg.mountpoint, true)
+                        {
+                            tracing::error!(%error, "unmount on signal failed");
+                        }
                     }
                 }
                 Err(_) => {}

@@ -69,6 +69,17 @@ pub fn notify_ready(dev: &FuseDev, state: &HandoverState) {
     }
 }
 
+/// Tells systemd the service is ready without storing the connection: for a mount whose connection cannot
+/// be taken over by a restarted service (kernel mode: the erofs mount on top would have to be adopted too).
+pub fn notify_ready_only() {
+    if !under_systemd() {
+        return;
+    }
+    if let Err(error) = sd_notify::notify(&[NotifyState::Ready]) {
+        tracing::warn!(%error, "notifying systemd of readiness failed");
+    }
+}
+
 /// Replaces the stored state.
 pub fn store_state(state: &HandoverState) {
     if !under_systemd() {

@@ -10,6 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub fn bin() -> &'static str {
@@ -410,6 +412,30 @@ impl Drop for Mount {
     }
 }
 
+/// Reads 4 KiB of `rel` at `offset` through `m` (checked against `src`, the same file in the source tree) and
+/// asserts that it moved at most a few chunks from the store; returns (store requests, bytes) it cost.
+pub fn assert_small_read_is_lazy(m: &Mount, rel: &str, src: &Path, offset: u64) -> (u64, u64) {
+    let start = m.metrics();
+    let got = pread(&m.path(rel), offset, 4096).unwrap();
+    assert_eq!(
+        got,
+        pread(src, offset, 4096).unwrap(),
+        "bytes of {rel} at {offset}"
+    );
+    let after = m.metrics();
+    let requests = after["store_range_requests"] - start["store_range_requests"];
+    let bytes = after["store_bytes_read"] - start["store_bytes_read"];
+    assert!(
+        (1..=2).contains(&requests),
+        "{requests} store requests for one 4 KiB read"
+    );
+    assert!(
+        bytes <= 3 * 256 * 1024,
+        "{bytes} bytes fetched for one 4 KiB read"
+    );
+    (requests, bytes)
+}
+
 /// pread of exactly `len` bytes at `offset` (or the error).
 pub fn pread(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let f = File::open(path)?;
@@ -461,5 +487,92 @@ impl Scratch {
 
     pub fn s(&self, rel: &str) -> String {
         self.p(rel).to_str().unwrap().to_owned()
+    }
+}
+
+/// What verifying readers saw: reads, failures (ENOTCONN among them), wrong bytes, and every read's latency.
+#[derive(Default)]
+pub struct Tally {
+    pub reads: AtomicU64,
+    pub failures: AtomicU64,
+    pub wrong: AtomicU64,
+    pub enotconn: AtomicU64,
+    pub latencies_us: Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    pub fn check(&self, what: &str, got: std::io::Result<Vec<u8>>, want: &[u8], took: Duration) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.latencies_us
+            .lock()
+            .unwrap()
+            .push(took.as_micros() as u64);
+        match got {
+            Ok(bytes) if bytes == want => {}
+            Ok(bytes) => {
+                self.wrong.fetch_add(1, Ordering::Relaxed);
+                eprintln!("WRONG BYTES {what}: got {} bytes", bytes.len());
+            }
+            Err(e) => {
+                if e.raw_os_error() == Some(libc::ENOTCONN) {
+                    self.enotconn.fetch_add(1, Ordering::Relaxed);
+                }
+                // The first few say what failed; a test that expects failures would flood its log otherwise.
+                if self.failures.fetch_add(1, Ordering::Relaxed) < 20 {
+                    eprintln!("FAILED {what}: {e}");
+                }
+            }
+        }
+    }
+
+    pub fn assert_clean(&self, label: &str) {
+        let mut lat = self.latencies_us.lock().unwrap().clone();
+        lat.sort_unstable();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        eprintln!(
+            "{label}: reads={} failures={} wrong={} enotconn={} latency p50={}us p99={}us max={}us",
+            self.reads.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.wrong.load(Ordering::Relaxed),
+            self.enotconn.load(Ordering::Relaxed),
+            pct(0.5),
+            pct(0.99),
+            lat.last().copied().unwrap_or(0)
+        );
+        assert!(self.reads.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            self.failures.load(Ordering::Relaxed),
+            0,
+            "{label}: failed reads"
+        );
+        assert_eq!(
+            self.wrong.load(Ordering::Relaxed),
+            0,
+            "{label}: wrong bytes"
+        );
+        assert_eq!(
+            self.enotconn.load(Ordering::Relaxed),
+            0,
+            "{label}: ENOTCONN"
+        );
+    }
+
+    pub fn get(&self, counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Reads that took longer than `limit` (for readers under chaos: blocked across a takeover).
+    pub fn slower_than(&self, limit: Duration) -> usize {
+        let limit = limit.as_micros() as u64;
+        self.latencies_us
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&us| us > limit)
+            .count()
     }
 }

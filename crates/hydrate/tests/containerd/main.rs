@@ -329,6 +329,65 @@ fn converted_images_run_lazily_and_ordinary_images_as_with_overlayfs() {
 }
 
 #[test]
+fn a_kernel_mode_snapshotter_runs_converted_images_from_erofs() {
+    let Some(t) = setup("a_kernel_mode_snapshotter_runs_converted_images_from_erofs") else {
+        return;
+    };
+    let source = push_test_image(&t);
+    let node = Node::start(
+        &t.tools,
+        &t.s,
+        &["--kernel", "--fill-budget", "0", "--elf-prefetch", "0"],
+    );
+    node.pull(&source, "overlayfs");
+    let expected = node.run(&source, "overlayfs", "ref", &[]);
+    let ctd = convert_for_containerd(&t, &source);
+    node.pull(&ctd, "hydrate");
+    assert_eq!(
+        node.run(&ctd, "hydrate", "kernel", &[]),
+        expected,
+        "the converted image on an erofs lower prints what the source prints"
+    );
+    let mounts = node.mounts_under_root();
+    assert_eq!(mounts.len(), 1, "one lazy image mount: {mounts:?}");
+    let info = hydrate_mountinfo::MountInfo::read_self().unwrap();
+    assert_eq!(
+        info.top_at(&mounts[0]).map(|m| m.fs_type.as_str()),
+        Some("erofs"),
+        "the lazy image is mounted in kernel mode"
+    );
+    let pid = hydrate_control::MountClient::for_mountpoint(&mounts[0])
+        .and_then(|c| c.info().map_err(std::io::Error::other))
+        .unwrap()
+        .supervisor
+        .pid;
+    let blob = hydrate_control::mount::kernel_blob_dir(&mounts[0], pid);
+    assert!(
+        info.is_mount_point(&blob),
+        "no blob mount at {}",
+        blob.display()
+    );
+
+    node.remove_images();
+    assert!(
+        node.mounts_under_root().is_empty(),
+        "{:?}",
+        node.mounts_under_root()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while hydrate_mountinfo::MountInfo::read_self()
+        .unwrap()
+        .is_mount_point(&blob)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blob mount outlived its image"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_killed_snapshotter_breaks_no_container_and_finds_its_mounts_again() {
     let Some(t) = setup("a_killed_snapshotter_breaks_no_container_and_finds_its_mounts_again")
     else {

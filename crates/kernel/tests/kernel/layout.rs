@@ -118,6 +118,58 @@ fn the_blob_reads_as_file_bytes_with_zeros_between() {
 }
 
 #[test]
+fn every_file_in_the_blob_knows_where_it_is_named() {
+    let image = Image::build(None);
+    let vol = image.volume("parents");
+    let manifest = vol.manifest();
+    let (blob, parents) = KernelImage::build(manifest).unwrap().into_parts();
+    let mut files = 0;
+    for extent in blob.extents() {
+        for ino in &extent.files {
+            let &(dir, index) = parents.get(ino).expect("a placed file without a parent");
+            let (_, named) = manifest.dir_entry(dir, index as usize).unwrap();
+            assert_eq!(named, *ino);
+            files += 1;
+        }
+    }
+    assert!(files >= fixture::MANY, "{files}");
+}
+
+#[test]
+fn idle_handles_are_released_so_their_contents_can_be_evicted() {
+    let image = Image::build(None);
+    let vol = image.volume("idle");
+    let built = KernelImage::build(vol.manifest()).unwrap();
+    let config = BlobFsConfig {
+        idle_release: std::time::Duration::from_millis(50),
+        ..BlobFsConfig::default()
+    };
+    let fs = BlobFs::new(Arc::clone(&vol), Arc::new(built.into_blob()), config);
+    let mut buf = vec![0u8; 1 << 20];
+    fs.read(&ctx(), BLOB_INO, 0, 0, &mut buf).unwrap();
+    let open = fs.open_files();
+    assert!(open > 0);
+    // Used just now: kept, and its content is pinned.
+    assert_eq!(fs.release_idle(), 0);
+    assert_eq!(
+        vol.cache().evict_to(0).unwrap(),
+        0,
+        "evicted pinned content"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(fs.release_idle(), open);
+    assert_eq!(fs.open_files(), 0);
+    assert!(
+        vol.cache().evict_to(0).unwrap() > 0,
+        "released content stayed pinned"
+    );
+    // Read again after eviction: fetched again, the same bytes.
+    let mut again = vec![0u8; 1 << 20];
+    fs.read(&ctx(), BLOB_INO, 0, 0, &mut again).unwrap();
+    assert!(again == buf);
+}
+
+#[test]
 fn store_failures_become_eio_never_zeros() {
     let image = Image::build(None);
     let vol = image.volume("failing");
