@@ -2,8 +2,9 @@
 # The hydrate benchmark in one command: builds the release binaries, then measures build throughput, cold and
 # hot sequential reads (passthrough and not), cold and hot 4 KiB random reads, a metadata walk, mount time and
 # RSS by image size, a cold start over an emulated link with and without a learned prefetch plan, and a
-# container start from a registry (skopeo + umoci + runc vs hydrate rootfs + runc), against native ext4 (or a
-# full download) in the same run; then plots the results (docs/benchmarks.md).
+# container start from a registry (skopeo + umoci + runc vs hydrate rootfs + runc), kernel mode (erofs) against
+# FUSE mode, against native ext4 (or a full download) in the same run; then plots the results
+# (docs/benchmarks.md).
 #
 #   sudo bench/run.sh                      # full run: 1 GiB file + 3000 small files, 2 GB cold start, images of
 #                                          # 10k/100k/1M files (20-30 minutes)
@@ -23,7 +24,7 @@ source "$repo/scripts/lib.sh"
 
 # The full run includes the worker-takeover section (issue 5) and the start-up section (issue 4); `--takeover-only`
 # and `--startup-only` measure just one of them.
-args=(--takeover --startup --containers --real-image)
+args=(--takeover --startup --containers --real-image --kernel)
 json=""
 plot=""
 while (($#)); do

@@ -36,6 +36,8 @@ pub struct ContainerPlan {
     pub one_way: Duration,
     pub bytes_per_sec: u64,
     pub seed: u64,
+    /// Also start the container with the image in kernel mode (`hydrate rootfs --kernel`).
+    pub kernel: bool,
 }
 
 /// One way of starting the container.
@@ -63,6 +65,9 @@ pub struct ContainerResult {
     pub no_plan: StartRun,
     pub with_plan: StartRun,
     pub plan_entries: u64,
+    /// The same two starts with the image mounted in kernel mode (`hydrate rootfs --kernel`, erofs): no plan,
+    /// learned plan (issue 13's goal: no slower than FUSE mode).
+    pub kernel: Option<(StartRun, StartRun)>,
     /// The same image through containerd (`ctr image pull` + `ctr run`), when containerd is installed.
     pub containerd: Option<crate::containerd::ContainerdResult>,
 }
@@ -324,6 +329,14 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
     )?;
     step("hydrate with the learned plan: hydrate rootfs + runc run");
     let with_plan = lazy("plan", "1-plan", &[])?;
+    let kernel = if plan.kernel {
+        step("kernel mode (erofs), no plan: hydrate rootfs --kernel + runc run");
+        let no_plan = lazy("knoplan", "1-hydrate", &["--kernel"])?;
+        step("kernel mode (erofs), learned plan: hydrate rootfs --kernel + runc run");
+        Some((no_plan, lazy("kplan", "1-plan", &["--kernel"])?))
+    } else {
+        None
+    };
     let containerd = if hydrate_testkit::find_binary("containerd").is_some() {
         // The containerd form names its store as converted: through the link, like every pull here.
         step("converting for containerd (--containerd-tag, not timed)");
@@ -365,6 +378,7 @@ pub fn run(hydrate: &Hydrate, dir: &Path, plan: &ContainerPlan) -> Result<Contai
         no_plan,
         with_plan,
         plan_entries,
+        kernel,
         containerd,
     })
 }
@@ -418,6 +432,21 @@ impl ContainerResult {
             ),
             &self.with_plan,
         );
+        if let Some((no_plan, with_plan)) = &self.kernel {
+            out += &row(
+                "hydrate rootfs --kernel (erofs) + runc run, no plan",
+                no_plan,
+            );
+            out += &row(
+                "hydrate rootfs --kernel (erofs) + runc run, learned plan",
+                with_plan,
+            );
+            out += &format!(
+                "  kernel mode vs FUSE mode, first output: no plan {:.2}x, learned plan {:.2}x (goal <= 1)\n",
+                no_plan.first_output_secs / self.no_plan.first_output_secs,
+                with_plan.first_output_secs / self.with_plan.first_output_secs
+            );
+        }
         if let Some(c) = &self.containerd {
             let base = c.overlayfs.first_output_secs;
             out += &format!(
@@ -456,6 +485,7 @@ impl ContainerResult {
             "one_way_ms": self.one_way_ms, "link_mbit": self.link_mbit, "image_bytes": self.image_bytes,
             "read_bytes": self.read_bytes, "full_pull": run(&self.full_pull), "no_plan": run(&self.no_plan),
             "with_plan": run(&self.with_plan), "plan_entries": self.plan_entries,
+            "kernel": self.kernel.as_ref().map(|(n, p)| json!({"no_plan": run(n), "with_plan": run(p)})),
             "containerd": self.containerd.as_ref().map(|c| json!({
                 "overlayfs": run(&c.overlayfs), "hydrate_no_plan": run(&c.hydrate_no_plan),
                 "hydrate_with_plan": run(&c.hydrate_with_plan),

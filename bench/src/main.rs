@@ -14,6 +14,7 @@ mod containers;
 mod hsm;
 mod hsm_scale;
 mod hydrate;
+mod kernel;
 mod link;
 mod phases;
 mod reads;
@@ -161,6 +162,26 @@ struct Args {
     /// target/bench/debian-bookworm-python.tar next to this program's target directory].
     #[arg(long)]
     real_image_tar: Option<PathBuf>,
+    /// Also measure kernel mode (`hydrate mount --kernel`, erofs) against FUSE mode and ext4: metadata walk
+    /// (--walk-files), hot reads of a partially fetched file, cold 4 KiB reads, cold and hot sequential reads
+    /// of a --big-size file; and the container starts with `hydrate rootfs --kernel` (also with
+    /// --containers-only).
+    #[arg(long)]
+    kernel: bool,
+    /// Measure only the kernel-mode section.
+    #[arg(long)]
+    kernel_only: bool,
+}
+
+/// The kernel-mode section's sizes from the options.
+fn kernel_plan(args: &Args, big_size: u64) -> kernel::KernelPlan {
+    kernel::KernelPlan {
+        walk_files: args.walk_files,
+        big_size,
+        random_reads: args.random_reads,
+        repeats: args.repeats.max(1),
+        seed: args.seed,
+    }
 }
 
 /// The HSM section: per file system hot reads and recalls, archive threads, and the scale run if asked for.
@@ -293,6 +314,12 @@ fn run(args: &Args) -> Result<()> {
             Ok((result.table(), result.to_json()))
         });
     }
+    if args.kernel_only {
+        return one_section(args, work, "kernel", |dir| {
+            let result = kernel::run(&hydrate, dir, &kernel_plan(args, big_size))?;
+            Ok((result.table(), result.to_json()))
+        });
+    }
     if args.containers_only {
         return one_section(args, work, "containers", |dir| {
             let result = measure_containers(args, &hydrate, dir)?;
@@ -331,6 +358,14 @@ fn run(args: &Args) -> Result<()> {
         (Ok(_), true) => Some(measure_real_image(args, &hydrate, work.path())),
         _ => None,
     };
+    let kernel = match (&outcome, args.kernel) {
+        (Ok(_), true) => Some(kernel::run(
+            &hydrate,
+            work.path(),
+            &kernel_plan(args, big_size),
+        )),
+        _ => None,
+    };
     let takeover = match (&outcome, args.takeover) {
         (Ok(_), true) => Some(measure_takeover(args, &hydrate, work.path(), big_size)),
         _ => None,
@@ -365,6 +400,10 @@ fn run(args: &Args) -> Result<()> {
     if let Some(real_image) = real_image.transpose()? {
         print!("\n{}", real_image.table());
         value["real_image"] = real_image.to_json();
+    }
+    if let Some(kernel) = kernel.transpose()? {
+        print!("\n{}", kernel.table());
+        value["kernel"] = kernel.to_json();
     }
     let takeover = takeover.transpose()?;
     if let Some(takeover) = &takeover {
@@ -449,6 +488,7 @@ fn measure_containers(
             one_way: std::time::Duration::from_millis(args.link_latency_ms),
             bytes_per_sec: args.link_mbit * 1_000_000 / 8,
             seed: args.seed,
+            kernel: args.kernel,
         },
     )
 }

@@ -127,7 +127,7 @@ pub fn run(hydrate: &Hydrate, work: &Path, plan: &StartupPlan) -> Result<Startup
 }
 
 /// A tree of `files` files of 16 bytes each (distinct content), `FILES_PER_DIR` per directory, two levels.
-fn generate_tree(root: &Path, files: usize) -> Result<()> {
+pub fn generate_tree(root: &Path, files: usize) -> Result<()> {
     let dirs = files.div_ceil(FILES_PER_DIR);
     for d in 0..dirs {
         cancel::check()?;
