@@ -396,7 +396,7 @@ fn killing_the_worker_repeatedly_under_verified_readers_fails_no_read() {
     let kills_wanted: u64 = std::env::var("HYDRATE_KERNEL_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(100);
     let env = Env::new(40);
     // Store latency keeps reads in flight in the worker when it is killed.
     let m = env.mount(&["--test-store-latency-ms", "5", "--fill-budget", "0"]);

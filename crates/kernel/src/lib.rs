@@ -102,7 +102,7 @@
 //!
 //! `crates/hydrate/tests/kernel_mode.rs` checks all of it with real mounts: the tree against its source,
 //! laziness, mmap of a never-read file, a corrupt store (EIO), plain and lazy `umount`, SIGTERM and
-//! `hydrate abort`, the cache quota and trace recording, 40 SIGKILLs of the worker and an upgrade under
+//! `hydrate abort`, the cache quota and trace recording, 100 SIGKILLs of the worker and an upgrade under
 //! verifying readers (no failed read), SIGKILL of every hydrate process (reads of uncached data fail, none
 //! returns wrong bytes), and runc on a `hydrate rootfs --kernel` bundle; the containerd tests run a
 //! converted image through `hydrate snapshotter --kernel`.
