@@ -229,7 +229,11 @@ fn timed_cli(bin: &Path, args: &[&str]) -> Result<(f64, u64, String)> {
     if !out.status.success() {
         // Per-file errors are on stdout, the summary on stderr: the first few of each.
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let errors: Vec<&str> = stdout.lines().filter(|l| l.starts_with("error")).take(5).collect();
+        let errors: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .take(5)
+            .collect();
         bail!(
             "hydrate {args:?} failed ({}): {}; {}",
             out.status,

@@ -355,12 +355,12 @@ impl KernelResult {
     pub fn table(&self) -> String {
         let mut s = String::from("Kernel mode (erofs) vs FUSE mode vs ext4, same run\n");
         s += &format!(
-            "  {:<44} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
+            "  {:<52} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
             "measurement", "ext4", "FUSE", "kernel", "FUSE/ext4", "kernel/ext4"
         );
         let row = |s: &mut String, what: &str, t: Three, unit_div: f64, prec: usize| {
             *s += &format!(
-                "  {:<44} {:>10.prec$} {:>10.prec$} {:>10.prec$} {:>12.3} {:>12.3}\n",
+                "  {:<52} {:>10.prec$} {:>10.prec$} {:>10.prec$} {:>12.3} {:>12.3}\n",
                 what,
                 t.ext4 / unit_div,
                 t.fuse / unit_div,
