@@ -14,7 +14,7 @@
 //! Goals (issue 13): walk ≤ 1.05× ext4; partial-file hot reads ≥ 0.95 of ext4; cold 4 KiB latency and cold
 //! sequential throughput no worse than FUSE mode; hot sequential ≥ 0.95 of ext4.
 
-use crate::hydrate::{await_passthrough, Hydrate};
+use crate::hydrate::{await_passthrough, Hydrate, Mounted};
 use crate::reads::{self, drop_caches, read_random, read_seq, Best, SeqRead, SEQ_BUF};
 use crate::{cancel, startup, tree};
 use anyhow::{bail, Context, Result};
@@ -46,6 +46,13 @@ pub struct Three {
 }
 
 impl Three {
+    fn set(&mut self, mode: Mode, value: f64) {
+        match mode {
+            Mode::Fuse => self.fuse = value,
+            Mode::Kernel => self.kernel = value,
+        }
+    }
+
     fn to_json(self) -> Value {
         json!({ "ext4": self.ext4, "fuse": self.fuse, "kernel": self.kernel })
     }
@@ -65,9 +72,9 @@ pub struct KernelResult {
     /// MB/s.
     pub cold_seq: Three,
     pub hot_seq: Three,
-    /// Store requests and bytes of the cold sequential read: FUSE, kernel.
-    pub cold_seq_requests: (u64, u64),
-    pub cold_random_bytes: (u64, u64),
+    /// Store requests of the cold sequential read and bytes fetched by the cold random reads: FUSE, kernel.
+    pub cold_seq_requests: [u64; 2],
+    pub cold_random_bytes: [u64; 2],
     /// FUSE READ requests the kernel mount's BlobFs answered during the partial-file hot reads (0 expected).
     pub kernel_partial_hot_reads: u64,
 }
@@ -90,6 +97,11 @@ impl Mode {
             Mode::Fuse => "fuse",
             Mode::Kernel => "kernel",
         }
+    }
+
+    /// Index of per-mode pairs (FUSE, kernel).
+    fn index(self) -> usize {
+        self as usize
     }
 
     fn extra(self) -> &'static [&'static str] {
@@ -172,6 +184,24 @@ fn walk(
     Ok(())
 }
 
+/// A fresh mount of the data image in `mode` (its own mount point and empty cache, named after `what`).
+fn mount_data<'h>(
+    hydrate: &'h Hydrate,
+    dir: &Path,
+    store: &Path,
+    what: &str,
+    mode: Mode,
+    extra: &[&str],
+) -> Result<Mounted<'h>> {
+    hydrate.mount(
+        store,
+        DATA_TAG,
+        &dir.join(format!("{what}-{}", mode.name())),
+        &dir.join(format!("{what}-cache-{}", mode.name())),
+        &[mode.extra(), extra].concat(),
+    )
+}
+
 fn data(
     hydrate: &Hydrate,
     dir: &Path,
@@ -207,13 +237,7 @@ fn data(
     result.cold_random_p50.ext4 = ext4.p(0.5) as f64;
     result.cold_random_p99.ext4 = ext4.p(0.99) as f64;
     for mode in [Mode::Fuse, Mode::Kernel] {
-        let m = hydrate.mount(
-            store,
-            DATA_TAG,
-            &dir.join(format!("rnd-{}", mode.name())),
-            &dir.join(format!("rnd-cache-{}", mode.name())),
-            mode.extra(),
-        )?;
+        let m = mount_data(hydrate, dir, store, "rnd", mode, &[])?;
         let before = m.metrics()?;
         drop_caches()?;
         let run = read_random(&m.path(BIG), &offsets)?;
@@ -225,17 +249,9 @@ fn data(
         }
         let fetched = m.metrics()?.require_since(&before, "fetch_bytes_fetched")?;
         m.unmount()?;
-        let (p50, p99) = (run.p(0.5) as f64, run.p(0.99) as f64);
-        match mode {
-            Mode::Fuse => {
-                (result.cold_random_p50.fuse, result.cold_random_p99.fuse) = (p50, p99);
-                result.cold_random_bytes.0 = fetched;
-            }
-            Mode::Kernel => {
-                (result.cold_random_p50.kernel, result.cold_random_p99.kernel) = (p50, p99);
-                result.cold_random_bytes.1 = fetched;
-            }
-        }
+        result.cold_random_p50.set(mode, run.p(0.5) as f64);
+        result.cold_random_p99.set(mode, run.p(0.99) as f64);
+        result.cold_random_bytes[mode.index()] = fetched;
     }
 
     // Cold sequential, then hot sequential of the complete file, per mode; ext4 the same way.
@@ -249,13 +265,7 @@ fn data(
     }
     result.hot_seq.ext4 = ext4_hot.get()?.mb_per_s();
     for mode in [Mode::Fuse, Mode::Kernel] {
-        let m = hydrate.mount(
-            store,
-            DATA_TAG,
-            &dir.join(format!("seq-{}", mode.name())),
-            &dir.join(format!("seq-cache-{}", mode.name())),
-            mode.extra(),
-        )?;
+        let m = mount_data(hydrate, dir, store, "seq", mode, &[])?;
         let before = m.metrics()?;
         drop_caches()?;
         let cold = read_seq(&m.path(BIG), true)?;
@@ -274,18 +284,9 @@ fn data(
             hot.add(read_seq(&m.path(BIG), false)?);
         }
         m.unmount()?;
-        match mode {
-            Mode::Fuse => {
-                result.cold_seq.fuse = cold.mb_per_s();
-                result.hot_seq.fuse = hot.get()?.mb_per_s();
-                result.cold_seq_requests.0 = requests;
-            }
-            Mode::Kernel => {
-                result.cold_seq.kernel = cold.mb_per_s();
-                result.hot_seq.kernel = hot.get()?.mb_per_s();
-                result.cold_seq_requests.1 = requests;
-            }
-        }
+        result.cold_seq.set(mode, cold.mb_per_s());
+        result.hot_seq.set(mode, hot.get()?.mb_per_s());
+        result.cold_seq_requests[mode.index()] = requests;
     }
 
     // Hot reads of the fetched first half of a file whose second half was never read.
@@ -297,14 +298,8 @@ fn data(
     }
     result.partial_hot.ext4 = ext4_best.get()?.mb_per_s();
     for mode in [Mode::Fuse, Mode::Kernel] {
-        let m = hydrate.mount(
-            store,
-            DATA_TAG,
-            &dir.join(format!("part-{}", mode.name())),
-            &dir.join(format!("part-cache-{}", mode.name())),
-            // No readahead past what is read: the second half stays unfetched.
-            &[mode.extra(), &["--readahead", "0"]].concat(),
-        )?;
+        // No readahead past what is read: the second half stays unfetched.
+        let m = mount_data(hydrate, dir, store, "part", mode, &["--readahead", "0"])?;
         read_prefix(&m.path(BIG), half)?;
         let before = m.metrics()?;
         let mut best = Best::default();
@@ -318,13 +313,9 @@ fn data(
             bail!("the {} mount fetched the whole file: the partial-file figure would be a complete file's", mode.name());
         }
         let mb = best.get()?.mb_per_s();
-        match mode {
-            Mode::Fuse => result.partial_hot.fuse = mb,
-            Mode::Kernel => {
-                result.partial_hot.kernel = mb;
-                result.kernel_partial_hot_reads =
-                    after.require_since(&before, "fuse_requests_read")?;
-            }
+        result.partial_hot.set(mode, mb);
+        if mode == Mode::Kernel {
+            result.kernel_partial_hot_reads = after.require_since(&before, "fuse_requests_read")?;
         }
     }
     std::fs::remove_dir_all(&src).context("removing the data tree")?;
@@ -415,10 +406,10 @@ impl KernelResult {
         );
         s += &format!(
             "  cold sequential store requests FUSE / kernel: {} / {}; cold random bytes fetched: {} / {}\n",
-            self.cold_seq_requests.0,
-            self.cold_seq_requests.1,
-            self.cold_random_bytes.0,
-            self.cold_random_bytes.1
+            self.cold_seq_requests[0],
+            self.cold_seq_requests[1],
+            self.cold_random_bytes[0],
+            self.cold_random_bytes[1]
         );
         s += &format!(
             "  kernel vs FUSE: cold p50 {:.2}x, cold sequential {:.2}x; BlobFs READs during partial hot reads: {}\n",
@@ -439,8 +430,8 @@ impl KernelResult {
             "cold_random_p99_ns": self.cold_random_p99.to_json(),
             "cold_seq_mb_s": self.cold_seq.to_json(),
             "hot_seq_mb_s": self.hot_seq.to_json(),
-            "cold_seq_store_requests": { "fuse": self.cold_seq_requests.0, "kernel": self.cold_seq_requests.1 },
-            "cold_random_store_bytes": { "fuse": self.cold_random_bytes.0, "kernel": self.cold_random_bytes.1 },
+            "cold_seq_store_requests": { "fuse": self.cold_seq_requests[0], "kernel": self.cold_seq_requests[1] },
+            "cold_random_store_bytes": { "fuse": self.cold_random_bytes[0], "kernel": self.cold_random_bytes[1] },
             "kernel_partial_hot_fuse_reads": self.kernel_partial_hot_reads,
         })
     }

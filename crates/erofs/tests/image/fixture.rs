@@ -406,3 +406,35 @@ pub fn write(items: &[Item], prefix: &str) -> (tempfile::TempDir, PathBuf, [Path
     );
     (dir, image, blobs)
 }
+
+/// An erofs mount; unmounted when dropped, also when the test panics.
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Err(err) = nix::mount::umount2(&self.0, nix::mount::MntFlags::empty()) {
+            eprintln!("umount {}: {err}; detaching", self.0.display());
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Mounts `image` with its two blobs at `dir`/mnt (raw mount(2), as hydrate does).
+pub fn mount(dir: &Path, image: &Path, blobs: &[PathBuf; 2]) -> Mounted {
+    let target = dir.join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let options = format!(
+        "device={},device={}",
+        blobs[0].display(),
+        blobs[1].display()
+    );
+    nix::mount::mount(
+        Some(image),
+        &target,
+        Some("erofs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(options.as_str()),
+    )
+    .unwrap_or_else(|err| panic!("mount erofs {}: {err} (see dmesg)", image.display()));
+    Mounted(target)
+}

@@ -5,11 +5,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::fixture::{self, bytes, meta, Data, Item, Spec};
 
@@ -72,16 +69,6 @@ fn items() -> Vec<Item> {
     items
 }
 
-struct Mounted<'a>(&'a Path);
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        if umount2(self.0, MntFlags::empty()).is_err() {
-            let _ = umount2(self.0, MntFlags::MNT_DETACH);
-        }
-    }
-}
-
 #[test]
 fn hostile_shapes_are_written_checked_and_mounted() {
     if !hydrate_testkit::require_root(hydrate_testkit::test_name!(), "mount(2) of an erofs image") {
@@ -123,22 +110,8 @@ fn hostile_shapes_are_written_checked_and_mounted() {
         eprintln!("fsck.erofs: {:.1} s", started.elapsed().as_secs_f64());
     }
 
-    let target = dir.path().join("mnt");
-    std::fs::create_dir(&target).unwrap();
-    let options = format!(
-        "device={},device={}",
-        blobs[0].display(),
-        blobs[1].display()
-    );
-    mount(
-        Some(&image),
-        &target,
-        Some("erofs"),
-        MsFlags::MS_RDONLY,
-        Some(options.as_str()),
-    )
-    .unwrap_or_else(|err| panic!("mount erofs {}: {err} (see dmesg)", image.display()));
-    let _mounted = Mounted(&target);
+    let mounted = fixture::mount(dir.path(), &image, &blobs);
+    let target = mounted.0.clone();
 
     // The wide directory lists every name once, in order, and each looks up to its own inode.
     let mut names: Vec<Vec<u8>> = std::fs::read_dir(target.join("wide"))

@@ -10,41 +10,14 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use hydrate_erofs::Metadata;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::fixture::{self, Data, Item, Spec, HUGE_SIZE, MANY};
-
-/// Unmounts when dropped, also when the test panics.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Err(err) = umount2(&self.0, MntFlags::empty()) {
-            eprintln!("umount {}: {err}; detaching", self.0.display());
-            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        }
-    }
-}
+use crate::fixture::{self, Data, Item, Mounted, Spec, HUGE_SIZE, MANY};
 
 /// Writes the fixture's blobs and metadata image under a fresh /var/tmp directory and mounts it.
 fn mount_fixture(items: &[Item]) -> (tempfile::TempDir, Mounted) {
     let (dir, image, blobs) = fixture::write(items, "hydrate-erofs-");
-    let target = dir.path().join("mnt");
-    std::fs::create_dir(&target).unwrap();
-    let options = format!(
-        "device={},device={}",
-        blobs[0].display(),
-        blobs[1].display()
-    );
-    mount(
-        Some(&image),
-        &target,
-        Some("erofs"),
-        MsFlags::MS_RDONLY,
-        Some(options.as_str()),
-    )
-    .unwrap_or_else(|err| panic!("mount erofs {}: {err} (see dmesg)", image.display()));
-    (dir, Mounted(target))
+    let mounted = fixture::mount(dir.path(), &image, &blobs);
+    (dir, mounted)
 }
 
 fn host_path(root: &Path, path: &[u8]) -> PathBuf {
