@@ -183,7 +183,10 @@ impl Service {
     pub fn walk(&self, paths: &[PathBuf]) -> Result<Vec<PathBuf>, HsmError> {
         let mut out = Vec::new();
         for p in paths {
-            walk_into(&self.managed(p)?, &mut out)?;
+            for_each_file(&self.managed(p)?, &mut |path, _| {
+                out.push(path.to_owned());
+                Ok(())
+            })?;
         }
         out.sort();
         out.dedup();
@@ -444,23 +447,6 @@ impl NoAtime for std::fs::OpenOptions {
     fn custom_flags_noatime(&mut self) -> &mut Self {
         std::os::unix::fs::OpenOptionsExt::custom_flags(self, libc::O_NOATIME)
     }
-}
-
-fn walk_into(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), HsmError> {
-    let meta = std::fs::symlink_metadata(path).map_err(|e| HsmError::io("stat", path, e))?;
-    if meta.is_file() {
-        out.push(path.to_owned());
-    } else if meta.is_dir() {
-        if path.file_name().is_some_and(|n| n == STATE_DIR) {
-            return Ok(());
-        }
-        let entries = std::fs::read_dir(path).map_err(|e| HsmError::io("list", path, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| HsmError::io("list", path, e))?;
-            walk_into(&entry.path(), out)?;
-        }
-    }
-    Ok(())
 }
 
 /// Files whose journal records one status step reads in one transaction.
