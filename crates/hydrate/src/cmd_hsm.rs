@@ -267,25 +267,12 @@ fn status(a: StatusArgs) -> Result<()> {
         a.paths
     };
     let (layout, abs) = layout_of_all(&paths)?;
+    let mut source = StatusSource::Daemon;
     if !(a.long || a.json) {
-        let req = Request::StatusWith {
-            paths: abs.clone(),
-            files: false,
-        };
-        let reply = match hydrate_hsm::call(&layout, &req) {
-            Ok(r) => r,
-            // No daemon: read the journal directly (it is only locked while a worker runs).
-            Err(hydrate_hsm::HsmError::Daemon { .. }) if !daemon_listens(&layout) => {
-                let journal = hydrate_hsm::Journal::open(&layout.journal())?;
-                hydrate_hsm::service::status_of(&layout, &journal, &abs, false)?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        return print(&reply);
+        return print(&source.ask(&layout, abs, false)?);
     }
     // Every file: this process walks the tree and asks for the files' states a batch at a time, printing as
     // they come (the daemon, or the journal itself when no daemon runs, answers for each batch).
-    let mut source = StatusSource::Daemon;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut totals = hydrate_hsm::Totals::default();
     let mut last = Reply::ok(Vec::new());
@@ -371,7 +358,8 @@ fn daemon_listens(layout: &Layout) -> bool {
     std::os::unix::net::UnixStream::connect(layout.socket()).is_ok()
 }
 
-/// Who answers `status` for a batch of files: the daemon, or the journal read directly once no daemon is found.
+/// Who answers `status`: the daemon, or the journal read directly once no daemon is found (it is only locked
+/// while a worker runs).
 enum StatusSource {
     Daemon,
     Journal(hydrate_hsm::Journal),
