@@ -100,14 +100,15 @@ struct Prepared {
     size: u64,
     mtime_ns: i64,
     atime_ns: i64,
+    /// The file system it is on (`st_dev`), for the batch's per-file-system syncs.
+    dev: u64,
 }
 
-impl Prepared {
-    /// Gives up before anything was recorded: the mark and the lease go, the file is as it was.
-    fn abandon(self, svc: &Service) {
-        let _ = sys::unmark_stub(svc.group.as_fd(), self.file.as_fd());
-        let _ = sys::drop_lease(self.file.as_fd());
-    }
+/// Gives up on a marked, leased file before anything was recorded: the mark and the lease go, the file is as it
+/// was.
+fn abandon(svc: &Service, file: &File) {
+    let _ = sys::unmark_stub(svc.group.as_fd(), file.as_fd());
+    let _ = sys::drop_lease(file.as_fd());
 }
 
 /// Steps 1–3 for one file (its lock held): `None` if there is nothing to do.
@@ -209,10 +210,6 @@ fn prepare(
     if let Err(e) = sys::take_write_lease(file.as_fd()) {
         return Err(busy(&format!("open or mapped elsewhere: {e}")));
     }
-    let abandon = |file: &File| {
-        let _ = sys::unmark_stub(svc.group.as_fd(), file.as_fd());
-        let _ = sys::drop_lease(file.as_fd());
-    };
     sys::mark_stub(svc.group.as_fd(), file.as_fd()).map_err(|e| {
         let _ = sys::drop_lease(file.as_fd());
         HsmError::io("mark", path, e)
@@ -220,25 +217,25 @@ fn prepare(
     match sys::get_lease(file.as_fd()) {
         Ok(sys::Lease::Write) => {}
         _ => {
-            abandon(&file);
+            abandon(svc, &file);
             return Err(busy("opened while being released"));
         }
     }
     let now = match file.metadata() {
         Ok(m) => Fingerprint::of(&m),
         Err(e) => {
-            abandon(&file);
+            abandon(svc, &file);
             return Err(HsmError::io("stat", path, e));
         }
     };
     if now.size != fp.size || now.mtime_ns != fp.mtime_ns {
-        abandon(&file);
+        abandon(svc, &file);
         return Err(HsmError::refused(path, "changed while being released"));
     }
     rec.handle = match sys::file_handle(path) {
         Ok(h) => Some(h),
         Err(e) => {
-            abandon(&file);
+            abandon(svc, &file);
             return Err(HsmError::io("get a file handle of", path, e));
         }
     };
@@ -254,6 +251,7 @@ fn prepare(
         size: fp.size,
         mtime_ns: fp.mtime_ns,
         atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
+        dev: meta.dev(),
     }))
 }
 
@@ -273,7 +271,7 @@ fn release_prepared(
     {
         for (i, p) in batch {
             let path = p.path.clone();
-            p.abandon(svc);
+            abandon(svc, &p.file);
             out.push((
                 i,
                 Err(HsmError::refused(path, format!("not released: {e}"))),
@@ -370,8 +368,7 @@ fn sync_each_fs(
 ) -> Vec<(usize, Prepared)> {
     let mut by_dev: BTreeMap<u64, Vec<(usize, Prepared)>> = BTreeMap::new();
     for (i, p) in batch {
-        let dev = p.file.metadata().map(|m| m.dev()).unwrap_or(0);
-        by_dev.entry(dev).or_default().push((i, p));
+        by_dev.entry(p.dev).or_default().push((i, p));
     }
     let mut out = Vec::new();
     for (_, files) in by_dev {
