@@ -100,7 +100,7 @@ struct Prepared {
     size: u64,
     mtime_ns: i64,
     atime_ns: i64,
-    /// The file system it is on (`st_dev`), for the batch's per-file-system syncs.
+    /// The file system the opened file is on (`st_dev`), for the batch's per-file-system syncs.
     dev: u64,
 }
 
@@ -221,8 +221,8 @@ fn prepare(
             return Err(busy("opened while being released"));
         }
     }
-    let now = match file.metadata() {
-        Ok(m) => Fingerprint::of(&m),
+    let (now, dev) = match file.metadata() {
+        Ok(m) => (Fingerprint::of(&m), m.dev()),
         Err(e) => {
             abandon(svc, &file);
             return Err(HsmError::io("stat", path, e));
@@ -251,7 +251,7 @@ fn prepare(
         size: fp.size,
         mtime_ns: fp.mtime_ns,
         atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
-        dev: meta.dev(),
+        dev,
     }))
 }
 
