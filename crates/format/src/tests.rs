@@ -530,10 +530,14 @@ pub(crate) fn section_range(bytes: &[u8], section: Section) -> std::ops::Range<u
     e.offset.get() as usize..(e.offset.get() + e.len.get()) as usize
 }
 
-/// Naive chunk_range: every chunk whose byte span intersects the clamped request.
+/// Naive chunk_range: every chunk whose byte span intersects the clamped request (none for an empty request:
+/// the span `[offset, offset)` intersects nothing, though a chunk may contain its position).
 fn naive_range(m: &Manifest<Vec<u8>>, ino: Ino, offset: u64, len: u64) -> Vec<usize> {
     let size = m.attr(ino).unwrap().size;
     let end = offset.saturating_add(len).min(size);
+    if offset >= end {
+        return Vec::new();
+    }
     m.file_chunks(ino)
         .iter()
         .enumerate()
