@@ -262,6 +262,86 @@ fn readahead_window_grows_while_sequential_and_resets_on_a_seek() {
 }
 
 #[test]
+fn readahead_stops_where_the_plan_says_the_stream_stopped() {
+    let fx = Fixture::new();
+    // A plan that read the first MiB of the big file (recorded through a volume without readahead).
+    let recorder = Arc::new(TraceRecorder::new());
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx
+        .volume(&fx.image, cache.path(), no_heuristics())
+        .with_trace(Arc::clone(&recorder));
+    read_range(&vol, fx.root.path(), "big", 0, 1 << 20);
+    let trace = recorder.to_trace(vol.manifest());
+    let attached = fx
+        .rt
+        .block_on(attach_trace(
+            fx.store.inner().as_ref(),
+            &fx.image,
+            &trace,
+            PlanOptions::default(),
+            None,
+        ))
+        .unwrap();
+    let config = VolumeConfig {
+        readahead_min: 64 << 10,
+        readahead_max: 4 << 20,
+        dir_prefetch_file_max: 0,
+        elf_whole_max: 0,
+        ..VolumeConfig::default()
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(&attached.image, cache.path(), config.clone());
+    let f = vol.open(resolve(&vol, "big")).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    // The plan covers the first MiB up to the end of the chunk holding its last byte.
+    let big = resolve(&vol, "big");
+    let planned_end = vol
+        .manifest()
+        .prefetch()
+        .iter()
+        .filter(|e| e.ino() == big)
+        .map(|e| e.offset() + e.len())
+        .max()
+        .unwrap();
+    assert!((1 << 20..(1 << 20) + (1 << 20)).contains(&planned_end));
+    // The window grew, but what it scheduled ends where the plan does.
+    let mut at = 0;
+    while at < planned_end {
+        let n = vol.read(f.fh, at, &mut buf).unwrap() as u64;
+        at += n;
+    }
+    assert!(stat(&vol, "readahead_grows") >= 2);
+    let scheduled = stat(&vol, "readahead_bytes");
+    assert!(scheduled < planned_end, "{scheduled} >= {planned_end}");
+    // Past the plan, the stream reads ahead again from its second read there, from a new window.
+    at += vol.read(f.fh, at, &mut buf).unwrap() as u64;
+    assert_eq!(vol.readahead_window(f.fh).unwrap(), 0);
+    assert_eq!(stat(&vol, "readahead_bytes"), scheduled);
+    at += vol.read(f.fh, at, &mut buf).unwrap() as u64;
+    assert_eq!(vol.readahead_window(f.fh).unwrap(), 64 << 10);
+    for _ in 0..4 {
+        at += vol.read(f.fh, at, &mut buf).unwrap() as u64;
+    }
+    assert!(stat(&vol, "readahead_bytes") > scheduled);
+
+    // Without replay, the plan bounds nothing: the same reads schedule past the first MiB.
+    let cache = tempfile::tempdir().unwrap();
+    let vol = fx.volume(
+        &attached.image,
+        cache.path(),
+        VolumeConfig {
+            replay_plan: false,
+            ..config
+        },
+    );
+    let f = vol.open(resolve(&vol, "big")).unwrap();
+    for i in 0..16u64 {
+        vol.read(f.fh, i * (64 << 10), &mut buf).unwrap();
+    }
+    assert!(stat(&vol, "readahead_bytes") > 1 << 20);
+}
+
+#[test]
 fn opening_a_file_prefetches_its_small_neighbours_and_listing_does_not() {
     let fx = Fixture::new();
     let cache = tempfile::tempdir().unwrap();

@@ -105,6 +105,8 @@ struct StreamState {
     next_offset: u64,
     window: u64,
     prefetched_until: u64,
+    /// The last read ended inside a range of the image's plan (see `Volume::planned_end`).
+    in_plan: bool,
 }
 
 pub struct Volume {
@@ -128,6 +130,8 @@ pub struct Volume {
     pub(crate) parents: Mutex<HashMap<Ino, (Ino, usize)>>,
     /// Following ELF dependencies, once started (see [`crate::elf`]).
     pub(crate) elf_deps: OnceLock<crate::elf::ElfDeps>,
+    /// The plan's byte ranges of each file, merged (see [`Volume::planned_end`]); built on first use.
+    planned: OnceLock<HashMap<Ino, Vec<Range<u64>>>>,
 }
 
 impl Volume {
@@ -154,6 +158,7 @@ impl Volume {
             listed: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
             elf_deps: OnceLock::new(),
+            planned: OnceLock::new(),
         }
     }
 
@@ -588,6 +593,16 @@ impl Volume {
         if self.config.readahead_max == 0 {
             return end..end;
         }
+        let planned_end = self.planned_end(open.ino, end);
+        let left_plan = planned_end.is_none() && st.in_plan;
+        st.in_plan = planned_end.is_some();
+        if left_plan {
+            // Past the planned range the stream reads ahead again, from a new window, and only from its
+            // second read there: a front-end reading a little further than the recording did (erofs' own
+            // readahead, one request) must not start a window.
+            st.window = 0;
+            return end..end;
+        }
         let grown = if st.window == 0 {
             self.config
                 .readahead_min
@@ -604,6 +619,11 @@ impl Volume {
             // Whole pieces only: each is fetched by its own requests and stored in one large write.
             want_end -= want_end % self.readahead_piece();
         }
+        if let Some(planned_end) = planned_end {
+            // The plan says how far this stream went when it was recorded, and replays it: reading ahead past
+            // that only competes with the plan for the link.
+            want_end = want_end.min(planned_end);
+        }
         let from = st.prefetched_until.max(end);
         if want_end <= from {
             return end..end;
@@ -613,6 +633,22 @@ impl Volume {
             .readahead_bytes
             .fetch_add(want_end - from, Ordering::Relaxed);
         from..want_end
+    }
+
+    /// The end of the planned range of `ino` holding the last byte before `end`, when the image's plan is
+    /// being replayed and has one.
+    fn planned_end(&self, ino: Ino, end: u64) -> Option<u64> {
+        if !self.config.replay_plan || end == 0 || self.manifest.prefetch().is_empty() {
+            return None;
+        }
+        let ranges = self
+            .planned
+            .get_or_init(|| planned_ranges(self.manifest.prefetch()))
+            .get(&ino)?;
+        // Sorted and disjoint: the last range starting before `end`.
+        let at = ranges.partition_point(|r| r.start < end).checked_sub(1)?;
+        let range = &ranges[at];
+        (end <= range.end).then_some(range.end)
     }
 
     /// The readahead window of handle `fh` (0 when its reads are not sequential); for tests and diagnostics.
@@ -685,6 +721,30 @@ impl Volume {
             });
         }
     }
+}
+
+/// The plan's ranges per file, sorted and merged where they overlap or touch.
+fn planned_ranges(entries: &[hydrate_format::PrefetchEntry]) -> HashMap<Ino, Vec<Range<u64>>> {
+    let mut by_file: HashMap<Ino, Vec<Range<u64>>> = HashMap::new();
+    for entry in entries {
+        let start = entry.offset();
+        by_file
+            .entry(entry.ino())
+            .or_default()
+            .push(start..start.saturating_add(entry.len()));
+    }
+    for ranges in by_file.values_mut() {
+        ranges.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+        for r in ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        *ranges = merged;
+    }
+    by_file
 }
 
 /// The first bytes of every ELF file.
