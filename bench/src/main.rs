@@ -168,6 +168,10 @@ struct Args {
     /// --containers-only).
     #[arg(long)]
     kernel: bool,
+    /// With --kernel, the container starts in kernel mode and in FUSE mode are compared over this many rounds
+    /// (one start in each mode per round, medians compared: one start alone varies by about ±15%).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=50))]
+    kernel_rounds: u16,
     /// Measure only the kernel-mode section.
     #[arg(long)]
     kernel_only: bool,
@@ -488,7 +492,11 @@ fn measure_containers(
             one_way: std::time::Duration::from_millis(args.link_latency_ms),
             bytes_per_sec: args.link_mbit * 1_000_000 / 8,
             seed: args.seed,
-            kernel: args.kernel,
+            kernel_rounds: if args.kernel {
+                usize::from(args.kernel_rounds)
+            } else {
+                0
+            },
         },
     )
 }
